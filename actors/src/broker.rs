@@ -1,0 +1,465 @@
+//! The `Broker` actor: the hub between publishers, the backplane and recipients.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use actix::{dev::SendError, prelude::*};
+
+use crate::{
+    link::{GetLinkStatus, LinkStatus, RedisConfig},
+    publisher::{GetPublisherStats, PublishEvent},
+    subscriber::{GetSubscriberStats, SubscriberIdentity, UnwatchRoom, WatchRoom},
+    BackplaneKind, Delivery, Error, Event, EvictReason, Evicted, GetHealth, GetStats, HealthStatus,
+    Leave, Publish, PublisherStats, RedisPublisher, RedisSubscriber, ResetStats, Room, Shutdown,
+    Stats, Subscribe, SubscriberStats, Unsubscribe, UnsubscribeAll,
+};
+
+/// What carries events between servers.
+#[derive(Debug, Clone)]
+pub enum BackplaneConfig {
+    /// Redis pub/sub, through a [`RedisPublisher`] and a [`RedisSubscriber`].
+    Redis(RedisConfig),
+    /// Nothing: this process is the only server.
+    Memory,
+}
+
+/// The broker's settings.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// This server's id, stamped on every event it publishes (`serverId`).
+    pub server_id: String,
+    /// Random per process; tells a duplicate server id from our own echo.
+    pub instance_id: String,
+    /// How long a [`Subscribe`] waits for the backplane to confirm the room.
+    pub subscribe_timeout: Duration,
+    /// The backplane.
+    pub backplane: BackplaneConfig,
+}
+
+impl BrokerConfig {
+    /// PROTOCOL.md §4 `SUBSCRIBE_TIMEOUT_MS`.
+    pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_millis(5000);
+
+    /// The defaults, on the given backplane, with a fresh instance id.
+    pub fn new(server_id: impl Into<String>, backplane: BackplaneConfig) -> BrokerConfig {
+        BrokerConfig {
+            server_id: server_id.into(),
+            instance_id: new_instance_id(),
+            subscribe_timeout: Self::DEFAULT_SUBSCRIBE_TIMEOUT,
+            backplane,
+        }
+    }
+}
+
+/// A random id for this process, 16 hex digits.
+pub fn new_instance_id() -> String {
+    format!("{:016x}", fastrand::u64(..))
+}
+
+/// A valid event from Redis, for the broker to deliver (sent by the subscriber).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    /// The event.
+    pub event: Arc<Event>,
+}
+
+enum Backplane {
+    Redis {
+        publisher: Addr<RedisPublisher>,
+        subscriber: Addr<RedisSubscriber>,
+    },
+    /// One server: rooms need no confirmation and a publish is done once delivered
+    /// here. The broker keeps the publisher statistics itself.
+    Memory {
+        stats: PublisherStats,
+        watched: HashSet<Room>,
+    },
+}
+
+#[derive(Clone)]
+struct Member {
+    recipient: Recipient<Delivery>,
+    on_evicted: Option<Recipient<Evicted>>,
+}
+
+/// The hub. Rooms map to local recipients (WebSocket sessions and in-process
+/// services, all as `Recipient<Delivery>`, so this crate knows nothing of HTTP), and
+/// each room with a recipient holds one backplane subscription, reference-counted.
+///
+/// A publish is delivered here at once, then sent to the backplane; events from
+/// the backplane are delivered as they arrive, so a room's events reach each of its
+/// recipients in the order this server got them. An event is encoded once and the
+/// same `Arc` goes to every recipient.
+///
+/// Bounded: a recipient whose mailbox is full is dropped from every room and told
+/// so ([`Evicted`]); the broker never queues for a recipient that cannot keep up.
+pub struct Broker {
+    server_id: Arc<str>,
+    subscribe_timeout: Duration,
+    backplane: Backplane,
+    rooms: HashMap<Room, Vec<Member>>,
+    /// Subscribes waiting for the backplane, per room: a room is wanted while it has
+    /// members or pending subscribes.
+    pending: HashMap<Room, usize>,
+    /// The rooms of each recipient, so a leaving session costs its rooms, not all rooms.
+    memberships: HashMap<Recipient<Delivery>, HashSet<Room>>,
+    evictions: u64,
+    closed: bool,
+}
+
+impl Broker {
+    /// Starts a broker and, on Redis, its two supervised link actors.
+    pub fn start(config: BrokerConfig) -> Addr<Broker> {
+        Broker::create(move |ctx| {
+            let server_id: Arc<str> = config.server_id.into();
+            let backplane = match config.backplane {
+                BackplaneConfig::Redis(redis) => {
+                    let redis = Arc::new(redis);
+                    let identity = SubscriberIdentity {
+                        server_id: server_id.clone(),
+                        instance_id: config.instance_id.into(),
+                    };
+                    Backplane::Redis {
+                        publisher: RedisPublisher::start(redis.clone()),
+                        subscriber: RedisSubscriber::start(redis, identity, ctx.address().recipient()),
+                    }
+                }
+                BackplaneConfig::Memory => Backplane::Memory {
+                    stats: PublisherStats::default(),
+                    watched: HashSet::new(),
+                },
+            };
+            let mut broker = Broker {
+                server_id,
+                subscribe_timeout: config.subscribe_timeout,
+                backplane,
+                rooms: HashMap::new(),
+                pending: HashMap::new(),
+                memberships: HashMap::new(),
+                evictions: 0,
+                closed: false,
+            };
+            // `system:events` is always subscribed (PROTOCOL.md §1). The request is
+            // queued as it is made; nobody waits for its confirmation.
+            drop(broker.watch(Room::system_events()));
+            broker
+        })
+    }
+
+    /// Asks the backplane to hold the room's subscription; resolves once it does.
+    fn watch(&mut self, room: Room) -> ResponseFuture<Result<(), Error>> {
+        match &mut self.backplane {
+            Backplane::Redis { subscriber, .. } => {
+                let confirmed = subscriber.send(WatchRoom { room });
+                Box::pin(async move { confirmed.await? })
+            }
+            Backplane::Memory { watched, .. } => {
+                watched.insert(room);
+                Box::pin(async { Ok(()) })
+            }
+        }
+    }
+
+    fn unwatch(&mut self, room: Room) {
+        if room.as_str() == crate::SYSTEM_EVENTS {
+            return;
+        }
+        log::debug!("broker {}: releasing {room}", self.server_id);
+        match &mut self.backplane {
+            Backplane::Redis { subscriber, .. } => subscriber.do_send(UnwatchRoom { room }),
+            Backplane::Memory { watched, .. } => {
+                watched.remove(&room);
+            }
+        }
+    }
+
+    fn is_wanted(&self, room: &Room) -> bool {
+        self.rooms.contains_key(room) || self.pending.get(room).is_some_and(|n| *n > 0)
+    }
+
+    fn join(&mut self, room: Room, member: Member) {
+        let rooms = self.memberships.entry(member.recipient.clone()).or_default();
+        if rooms.insert(room.clone()) {
+            self.rooms.entry(room).or_default().push(member);
+        }
+    }
+
+    /// Removes a recipient from one room; the room is released when it empties.
+    fn part(&mut self, room: &Room, recipient: &Recipient<Delivery>) {
+        if let Some(rooms) = self.memberships.get_mut(recipient) {
+            rooms.remove(room);
+            if rooms.is_empty() {
+                self.memberships.remove(recipient);
+            }
+        }
+        let Some(members) = self.rooms.get_mut(room) else {
+            return;
+        };
+        members.retain(|m| m.recipient != *recipient);
+        if members.is_empty() {
+            self.rooms.remove(room);
+            if !self.is_wanted(room) {
+                self.unwatch(room.clone());
+            }
+        }
+    }
+
+    fn leave(&mut self, recipient: &Recipient<Delivery>) {
+        let rooms = self.memberships.remove(recipient).unwrap_or_default();
+        for room in rooms {
+            self.part(&room, recipient);
+        }
+    }
+
+    /// Hands the event to every recipient of its room, without waiting for any.
+    fn deliver(&mut self, event: Arc<Event>) {
+        let Some(members) = self.rooms.get(event.room()) else {
+            return;
+        };
+        let mut dropped = Vec::new();
+        for member in members {
+            let delivery = Delivery { event: event.clone() };
+            match member.recipient.try_send(delivery) {
+                Ok(()) => {}
+                Err(SendError::Full(_)) => dropped.push((member.clone(), true)),
+                Err(SendError::Closed(_)) => dropped.push((member.clone(), false)),
+            }
+        }
+        for (member, full) in dropped {
+            self.leave(&member.recipient);
+            if full {
+                self.evictions += 1;
+                log::warn!(
+                    "broker {}: a recipient in {} has a full mailbox; dropped from its rooms ({} so far)",
+                    self.server_id,
+                    event.room(),
+                    self.evictions
+                );
+                if let Some(on_evicted) = member.on_evicted {
+                    on_evicted.do_send(Evicted {
+                        reason: EvictReason::MailboxFull,
+                    });
+                }
+            }
+        }
+    }
+
+    fn link_status(&self) -> ResponseFuture<(LinkStatus, LinkStatus)> {
+        match &self.backplane {
+            Backplane::Redis { publisher, subscriber } => {
+                let (p, s) = (publisher.send(GetLinkStatus), subscriber.send(GetLinkStatus));
+                Box::pin(async move { (p.await.unwrap_or_default(), s.await.unwrap_or_default()) })
+            }
+            Backplane::Memory { watched, .. } => {
+                let up = LinkStatus {
+                    ready: true,
+                    failed_attempts: 0,
+                    channels: watched.len(),
+                };
+                Box::pin(async move { (up, up) })
+            }
+        }
+    }
+}
+
+impl Actor for Broker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The broker is the hub every session and service sends to; a deep mailbox
+        // absorbs bursts, and senders that must not wait use `try_send`.
+        ctx.set_mailbox_capacity(4096);
+    }
+}
+
+impl Handler<Publish> for Broker {
+    type Result = ResponseFuture<Result<(), Error>>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.closed {
+            return Box::pin(async { Err(Error::ShuttingDown) });
+        }
+        let event = Arc::new(Event::encode(msg.room, &msg.event, &self.server_id));
+        self.deliver(event.clone());
+        match &mut self.backplane {
+            Backplane::Redis { publisher, .. } => {
+                let sent = publisher.send(PublishEvent { event });
+                Box::pin(async move { sent.await? })
+            }
+            Backplane::Memory { stats, .. } => {
+                stats.record(event.room().as_str(), true, 0);
+                Box::pin(async { Ok(()) })
+            }
+        }
+    }
+}
+
+impl Handler<Subscribe> for Broker {
+    type Result = ResponseActFuture<Self, Result<(), Error>>;
+
+    fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
+        if self.closed {
+            return Box::pin(fut::ready(Err(Error::ShuttingDown)));
+        }
+        let room = msg.room;
+        *self.pending.entry(room.clone()).or_default() += 1;
+        let deadline = self.subscribe_timeout;
+        let confirmed = crate::link::with_deadline(deadline, "SUBSCRIBE", self.watch(room.clone()));
+        let member = Member {
+            recipient: msg.recipient,
+            on_evicted: msg.on_evicted,
+        };
+        Box::pin(confirmed.into_actor(self).map(move |result, act, _ctx| {
+            if let Some(n) = act.pending.get_mut(&room) {
+                *n -= 1;
+                if *n == 0 {
+                    act.pending.remove(&room);
+                }
+            }
+            match result {
+                Ok(()) if member.recipient.connected() && !act.closed => {
+                    act.join(room, member);
+                    Ok(())
+                }
+                Ok(()) => Err(Error::ShuttingDown),
+                Err(e) => {
+                    log::warn!("broker {}: subscribe to {room} failed: {e}", act.server_id);
+                    if !act.is_wanted(&room) {
+                        act.unwatch(room);
+                    }
+                    Err(e)
+                }
+            }
+        }))
+    }
+}
+
+impl Handler<Unsubscribe> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Unsubscribe, _ctx: &mut Context<Self>) {
+        self.part(&msg.room, &msg.recipient);
+    }
+}
+
+impl Handler<UnsubscribeAll> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnsubscribeAll, _ctx: &mut Context<Self>) {
+        let members = self.rooms.get(&msg.room).cloned().unwrap_or_default();
+        for member in members {
+            self.part(&msg.room, &member.recipient);
+        }
+    }
+}
+
+impl Handler<Leave> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Leave, _ctx: &mut Context<Self>) {
+        self.leave(&msg.recipient);
+    }
+}
+
+impl Handler<Inbound> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, _ctx: &mut Context<Self>) {
+        self.deliver(msg.event);
+    }
+}
+
+impl Handler<GetHealth> for Broker {
+    type Result = ResponseFuture<HealthStatus>;
+
+    fn handle(&mut self, _: GetHealth, _ctx: &mut Context<Self>) -> Self::Result {
+        let status = self.link_status();
+        let server_id = self.server_id.to_string();
+        let backplane = match self.backplane {
+            Backplane::Redis { .. } => BackplaneKind::Redis,
+            Backplane::Memory { .. } => BackplaneKind::Memory,
+        };
+        Box::pin(async move {
+            let (publisher, subscriber) = status.await;
+            HealthStatus {
+                is_healthy: publisher.ready && subscriber.ready,
+                publisher_ready: publisher.ready,
+                subscriber_ready: subscriber.ready,
+                server_id,
+                active_subscriptions: subscriber.channels,
+                reconnect_attempts: publisher.failed_attempts + subscriber.failed_attempts,
+                backplane,
+            }
+        })
+    }
+}
+
+impl Handler<GetStats> for Broker {
+    type Result = ResponseFuture<Stats>;
+
+    fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        match &self.backplane {
+            Backplane::Redis { publisher, subscriber } => {
+                let (p, s) = (publisher.send(GetPublisherStats), subscriber.send(GetSubscriberStats));
+                Box::pin(async move {
+                    Stats {
+                        publisher: p.await.unwrap_or_default(),
+                        subscriber: s.await.unwrap_or_default(),
+                    }
+                })
+            }
+            Backplane::Memory { stats, .. } => {
+                let stats = Stats {
+                    publisher: stats.clone(),
+                    subscriber: SubscriberStats::default(),
+                };
+                Box::pin(async move { stats })
+            }
+        }
+    }
+}
+
+impl Handler<ResetStats> for Broker {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: ResetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        match &mut self.backplane {
+            Backplane::Redis { publisher, subscriber } => {
+                let (p, s) = (publisher.send(ResetStats), subscriber.send(ResetStats));
+                Box::pin(async move {
+                    let _ = p.await;
+                    let _ = s.await;
+                })
+            }
+            Backplane::Memory { stats, .. } => {
+                *stats = PublisherStats::default();
+                Box::pin(async {})
+            }
+        }
+    }
+}
+
+impl Handler<Shutdown> for Broker {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        self.closed = true;
+        self.rooms.clear();
+        self.memberships.clear();
+        log::info!("broker {}: shutting down the backplane", self.server_id);
+        match &self.backplane {
+            Backplane::Redis { publisher, subscriber } => {
+                let (p, s) = (publisher.send(Shutdown), subscriber.send(Shutdown));
+                Box::pin(async move {
+                    let _ = s.await;
+                    let _ = p.await;
+                })
+            }
+            Backplane::Memory { .. } => Box::pin(async {}),
+        }
+    }
+}

@@ -1,0 +1,66 @@
+//! The one error type of the actor crate.
+
+use thiserror::Error;
+
+/// What can go wrong between the broker, the backplane and Redis.
+///
+/// The variants classify themselves: [`Error::is_retryable`] drives the publish
+/// retry loop, and the HTTP and WebSocket layers map variants to status and error codes.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// A room name that breaks PROTOCOL.md §1.
+    #[error("bad room: {0}")]
+    BadRoom(String),
+    /// An envelope that is not a JSON object with a non-empty string `type`.
+    #[error("invalid event: {0}")]
+    InvalidEvent(String),
+    /// There was no connection to Redis when the attempt was made, so the command
+    /// cannot have reached it.
+    #[error("redis is not connected: {0}")]
+    NotConnected(String),
+    /// Redis refused or failed a command on an open connection; it may have run it.
+    #[error("redis error: {0}")]
+    Redis(String),
+    /// A deadline passed; what was sent may or may not have been applied.
+    #[error("timed out after {0} ms: {1}")]
+    Timeout(u64, &'static str),
+    /// The broker or a link actor is gone (the system is shutting down).
+    #[error("switchboard is shutting down")]
+    ShuttingDown,
+}
+
+impl Error {
+    /// Whether another attempt cannot duplicate the work: true only when the
+    /// failed attempt cannot have reached Redis (PROTOCOL.md §5).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Error::NotConnected(_))
+    }
+
+    /// Builds the error for a failed command on an open connection.
+    pub(crate) fn from_redis(err: &redis::RedisError) -> Error {
+        if err.is_connection_refusal() {
+            Error::NotConnected(err.to_string())
+        } else {
+            Error::Redis(err.to_string())
+        }
+    }
+}
+
+impl From<actix::MailboxError> for Error {
+    fn from(_: actix::MailboxError) -> Self {
+        Error::ShuttingDown
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_unsent_attempts_are_retryable() {
+        assert!(Error::NotConnected("down".into()).is_retryable());
+        assert!(!Error::Redis("ERR".into()).is_retryable());
+        assert!(!Error::Timeout(5, "publish").is_retryable());
+        assert!(!Error::ShuttingDown.is_retryable());
+    }
+}

@@ -1,0 +1,241 @@
+//! The envelope (PROTOCOL.md §1): encoded once, shared by every recipient.
+
+use std::{
+    borrow::Cow,
+    sync::OnceLock,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::{Error, Room};
+
+/// An event on its way out: what a publisher hands the broker. The broker adds
+/// `serverId` and `timestamp` and encodes it once into an [`Event`].
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event type, e.g. `match_started`; never empty.
+    pub kind: String,
+    /// The `data` field, already JSON.
+    pub data: Box<RawValue>,
+}
+
+impl NewEvent {
+    /// An event of type `kind` whose `data` is `data` serialized to JSON.
+    pub fn new(kind: impl Into<String>, data: &impl Serialize) -> Result<NewEvent, Error> {
+        let data = serde_json::value::to_raw_value(data)
+            .map_err(|e| Error::InvalidEvent(format!("data does not serialize: {e}")))?;
+        NewEvent::from_raw(kind.into(), data)
+    }
+
+    /// An event from a type and `data` that is already JSON.
+    pub fn from_raw(kind: String, data: Box<RawValue>) -> Result<NewEvent, Error> {
+        if kind.is_empty() {
+            return Err(Error::InvalidEvent("`type` must be a non-empty string".into()));
+        }
+        Ok(NewEvent { kind, data })
+    }
+}
+
+/// One event in one room, as it travels on Redis: the envelope's JSON text plus
+/// the two fields the servers look at. Built once per publish or per Redis
+/// message and shared behind an `Arc` by every recipient.
+#[derive(Debug)]
+pub struct Event {
+    room: Room,
+    kind: Box<str>,
+    server_id: Option<Box<str>>,
+    json: ByteString,
+    /// A transport's encoding of this event (the WebSocket `event` frame), made by the
+    /// first recipient that needs it and shared by the rest, so an event is encoded
+    /// once per server, not once per client. A `OnceLock`, not a mutex: readers never
+    /// wait once it is set.
+    wire: OnceLock<ByteString>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(rename = "serverId", default, borrow)]
+    server_id: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct Outgoing<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: &'a RawValue,
+    #[serde(rename = "serverId")]
+    server_id: &'a str,
+    timestamp: u64,
+}
+
+impl Event {
+    /// Encodes a new event from this server: the envelope with `serverId` and `timestamp`.
+    pub fn encode(room: Room, event: &NewEvent, server_id: &str) -> Event {
+        let envelope = Outgoing {
+            kind: &event.kind,
+            data: &event.data,
+            server_id,
+            timestamp: now_ms(),
+        };
+        let json = serde_json::to_string(&envelope).expect("an envelope of raw JSON serializes");
+        Event {
+            room,
+            kind: event.kind.as_str().into(),
+            server_id: Some(server_id.into()),
+            json: json.into(),
+            wire: OnceLock::new(),
+        }
+    }
+
+    /// Validates a payload received from Redis: a UTF-8 JSON object whose `type` is a
+    /// non-empty string. Everything else in it is kept as received.
+    pub fn parse(room: Room, payload: Bytes) -> Result<Event, Error> {
+        let first = payload.iter().find(|b| !b.is_ascii_whitespace());
+        if first != Some(&b'{') {
+            return Err(Error::InvalidEvent("not a JSON object".into()));
+        }
+        let head: Head<'_> = serde_json::from_slice(&payload)
+            .map_err(|e| Error::InvalidEvent(format!("not a valid envelope: {e}")))?;
+        if head.kind.is_empty() {
+            return Err(Error::InvalidEvent("`type` is empty".into()));
+        }
+        let server_id = head
+            .server_id
+            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+            .map(|id| id.into());
+        let kind = head.kind.into();
+        let json = ByteString::try_from(payload)
+            .map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
+        Ok(Event {
+            room,
+            kind,
+            server_id,
+            json,
+            wire: OnceLock::new(),
+        })
+    }
+
+    /// The room the event was published in.
+    pub fn room(&self) -> &Room {
+        &self.room
+    }
+
+    /// The event's `type`.
+    pub fn kind(&self) -> &str {
+        &self.kind
+    }
+
+    /// The publishing server's id, when the envelope carries one.
+    pub fn server_id(&self) -> Option<&str> {
+        self.server_id.as_deref()
+    }
+
+    /// The envelope's JSON text, exactly as it travels on Redis.
+    pub fn json(&self) -> &ByteString {
+        &self.json
+    }
+
+    /// Decodes the envelope's `data` field as `T`.
+    pub fn data<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        #[derive(Deserialize)]
+        struct Data<T> {
+            data: T,
+        }
+        serde_json::from_str::<Data<T>>(&self.json)
+            .map(|d| d.data)
+            .map_err(|e| Error::InvalidEvent(format!("data does not decode: {e}")))
+    }
+
+    /// This event's transport encoding: computed by `encode` on first use, then shared.
+    pub fn wire_encoding(&self, encode: impl FnOnce(&Event) -> ByteString) -> ByteString {
+        self.wire.get_or_init(|| encode(self)).clone()
+    }
+}
+
+/// Milliseconds since the Unix epoch, the unit of every time in the contract.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room() -> Room {
+        Room::new("match:42").unwrap()
+    }
+
+    #[test]
+    fn encodes_the_envelope_with_server_id_and_timestamp() {
+        let new = NewEvent::new("match_started", &serde_json::json!({"id": 7})).unwrap();
+        let event = Event::encode(room(), &new, "server_1_2");
+        let v: serde_json::Value = serde_json::from_str(event.json()).unwrap();
+        assert_eq!(v["type"], "match_started");
+        assert_eq!(v["data"]["id"], 7);
+        assert_eq!(v["serverId"], "server_1_2");
+        assert!(v["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
+        assert_eq!(event.server_id(), Some("server_1_2"));
+    }
+
+    #[test]
+    fn parses_foreign_envelopes_verbatim() {
+        let raw = r#"{"type":"match_started","data":{"id":1},"extra":"kept"}"#;
+        let event = Event::parse(room(), Bytes::from_static(raw.as_bytes())).unwrap();
+        assert_eq!(&**event.json(), raw);
+        assert_eq!(event.kind(), "match_started");
+        assert_eq!(event.server_id(), None);
+        assert_eq!(event.data::<serde_json::Value>().unwrap()["id"], 1);
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_envelope() {
+        for raw in [
+            "not json",
+            "[1,2]",
+            r#"["match_started"]"#,
+            r#"{"type":""}"#,
+            r#"{"data":1}"#,
+            r#"{"type":5}"#,
+            r#"{"type":"x"} trailing"#,
+            "",
+        ] {
+            let got = Event::parse(room(), Bytes::copy_from_slice(raw.as_bytes()));
+            assert!(matches!(got, Err(Error::InvalidEvent(_))), "{raw:?}");
+        }
+        assert!(Event::parse(room(), Bytes::from_static(b"{\"type\":\"\xff\"}")).is_err());
+    }
+
+    #[test]
+    fn a_non_string_server_id_is_not_ours() {
+        let raw = r#"{"type":"x","serverId":5}"#;
+        let event = Event::parse(room(), Bytes::from_static(raw.as_bytes())).unwrap();
+        assert_eq!(event.server_id(), None);
+    }
+
+    #[test]
+    fn wire_encoding_runs_once() {
+        let event = Event::parse(room(), Bytes::from_static(br#"{"type":"x"}"#)).unwrap();
+        let mut calls = 0;
+        for _ in 0..3 {
+            event.wire_encoding(|_| {
+                calls += 1;
+                ByteString::from_static("frame")
+            });
+        }
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn new_event_needs_a_type() {
+        assert!(NewEvent::new("", &1).is_err());
+    }
+}

@@ -1,0 +1,56 @@
+//! Switchboard's actor system: everything that does not depend on HTTP.
+//!
+//! A service on any server publishes an event in a room; Redis pub/sub carries it to
+//! every server; each server's [`Broker`] hands it to the room's local recipients
+//! (WebSocket sessions, in-process actors). This crate holds the actors and the typed
+//! messages between them; the `switchboard` crate adds HTTP, WebSocket sessions and
+//! configuration.
+//!
+//! # Layout
+//!
+//! - [`Broker`] (`broker.rs`): the hub, reached through its `Addr`. Accepts [`Publish`],
+//!   [`Subscribe`], [`Unsubscribe`], [`UnsubscribeAll`], [`Leave`], [`GetHealth`],
+//!   [`GetStats`], [`ResetStats`], [`Shutdown`], and [`Inbound`] from the subscriber.
+//!   Delivers [`Delivery`] (and [`Evicted`]) to recipients.
+//! - [`RedisPublisher`] (`publisher.rs`): owns the publishing connection. Accepts
+//!   [`PublishEvent`] (publish with retry), [`GetLinkStatus`], [`GetPublisherStats`],
+//!   [`ResetStats`], [`Shutdown`]. Supervised: restarts and reconnects with [`Backoff`].
+//! - [`RedisSubscriber`] (`subscriber.rs`): owns the pub/sub connection. Accepts
+//!   [`WatchRoom`], [`UnwatchRoom`], [`GetLinkStatus`], [`GetSubscriberStats`],
+//!   [`ResetStats`], [`Shutdown`]; streams Redis messages in, checks them, suppresses
+//!   echoes, sends [`Inbound`] to the broker. Supervised: on restart it subscribes
+//!   every room still wanted.
+//! - [`Peers`] (`peers.rs`): announces this server on `system:events` and tracks the
+//!   other live servers. Accepts [`Delivery`] (as a recipient of `system:events`),
+//!   [`GetPeers`], [`AnnounceStop`].
+//! - Values: [`Room`] (`room.rs`), [`Event`] and [`NewEvent`] (`event.rs`, the
+//!   envelope, encoded once), [`PublisherStats`] and [`SubscriberStats`] (`stats.rs`),
+//!   [`Backoff`] (`backoff.rs`), [`Error`] (`error.rs`), the link settings
+//!   [`RedisConfig`] (`link.rs`).
+//!
+//! The memory backplane (one server, no Redis) is a mode of the broker:
+//! [`BackplaneConfig::Memory`].
+
+mod backoff;
+mod broker;
+mod error;
+mod event;
+mod link;
+mod messages;
+mod peers;
+mod publisher;
+mod room;
+mod stats;
+mod subscriber;
+
+pub use backoff::Backoff;
+pub use broker::{new_instance_id, BackplaneConfig, Broker, BrokerConfig, Inbound};
+pub use error::Error;
+pub use event::{now_ms, Event, NewEvent};
+pub use link::{GetLinkStatus, LinkStatus, RedisConfig};
+pub use messages::*;
+pub use peers::{AnnounceStop, ConnectionGauge, GetPeers, PeerInfo, PeerList, Peers, PeersConfig};
+pub use publisher::{GetPublisherStats, PublishEvent, RedisPublisher};
+pub use room::{Room, SYSTEM_EVENTS, SYSTEM_PREFIX};
+pub use stats::{PublishCounts, PublisherStats, ReceiveCounts, SubscriberStats, MAX_ROOMS_IN_STATS, OTHER_ROOMS};
+pub use subscriber::{GetSubscriberStats, RedisSubscriber, SubscriberIdentity, UnwatchRoom, WatchRoom};

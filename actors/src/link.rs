@@ -1,0 +1,124 @@
+//! What the two Redis link actors share: their configuration, their status, and
+//! the mapping between rooms and Redis channels.
+
+use std::{future::Future, time::Duration};
+
+use actix::Message;
+
+use crate::{Error, Room};
+
+/// Settings of the Redis links (PROTOCOL.md §4, §5). The defaults are the seed's numbers.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// Where Redis is.
+    pub client: redis::Client,
+    /// Prepended to a room to make its Redis channel; keeps deployments that share
+    /// a Redis apart (pub/sub ignores the database number).
+    pub channel_prefix: String,
+    /// Retries after a publish attempt that could not reach Redis.
+    pub publish_retries: u32,
+    /// The first retry delay; each next one doubles (100, 200, 400 ms).
+    pub publish_retry_base: Duration,
+    /// The first reconnect delay.
+    pub reconnect_base: Duration,
+    /// The reconnect delay never grows past this.
+    pub reconnect_max: Duration,
+    /// How often each link PINGs Redis to find a link that is open but dead.
+    pub probe_interval: Duration,
+    /// A PING unanswered for this long means the link is dead.
+    pub probe_timeout: Duration,
+    /// The deadline of every other Redis call (connect, PUBLISH, SUBSCRIBE).
+    pub response_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// PROTOCOL.md §4 `PUBLISH_RETRIES`.
+    pub const DEFAULT_PUBLISH_RETRIES: u32 = 3;
+    /// `PUBLISH_RETRY_BASE_MS`.
+    pub const DEFAULT_PUBLISH_RETRY_BASE: Duration = Duration::from_millis(100);
+    /// `RECONNECT_BASE_MS`.
+    pub const DEFAULT_RECONNECT_BASE: Duration = Duration::from_millis(100);
+    /// `RECONNECT_MAX_MS`.
+    pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_millis(1000);
+    /// `PROBE_INTERVAL_MS`.
+    pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_millis(1000);
+    /// `PROBE_TIMEOUT_MS`.
+    pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_millis(2000);
+    /// `REDIS_RESPONSE_TIMEOUT_MS`.
+    pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_millis(5000);
+
+    /// The defaults, for the Redis at `client`.
+    pub fn new(client: redis::Client) -> RedisConfig {
+        RedisConfig {
+            client,
+            channel_prefix: String::new(),
+            publish_retries: Self::DEFAULT_PUBLISH_RETRIES,
+            publish_retry_base: Self::DEFAULT_PUBLISH_RETRY_BASE,
+            reconnect_base: Self::DEFAULT_RECONNECT_BASE,
+            reconnect_max: Self::DEFAULT_RECONNECT_MAX,
+            probe_interval: Self::DEFAULT_PROBE_INTERVAL,
+            probe_timeout: Self::DEFAULT_PROBE_TIMEOUT,
+            response_timeout: Self::DEFAULT_RESPONSE_TIMEOUT,
+        }
+    }
+
+    /// The Redis channel of `room`.
+    pub fn channel(&self, room: &Room) -> String {
+        format!("{}{}", self.channel_prefix, room)
+    }
+
+    /// The room of a Redis channel, when the channel is one of ours.
+    pub fn room(&self, channel: &str) -> Option<Room> {
+        channel
+            .strip_prefix(&self.channel_prefix)
+            .and_then(|name| Room::new(name).ok())
+    }
+
+    pub(crate) fn connection_config(&self) -> redis::AsyncConnectionConfig {
+        redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.response_timeout))
+            .set_response_timeout(Some(self.response_timeout))
+    }
+}
+
+/// The state of one link, for `GET /health`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, actix::MessageResponse)]
+pub struct LinkStatus {
+    /// Connected (and, for the subscriber, every wanted room confirmed once).
+    pub ready: bool,
+    /// Failed connection attempts since the last success.
+    pub failed_attempts: u32,
+    /// Redis channels this link holds (the subscriber; 0 for the publisher).
+    pub channels: usize,
+}
+
+/// Ask a link actor for its [`LinkStatus`].
+#[derive(Debug, Message)]
+#[rtype(result = "LinkStatus")]
+pub struct GetLinkStatus;
+
+/// Runs `fut` with a deadline, turning a missed one into [`Error::Timeout`].
+pub(crate) async fn with_deadline<T>(
+    deadline: Duration,
+    what: &'static str,
+    fut: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(deadline, fut)
+        .await
+        .unwrap_or(Err(Error::Timeout(deadline.as_millis() as u64, what)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_maps_rooms_to_channels_and_back() {
+        let mut config = RedisConfig::new(redis::Client::open("redis://127.0.0.1:1").unwrap());
+        config.channel_prefix = "test1:".into();
+        let room = Room::new("match:42").unwrap();
+        assert_eq!(config.channel(&room), "test1:match:42");
+        assert_eq!(config.room("test1:match:42"), Some(room));
+        assert_eq!(config.room("other:match:42"), None);
+    }
+}

@@ -1,0 +1,149 @@
+//! The messages on the broker's address: one struct per intent.
+//!
+//! Commands are verbs ([`Publish`], [`Subscribe`], ...); what is delivered to a
+//! recipient is a noun ([`Delivery`], [`Evicted`]).
+
+use std::sync::Arc;
+
+use actix::{Message, Recipient};
+use serde::Serialize;
+
+use crate::{Error, Event, NewEvent, PublisherStats, Room, SubscriberStats};
+
+/// Publish an event in a room. The broker delivers it to this server's recipients at
+/// once, then hands it to the backplane; the result says whether Redis took it
+/// (`Err` means only this server's recipients got it).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Publish {
+    /// Where to publish.
+    pub room: Room,
+    /// What to publish; the broker adds `serverId` and `timestamp`.
+    pub event: NewEvent,
+}
+
+/// Add a recipient to a room. Answers once the backplane confirmed the room's
+/// subscription, so every event published after the answer reaches the recipient.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct Subscribe {
+    /// The room to join.
+    pub room: Room,
+    /// Who gets the room's events.
+    pub recipient: Recipient<Delivery>,
+    /// Told when the broker drops the recipient because its mailbox is full, so it
+    /// can close itself instead of silently missing events. Sessions pass theirs;
+    /// in-process services usually pass `None`.
+    pub on_evicted: Option<Recipient<Evicted>>,
+}
+
+/// Remove one recipient from a room; the last one leaving releases the room's
+/// Redis subscription.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Unsubscribe {
+    /// The room to leave.
+    pub room: Room,
+    /// The recipient that leaves.
+    pub recipient: Recipient<Delivery>,
+}
+
+/// Remove every recipient from a room (the seed's `unsubscribe(channel)`).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UnsubscribeAll {
+    /// The room to empty.
+    pub room: Room,
+}
+
+/// Remove a recipient from every room it is in (a session that stops).
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Leave {
+    /// The recipient that leaves.
+    pub recipient: Recipient<Delivery>,
+}
+
+/// One event for a recipient. The event is shared: every recipient of a room
+/// gets the same `Arc`, encoded once.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Delivery {
+    /// The event, with its room.
+    pub event: Arc<Event>,
+}
+
+/// Why the broker dropped a recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictReason {
+    /// Its mailbox was full: it could not keep up with its rooms.
+    MailboxFull,
+}
+
+/// Told to a recipient the broker dropped from all its rooms.
+#[derive(Debug, Clone, Message)]
+#[rtype(result = "()")]
+pub struct Evicted {
+    /// Why.
+    pub reason: EvictReason,
+}
+
+/// Which backplane carries events between servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackplaneKind {
+    /// Redis pub/sub: any number of servers.
+    Redis,
+    /// In-process only: one server, no Redis.
+    Memory,
+}
+
+/// The seed's health status, plus the backplane in use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthStatus {
+    /// `publisherReady && subscriberReady`.
+    pub is_healthy: bool,
+    /// The publishing connection is up.
+    pub publisher_ready: bool,
+    /// The pub/sub connection is up and its subscriptions are confirmed.
+    pub subscriber_ready: bool,
+    /// This server's id.
+    pub server_id: String,
+    /// Rooms this server holds a subscription for.
+    pub active_subscriptions: usize,
+    /// Failed connection attempts since the last success, both links added.
+    pub reconnect_attempts: u32,
+    /// The backplane in use.
+    pub backplane: BackplaneKind,
+}
+
+/// Ask the broker for its [`HealthStatus`].
+#[derive(Debug, Message)]
+#[rtype(result = "HealthStatus")]
+pub struct GetHealth;
+
+/// Both links' statistics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// The publisher's counters.
+    pub publisher: PublisherStats,
+    /// The subscriber's counters.
+    pub subscriber: SubscriberStats,
+}
+
+/// Ask for the [`Stats`] (the broker), or one link's part of them.
+#[derive(Debug, Message)]
+#[rtype(result = "Stats")]
+pub struct GetStats;
+
+/// Set every counter back to zero and every time back to `None`.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct ResetStats;
+
+/// Stop for good: release every subscription and close the Redis links. Sent by
+/// the server on SIGTERM after its `server_stopped` went out.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct Shutdown;

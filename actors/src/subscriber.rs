@@ -1,0 +1,430 @@
+//! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Instant,
+};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use redis::{aio::PubSubSink, Msg};
+use tokio::sync::oneshot;
+
+use crate::{
+    broker::Inbound,
+    link::{with_deadline, GetLinkStatus, LinkStatus, RedisConfig},
+    Backoff, Error, Event, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
+};
+
+/// Owns the pub/sub connection: SUBSCRIBE and UNSUBSCRIBE as the broker asks, and
+/// every message from Redis, checked, counted and handed to the broker.
+///
+/// The broker tells it which rooms are wanted ([`WatchRoom`], [`UnwatchRoom`]); the
+/// subscriber makes Redis agree, batching the channels that changed while a command
+/// was in flight into one SUBSCRIBE, and answers a `WatchRoom` only once a SUBSCRIBE
+/// sent after it was confirmed.
+///
+/// Supervised: when the stream of messages ends, a command fails or a PING probe goes
+/// unanswered, the actor stops; its [`Supervisor`] restarts it, it reconnects after a
+/// capped, jittered [`Backoff`] and subscribes every room still wanted. The wanted set,
+/// the waiting confirmations and the statistics live in the actor, so they survive.
+pub struct RedisSubscriber {
+    config: Arc<RedisConfig>,
+    server_id: Arc<str>,
+    instance_id: Arc<str>,
+    broker: Recipient<Inbound>,
+    sink: Option<PubSubSink>,
+    wanted: HashSet<Room>,
+    confirmed: HashSet<Room>,
+    to_subscribe: HashSet<Room>,
+    to_unsubscribe: HashSet<Room>,
+    /// Confirmations owed for rooms not yet in a sent SUBSCRIBE. Bounded by the
+    /// broker's pending subscribes; abandoned ones are pruned by the probe.
+    waiters: HashMap<Room, Vec<oneshot::Sender<()>>>,
+    in_flight: bool,
+    /// Connected, and every wanted room confirmed since.
+    ready: bool,
+    probing: bool,
+    connected_at: Option<Instant>,
+    backoff: Backoff,
+    failed_attempts: u32,
+    stats: SubscriberStats,
+    closed: bool,
+}
+
+/// Make sure the room's channel is subscribed; answers once Redis confirmed it.
+#[derive(Debug, Message)]
+#[rtype(result = "Result<(), Error>")]
+pub struct WatchRoom {
+    /// The room.
+    pub room: Room,
+}
+
+/// The room is no longer wanted: unsubscribe its channel.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct UnwatchRoom {
+    /// The room.
+    pub room: Room,
+}
+
+/// Ask the subscriber for its statistics.
+#[derive(Debug, Message)]
+#[rtype(result = "SubscriberStats")]
+pub struct GetSubscriberStats;
+
+/// Who the subscriber works for.
+#[derive(Debug, Clone)]
+pub struct SubscriberIdentity {
+    /// Messages carrying this `serverId` are this server's own echoes.
+    pub server_id: Arc<str>,
+    /// This process's random instance id: a `system:events` message with our
+    /// `serverId` but another instance id comes from a duplicate, not from us.
+    pub instance_id: Arc<str>,
+}
+
+impl RedisSubscriber {
+    /// Starts the subscriber under a supervisor; it sends what it receives to `broker`.
+    pub fn start(
+        config: Arc<RedisConfig>,
+        identity: SubscriberIdentity,
+        broker: Recipient<Inbound>,
+    ) -> Addr<RedisSubscriber> {
+        let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+        Supervisor::start(move |_| RedisSubscriber {
+            config,
+            server_id: identity.server_id,
+            instance_id: identity.instance_id,
+            broker,
+            sink: None,
+            wanted: HashSet::new(),
+            confirmed: HashSet::new(),
+            to_subscribe: HashSet::new(),
+            to_unsubscribe: HashSet::new(),
+            waiters: HashMap::new(),
+            in_flight: false,
+            ready: false,
+            probing: false,
+            connected_at: None,
+            backoff,
+            failed_attempts: 0,
+            stats: SubscriberStats::default(),
+            closed: false,
+        })
+    }
+
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let client = self.config.client.clone();
+        let connect = async move {
+            client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| Error::from_redis(&e))
+        };
+        with_deadline(self.config.response_timeout, "connect", connect)
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(pubsub) => {
+                    let (sink, stream) = pubsub.split();
+                    act.connected(sink, ctx);
+                    ctx.add_stream(stream);
+                }
+                Err(e) => {
+                    act.failed_attempts += 1;
+                    log::warn!(
+                        "subscriber {}: cannot connect to redis (attempt {}): {e}",
+                        act.server_id,
+                        act.failed_attempts
+                    );
+                    ctx.stop();
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn connected(&mut self, sink: PubSubSink, ctx: &mut Context<Self>) {
+        log::info!(
+            "subscriber {}: connected to redis after {} failed attempts; subscribing {} rooms",
+            self.server_id,
+            self.failed_attempts,
+            self.wanted.len()
+        );
+        self.sink = Some(sink);
+        self.connected_at = Some(Instant::now());
+        self.failed_attempts = 0;
+        self.backoff.reset();
+        self.confirmed.clear();
+        self.to_unsubscribe.clear();
+        self.to_subscribe = self.wanted.clone();
+        ctx.run_interval(self.config.probe_interval, Self::probe);
+        self.flush(ctx);
+    }
+
+    /// Sends what changed: one UNSUBSCRIBE and one SUBSCRIBE with every channel queued
+    /// since the last command. One command at a time, so Redis sees them in order.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.in_flight {
+            return;
+        }
+        let Some(mut sink) = self.sink.clone() else {
+            return;
+        };
+        if self.to_subscribe.is_empty() && self.to_unsubscribe.is_empty() {
+            self.mark_ready();
+            return;
+        }
+        let subscribe: Vec<Room> = self.to_subscribe.drain().collect();
+        let unsubscribe: Vec<String> = self.to_unsubscribe.drain().map(|r| self.config.channel(&r)).collect();
+        let channels: Vec<String> = subscribe.iter().map(|r| self.config.channel(r)).collect();
+        let owed: Vec<(Room, Vec<oneshot::Sender<()>>)> = subscribe
+            .iter()
+            .filter_map(|room| self.waiters.remove(room).map(|owed| (room.clone(), owed)))
+            .collect();
+        self.in_flight = true;
+        let deadline = self.config.response_timeout;
+        let command = async move {
+            if !unsubscribe.is_empty() {
+                sink.unsubscribe(&unsubscribe).await.map_err(|e| Error::from_redis(&e))?;
+            }
+            if !channels.is_empty() {
+                sink.subscribe(&channels).await.map_err(|e| Error::from_redis(&e))?;
+            }
+            Ok(())
+        };
+        with_deadline(deadline, "SUBSCRIBE", command)
+            .into_actor(self)
+            .map(move |result, act, ctx| {
+                act.in_flight = false;
+                match result {
+                    Ok(()) => {
+                        act.confirmed.extend(subscribe.into_iter().filter(|r| act.wanted.contains(r)));
+                        for tx in owed.into_iter().flat_map(|(_, txs)| txs) {
+                            let _ = tx.send(());
+                        }
+                        act.flush(ctx);
+                    }
+                    Err(e) => {
+                        // The restart resubscribes every wanted room; the owed
+                        // confirmations wait for that.
+                        for (room, txs) in owed {
+                            act.waiters.entry(room).or_default().extend(txs);
+                        }
+                        act.lose_link(&format!("subscribe failed: {e}"), ctx);
+                    }
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn mark_ready(&mut self) {
+        if !self.ready {
+            self.ready = true;
+            let took = self.connected_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
+            log::info!(
+                "subscriber {}: {} rooms subscribed, {took} ms after connecting",
+                self.server_id,
+                self.confirmed.len()
+            );
+        }
+    }
+
+    /// PINGs Redis on the pub/sub connection: a paused or wedged Redis keeps the
+    /// socket open but never answers, and only a probe tells.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        self.waiters.retain(|_, owed| {
+            owed.retain(|tx| !tx.is_closed());
+            !owed.is_empty()
+        });
+        let Some(mut sink) = self.sink.clone().filter(|_| !self.probing) else {
+            return;
+        };
+        self.probing = true;
+        let ping = async move { sink.ping::<redis::Value>().await.map_err(|e| Error::from_redis(&e)) };
+        with_deadline(self.config.probe_timeout, "PING", ping)
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                act.probing = false;
+                if let Err(e) = result {
+                    act.lose_link(&format!("probe failed: {e}"), ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    fn lose_link(&mut self, why: &str, ctx: &mut Context<Self>) {
+        if self.sink.take().is_some() {
+            self.stats.links_lost += 1;
+            log::warn!(
+                "subscriber {}: redis link lost ({why}); messages published until it is back are lost; reconnecting",
+                self.server_id
+            );
+        }
+        ctx.stop();
+    }
+
+    /// Whether a message with our own `serverId` is really ours: on `system:events`
+    /// a different `instanceId` means a duplicate server id, which the peers must see.
+    fn is_own_echo(&self, event: &Event) -> bool {
+        if event.server_id() != Some(&*self.server_id) {
+            return false;
+        }
+        if event.room().as_str() != SYSTEM_EVENTS {
+            return true;
+        }
+        #[derive(serde::Deserialize)]
+        struct Announce {
+            #[serde(rename = "instanceId")]
+            instance_id: Option<String>,
+        }
+        match event.data::<Announce>() {
+            Ok(Announce { instance_id: Some(id) }) => *id == *self.instance_id,
+            _ => true,
+        }
+    }
+}
+
+impl Actor for RedisSubscriber {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if self.closed {
+            return;
+        }
+        if self.failed_attempts == 0 {
+            self.connect(ctx);
+        } else {
+            let delay = self.backoff.next_delay();
+            ctx.run_later(delay, Self::connect);
+        }
+    }
+}
+
+impl Supervised for RedisSubscriber {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        self.sink = None;
+        self.ready = false;
+        self.in_flight = false;
+        self.probing = false;
+        self.connected_at = None;
+    }
+}
+
+impl StreamHandler<Msg> for RedisSubscriber {
+    fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) {
+        let Some(room) = self.config.room(msg.get_channel_name()) else {
+            log::debug!("subscriber {}: message on foreign channel {}", self.server_id, msg.get_channel_name());
+            return;
+        };
+        match Event::parse(room.clone(), Bytes::copy_from_slice(msg.get_payload_bytes())) {
+            Ok(event) if self.is_own_echo(&event) => self.stats.record_echo(),
+            Ok(event) => {
+                self.stats.record_received(room.as_str(), true);
+                self.broker.do_send(Inbound { event: Arc::new(event) });
+            }
+            Err(e) => {
+                self.stats.record_received(room.as_str(), false);
+                let failed = self.stats.failed_events;
+                // Logged, but not once per message: a flood of bad payloads must not
+                // become a flood of log lines.
+                if failed <= 10 || failed.is_power_of_two() {
+                    log::warn!(
+                        "subscriber {}: skipped an invalid event in {room} ({failed} so far): {e}",
+                        self.server_id
+                    );
+                }
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        self.lose_link("connection closed", ctx);
+    }
+}
+
+impl Handler<WatchRoom> for RedisSubscriber {
+    type Result = ResponseFuture<Result<(), Error>>;
+
+    fn handle(&mut self, msg: WatchRoom, ctx: &mut Context<Self>) -> Self::Result {
+        self.wanted.insert(msg.room.clone());
+        self.to_unsubscribe.remove(&msg.room);
+        if self.confirmed.contains(&msg.room) {
+            return Box::pin(async { Ok(()) });
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.entry(msg.room.clone()).or_default().push(tx);
+        self.to_subscribe.insert(msg.room);
+        self.flush(ctx);
+        Box::pin(async move { rx.await.map_err(|_| Error::ShuttingDown) })
+    }
+}
+
+impl Handler<UnwatchRoom> for RedisSubscriber {
+    type Result = ();
+
+    fn handle(&mut self, msg: UnwatchRoom, ctx: &mut Context<Self>) {
+        self.wanted.remove(&msg.room);
+        self.confirmed.remove(&msg.room);
+        self.to_subscribe.remove(&msg.room);
+        if self.sink.is_some() {
+            self.to_unsubscribe.insert(msg.room);
+            self.flush(ctx);
+        }
+    }
+}
+
+impl Handler<GetLinkStatus> for RedisSubscriber {
+    type Result = LinkStatus;
+
+    fn handle(&mut self, _: GetLinkStatus, _ctx: &mut Context<Self>) -> LinkStatus {
+        LinkStatus {
+            ready: self.ready && self.sink.is_some(),
+            failed_attempts: self.failed_attempts,
+            channels: self.wanted.len(),
+        }
+    }
+}
+
+impl Handler<GetSubscriberStats> for RedisSubscriber {
+    type Result = MessageResult<GetSubscriberStats>;
+
+    fn handle(&mut self, _: GetSubscriberStats, _ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.stats.clone())
+    }
+}
+
+impl Handler<ResetStats> for RedisSubscriber {
+    type Result = ();
+
+    fn handle(&mut self, _: ResetStats, _ctx: &mut Context<Self>) {
+        self.stats = SubscriberStats::default();
+    }
+}
+
+impl Handler<Shutdown> for RedisSubscriber {
+    type Result = ResponseActFuture<Self, ()>;
+
+    fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
+        self.closed = true;
+        self.wanted.clear();
+        let sink = self.sink.take();
+        let deadline = self.config.response_timeout;
+        let unsubscribe = async move {
+            if let Some(mut sink) = sink {
+                let all: &[&str] = &[];
+                sink.unsubscribe(all).await.map_err(|e| Error::from_redis(&e))?;
+            }
+            Ok(())
+        };
+        Box::pin(
+            with_deadline(deadline, "UNSUBSCRIBE", unsubscribe)
+                .into_actor(self)
+                .map(|result, act, ctx| {
+                    if let Err(e) = result {
+                        log::warn!("subscriber {}: unsubscribe at shutdown failed: {e}", act.server_id);
+                    }
+                    ctx.stop();
+                }),
+        )
+    }
+}

@@ -1,0 +1,327 @@
+//! Configuration from the environment (PROTOCOL.md §4), loaded once in `main`.
+
+use std::time::Duration;
+
+use redis::{ConnectionAddr, IntoConnectionInfo};
+use switchboard_actors::{BackplaneConfig, BrokerConfig, PeersConfig, RedisConfig};
+use thiserror::Error;
+
+/// A setting that cannot be used: the server stops at start with this line.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("switchboard: invalid configuration: {name}: {why}")]
+pub struct ConfigError {
+    /// The environment variable.
+    pub name: &'static str,
+    /// What is wrong with its value.
+    pub why: String,
+}
+
+/// Per-connection limits (PROTOCOL.md §6).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// A WebSocket message over this closes the connection with 1009.
+    pub frame_bytes: usize,
+    /// An event over this is refused (`too_large`, HTTP 413).
+    pub event_bytes: usize,
+    /// Bytes queued for one client before it is closed with 1013.
+    pub outbound_bytes: usize,
+    /// Frames queued for one client before it is closed with 1013.
+    pub outbound_frames: usize,
+    /// Rooms one connection may hold.
+    pub subscriptions: usize,
+}
+
+impl Limits {
+    /// `LIMIT_FRAME_BYTES`: 64 KiB.
+    pub const DEFAULT_FRAME_BYTES: usize = 64 * 1024;
+    /// `LIMIT_EVENT_BYTES`: 32 KiB.
+    pub const DEFAULT_EVENT_BYTES: usize = 32 * 1024;
+    /// `LIMIT_OUTBOUND_BYTES`: 1 MiB.
+    pub const DEFAULT_OUTBOUND_BYTES: usize = 1024 * 1024;
+    /// `LIMIT_OUTBOUND_FRAMES`: 1,000.
+    pub const DEFAULT_OUTBOUND_FRAMES: usize = 1000;
+    /// `LIMIT_SUBSCRIPTIONS`: 128.
+    pub const DEFAULT_SUBSCRIPTIONS: usize = 128;
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            frame_bytes: Self::DEFAULT_FRAME_BYTES,
+            event_bytes: Self::DEFAULT_EVENT_BYTES,
+            outbound_bytes: Self::DEFAULT_OUTBOUND_BYTES,
+            outbound_frames: Self::DEFAULT_OUTBOUND_FRAMES,
+            subscriptions: Self::DEFAULT_SUBSCRIPTIONS,
+        }
+    }
+}
+
+/// Settings of the WebSocket sessions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionConfig {
+    /// A WebSocket ping this often.
+    pub heartbeat_interval: Duration,
+    /// A client silent this long (not even a pong) is dropped.
+    pub client_timeout: Duration,
+    /// The limits.
+    pub limits: Limits,
+}
+
+impl SessionConfig {
+    /// `HEARTBEAT_INTERVAL_MS`.
+    pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_millis(5000);
+    /// `CLIENT_TIMEOUT_MS`.
+    pub const DEFAULT_CLIENT_TIMEOUT: Duration = Duration::from_millis(10_000);
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        SessionConfig {
+            heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
+            client_timeout: Self::DEFAULT_CLIENT_TIMEOUT,
+            limits: Limits::default(),
+        }
+    }
+}
+
+/// Everything the server reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen.
+    pub host: String,
+    /// The port; 0 picks a free one.
+    pub port: u16,
+    /// The broker, with its backplane.
+    pub broker: BrokerConfig,
+    /// The peer announcements.
+    pub peers: PeersConfig,
+    /// The sessions.
+    pub session: SessionConfig,
+    /// How long a graceful shutdown may take.
+    pub shutdown_timeout: Duration,
+}
+
+impl Config {
+    /// `HOST`.
+    pub const DEFAULT_HOST: &'static str = "127.0.0.1";
+    /// `PORT`.
+    pub const DEFAULT_PORT: u16 = 8080;
+    /// `SHUTDOWN_TIMEOUT_MS`.
+    pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(10_000);
+
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Config, ConfigError> {
+        Config::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads settings through `lookup` (the environment, or a map in tests).
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
+        let env = Env(&lookup);
+        let server_id = match env.text("SERVER_ID")? {
+            Some(id) => id,
+            None => default_server_id(),
+        };
+        let backplane = match redis_client(&env)? {
+            Some(client) => BackplaneConfig::Redis(redis_config(&env, client)?),
+            None => BackplaneConfig::Memory,
+        };
+        let mut broker = BrokerConfig::new(server_id.clone(), backplane);
+        broker.subscribe_timeout = env.millis("SUBSCRIBE_TIMEOUT_MS", BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT)?;
+        let peers = PeersConfig {
+            server_id,
+            instance_id: broker.instance_id.clone(),
+            heartbeat: env.millis("PEER_HEARTBEAT_MS", PeersConfig::DEFAULT_HEARTBEAT)?,
+        };
+        let session = SessionConfig {
+            heartbeat_interval: env.millis("HEARTBEAT_INTERVAL_MS", SessionConfig::DEFAULT_HEARTBEAT_INTERVAL)?,
+            client_timeout: env.millis("CLIENT_TIMEOUT_MS", SessionConfig::DEFAULT_CLIENT_TIMEOUT)?,
+            limits: limits(&env)?,
+        };
+        Ok(Config {
+            host: env.text("HOST")?.unwrap_or_else(|| Self::DEFAULT_HOST.into()),
+            port: env.number("PORT", Self::DEFAULT_PORT as u64, 0, u16::MAX as u64)? as u16,
+            broker,
+            peers,
+            session,
+            shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", Self::DEFAULT_SHUTDOWN_TIMEOUT)?,
+        })
+    }
+}
+
+fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {
+    let size = |name, default: usize| env.number(name, default as u64, 1, u32::MAX as u64).map(|n| n as usize);
+    let limits = Limits {
+        frame_bytes: size("LIMIT_FRAME_BYTES", Limits::DEFAULT_FRAME_BYTES)?,
+        event_bytes: size("LIMIT_EVENT_BYTES", Limits::DEFAULT_EVENT_BYTES)?,
+        outbound_bytes: size("LIMIT_OUTBOUND_BYTES", Limits::DEFAULT_OUTBOUND_BYTES)?,
+        outbound_frames: size("LIMIT_OUTBOUND_FRAMES", Limits::DEFAULT_OUTBOUND_FRAMES)?,
+        subscriptions: size("LIMIT_SUBSCRIPTIONS", Limits::DEFAULT_SUBSCRIPTIONS)?,
+    };
+    Ok(limits)
+}
+
+fn redis_config(env: &Env<'_>, client: redis::Client) -> Result<RedisConfig, ConfigError> {
+    let mut redis = RedisConfig::new(client);
+    redis.channel_prefix = env.text("REDIS_CHANNEL_PREFIX")?.unwrap_or_default();
+    if let Some(bad) = redis.channel_prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError {
+            name: "REDIS_CHANNEL_PREFIX",
+            why: format!("must not contain {bad:?}"),
+        });
+    }
+    redis.publish_retries = env.number("PUBLISH_RETRIES", RedisConfig::DEFAULT_PUBLISH_RETRIES.into(), 0, 100)? as u32;
+    redis.publish_retry_base = env.millis("PUBLISH_RETRY_BASE_MS", RedisConfig::DEFAULT_PUBLISH_RETRY_BASE)?;
+    redis.reconnect_base = env.millis("RECONNECT_BASE_MS", RedisConfig::DEFAULT_RECONNECT_BASE)?;
+    redis.reconnect_max = env.millis("RECONNECT_MAX_MS", RedisConfig::DEFAULT_RECONNECT_MAX)?;
+    redis.probe_interval = env.millis("PROBE_INTERVAL_MS", RedisConfig::DEFAULT_PROBE_INTERVAL)?;
+    redis.probe_timeout = env.millis("PROBE_TIMEOUT_MS", RedisConfig::DEFAULT_PROBE_TIMEOUT)?;
+    redis.response_timeout = env.millis("REDIS_RESPONSE_TIMEOUT_MS", RedisConfig::DEFAULT_RESPONSE_TIMEOUT)?;
+    if redis.reconnect_max < redis.reconnect_base {
+        return Err(ConfigError {
+            name: "RECONNECT_MAX_MS",
+            why: "must not be below RECONNECT_BASE_MS".into(),
+        });
+    }
+    Ok(redis)
+}
+
+/// `REDIS_URL` wins; else `REDIS_HOST` and friends; none set means the memory backplane.
+fn redis_client(env: &Env<'_>) -> Result<Option<redis::Client>, ConfigError> {
+    if let Some(url) = env.text("REDIS_URL")? {
+        let scheme = url.split("://").next().unwrap_or_default();
+        if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") || !url.contains("://") {
+            return Err(ConfigError {
+                name: "REDIS_URL",
+                why: "use redis://, rediss:// or unix://".into(),
+            });
+        }
+        let client = redis::Client::open(url.as_str()).map_err(|e| ConfigError {
+            name: "REDIS_URL",
+            why: e.to_string(),
+        })?;
+        return Ok(Some(client));
+    }
+    let (host, port) = (env.text("REDIS_HOST")?, env.text("REDIS_PORT")?);
+    let (password, db) = (env.text("REDIS_PASSWORD")?, env.text("REDIS_DB")?);
+    if host.is_none() && port.is_none() && password.is_none() && db.is_none() {
+        return Ok(None);
+    }
+    let port = env.number("REDIS_PORT", 6379, 1, u16::MAX as u64)? as u16;
+    let db = env.number("REDIS_DB", 0, 0, 1 << 20)? as i64;
+    let host = host.unwrap_or_else(|| "127.0.0.1".into());
+    let info = ConnectionAddr::Tcp(host, port)
+        .into_connection_info()
+        .map_err(|e| ConfigError { name: "REDIS_HOST", why: e.to_string() })?;
+    let mut settings = info.redis_settings().clone().set_db(db);
+    if let Some(password) = password {
+        settings = settings.set_password(password);
+    }
+    let client = redis::Client::open(info.set_redis_settings(settings))
+        .map_err(|e| ConfigError { name: "REDIS_HOST", why: e.to_string() })?;
+    Ok(Some(client))
+}
+
+fn default_server_id() -> String {
+    let secs = switchboard_actors::now_ms() / 1000;
+    format!("server_{}_{secs}", std::process::id())
+}
+
+/// Typed reads of the environment; every failure names its variable.
+struct Env<'a>(&'a dyn Fn(&str) -> Option<String>);
+
+impl Env<'_> {
+    /// A set, non-empty value.
+    fn text(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
+        match (self.0)(name) {
+            Some(value) if value.trim().is_empty() => Err(ConfigError { name, why: "is empty".into() }),
+            other => Ok(other),
+        }
+    }
+
+    fn number(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+        let Some(text) = self.text(name)? else {
+            return Ok(default);
+        };
+        let value: u64 = text.trim().parse().map_err(|_| ConfigError {
+            name,
+            why: format!("{text:?} is not a whole number"),
+        })?;
+        if value < min || value > max {
+            return Err(ConfigError {
+                name,
+                why: format!("{value} is not between {min} and {max}"),
+            });
+        }
+        Ok(value)
+    }
+
+    /// A duration in milliseconds, at least 1.
+    fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+        let ms = self.number(name, default.as_millis() as u64, 1, 24 * 3600 * 1000)?;
+        Ok(Duration::from_millis(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn nothing_set_means_memory_and_the_defaults() {
+        let config = load(&[]).unwrap();
+        assert!(matches!(config.broker.backplane, BackplaneConfig::Memory));
+        assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 8080));
+        assert_eq!(config.session, SessionConfig::default());
+        assert!(config.broker.server_id.starts_with("server_"));
+    }
+
+    #[test]
+    fn redis_url_wins_and_tunables_apply() {
+        let config = load(&[
+            ("REDIS_URL", "redis://127.0.0.1:7777"),
+            ("REDIS_HOST", "ignored"),
+            ("PUBLISH_RETRIES", "1"),
+            ("REDIS_CHANNEL_PREFIX", "t1:"),
+        ])
+        .unwrap();
+        let BackplaneConfig::Redis(redis) = config.broker.backplane else {
+            panic!("expected redis");
+        };
+        assert_eq!(redis.publish_retries, 1);
+        assert_eq!(redis.channel_prefix, "t1:");
+    }
+
+    #[test]
+    fn redis_host_alone_selects_redis() {
+        let config = load(&[("REDIS_HOST", "127.0.0.1"), ("REDIS_DB", "2")]).unwrap();
+        assert!(matches!(config.broker.backplane, BackplaneConfig::Redis(_)));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        for (name, value) in [
+            ("PORT", "abc"),
+            ("PORT", "70000"),
+            ("PUBLISH_RETRIES", "-1"),
+            ("HEARTBEAT_INTERVAL_MS", "0"),
+            ("CLIENT_TIMEOUT_MS", "x"),
+            ("REDIS_URL", "ftp://x"),
+            ("LIMIT_FRAME_BYTES", "abc"),
+            ("SERVER_ID", " "),
+        ] {
+            let mut vars = vec![(name, value)];
+            if name == "PUBLISH_RETRIES" {
+                vars.push(("REDIS_URL", "redis://127.0.0.1"));
+            }
+            let err = load(&vars).expect_err(name);
+            assert_eq!(err.name, name, "{err}");
+            assert!(err.to_string().starts_with(&format!("switchboard: invalid configuration: {name}: ")));
+        }
+    }
+}

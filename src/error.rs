@@ -1,0 +1,91 @@
+//! The one error type of the server crate: what a client or an operator is told.
+
+use serde::Serialize;
+use thiserror::Error;
+
+/// The `code` of an `error` frame (PROTOCOL.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Not a JSON object, no `op`, a binary frame, a missing or mistyped field.
+    BadFrame,
+    /// An `op` the server does not know.
+    UnknownOp,
+    /// A room that breaks the naming rules.
+    BadRoom,
+    /// An event over `LIMIT_EVENT_BYTES`.
+    TooLarge,
+    /// Redis did not take a publish; only this server's subscribers got it.
+    PublishFailed,
+    /// The room's subscription was not confirmed in time.
+    SubscribeFailed,
+    /// Publishing in a `system:` room.
+    NotAllowed,
+    /// More rooms than `LIMIT_SUBSCRIPTIONS`.
+    TooManySubscriptions,
+}
+
+/// A refused request, on WebSocket or HTTP.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum Error {
+    /// See [`ErrorCode::BadFrame`].
+    #[error("{0}")]
+    BadFrame(String),
+    /// See [`ErrorCode::UnknownOp`].
+    #[error("unknown op {0:?}")]
+    UnknownOp(String),
+    /// See [`ErrorCode::BadRoom`].
+    #[error("{0}")]
+    BadRoom(String),
+    /// See [`ErrorCode::TooLarge`].
+    #[error("event of {size} bytes is over the limit of {limit}")]
+    TooLarge {
+        /// The event's size.
+        size: usize,
+        /// `LIMIT_EVENT_BYTES`.
+        limit: usize,
+    },
+    /// See [`ErrorCode::NotAllowed`].
+    #[error("{0}")]
+    NotAllowed(String),
+    /// See [`ErrorCode::PublishFailed`].
+    #[error("publish failed: {0}")]
+    PublishFailed(String),
+    /// See [`ErrorCode::SubscribeFailed`].
+    #[error("subscribe failed: {0}")]
+    SubscribeFailed(String),
+    /// See [`ErrorCode::TooManySubscriptions`].
+    #[error("a connection holds at most {0} rooms")]
+    TooManySubscriptions(usize),
+}
+
+impl Error {
+    /// The WebSocket error code.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::BadFrame(_) => ErrorCode::BadFrame,
+            Error::UnknownOp(_) => ErrorCode::UnknownOp,
+            Error::BadRoom(_) => ErrorCode::BadRoom,
+            Error::TooLarge { .. } => ErrorCode::TooLarge,
+            Error::NotAllowed(_) => ErrorCode::NotAllowed,
+            Error::PublishFailed(_) => ErrorCode::PublishFailed,
+            Error::SubscribeFailed(_) => ErrorCode::SubscribeFailed,
+            Error::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
+        }
+    }
+
+    /// The HTTP status of the same refusal (PROTOCOL.md §3).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::TooLarge { .. } => 413,
+            Error::NotAllowed(_) => 403,
+            Error::PublishFailed(_) | Error::SubscribeFailed(_) => 503,
+            _ => 400,
+        }
+    }
+
+    /// A room name error from the actor crate.
+    pub fn from_room(err: switchboard_actors::Error) -> Error {
+        Error::BadRoom(err.to_string())
+    }
+}

@@ -1,0 +1,109 @@
+//! The HTTP endpoints (PROTOCOL.md §3) and the WebSocket upgrade.
+
+use std::sync::Arc;
+
+use actix::{Actor, AsyncContext};
+use actix_web::{
+    http::StatusCode,
+    web::{self, Bytes, Data, Path},
+    HttpRequest, HttpResponse,
+};
+use serde::Serialize;
+use serde_json::{json, value::RawValue};
+use switchboard_actors::{GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats};
+
+use crate::{outbound::Outbound, session::Session, wire, ConnectionSocket, Error, State};
+
+/// Mounts `/ws`, `/publish/{room}`, `/health`, `/health/live`, `/stats` and
+/// `/stats/reset`.
+pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
+    let body_limit = (state.session.limits.event_bytes * 2).max(64 * 1024);
+    cfg.app_data(Data::from(state))
+        .app_data(web::PayloadConfig::new(body_limit))
+        .route("/ws", web::get().to(websocket))
+        .route("/publish/{room}", web::post().to(publish))
+        .route("/health", web::get().to(health))
+        .route("/health/live", web::get().to(live))
+        .route("/stats", web::get().to(stats))
+        .route("/stats/reset", web::post().to(reset_stats));
+}
+
+async fn websocket(req: HttpRequest, payload: web::Payload, state: Data<State>) -> actix_web::Result<HttpResponse> {
+    let mut response = actix_web_actors::ws::handshake(&req)?;
+    let limits = &state.session.limits;
+    let socket = req.conn_data::<ConnectionSocket>().map(|s| s.0);
+    let (out, body) = Outbound::new(limits.outbound_bytes, limits.outbound_frames, socket);
+    let frames = crate::inbound::InboundFrames::new(payload, limits.frame_bytes);
+    Session::create(|ctx| {
+        ctx.add_stream(frames);
+        Session::new(state.into_inner(), out)
+    });
+    Ok(response.streaming(body))
+}
+
+fn refusal(error: &Error) -> HttpResponse {
+    let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
+    HttpResponse::build(status).json(json!({"ok": false, "error": error.to_string()}))
+}
+
+async fn publish(room: Path<String>, body: Bytes, state: Data<State>) -> HttpResponse {
+    let event: Box<RawValue> = match serde_json::from_slice(&body) {
+        Ok(event) => event,
+        Err(e) => return refusal(&Error::BadFrame(format!("the body is not JSON: {e}"))),
+    };
+    let (room, event) = match wire::new_event(&room, &event, state.session.limits.event_bytes) {
+        Ok(checked) => checked,
+        Err(error) => return refusal(&error),
+    };
+    match state.broker.send(Publish { room, event }).await {
+        Ok(Ok(())) => HttpResponse::Ok().json(json!({"ok": true})),
+        Ok(Err(e)) => refusal(&Error::PublishFailed(e.to_string())),
+        Err(e) => refusal(&Error::PublishFailed(e.to_string())),
+    }
+}
+
+/// `GET /health`: the seed's status, the backplane and the live peers.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Health {
+    #[serde(flatten)]
+    status: HealthStatus,
+    peers: Vec<switchboard_actors::PeerInfo>,
+    duplicate_server_id: bool,
+}
+
+async fn health(state: Data<State>) -> HttpResponse {
+    let (status, peers) = (state.broker.send(GetHealth), state.peers.send(GetPeers));
+    let (Ok(mut status), peers) = (status.await, peers.await.unwrap_or_default()) else {
+        return HttpResponse::ServiceUnavailable().json(json!({"isHealthy": false, "error": "shutting down"}));
+    };
+    let PeerList { peers, duplicate_id } = peers;
+    status.is_healthy &= !duplicate_id;
+    let code = if status.is_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    HttpResponse::build(code).json(Health {
+        status,
+        peers,
+        duplicate_server_id: duplicate_id,
+    })
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"ok": true}))
+}
+
+async fn stats(state: Data<State>) -> HttpResponse {
+    let Ok(stats) = state.broker.send(GetStats).await else {
+        return HttpResponse::ServiceUnavailable().finish();
+    };
+    HttpResponse::Ok().json(json!({
+        "publisher": stats.publisher,
+        "subscriber": stats.subscriber,
+        "connections": state.counters.snapshot(),
+    }))
+}
+
+async fn reset_stats(state: Data<State>) -> HttpResponse {
+    let _ = state.broker.send(ResetStats).await;
+    state.counters.reset();
+    HttpResponse::NoContent().finish()
+}

@@ -1,0 +1,40 @@
+//! Switchboard: the real-time tier of an Actix application that runs on more than
+//! one server. A service publishes a typed event in a room; Redis pub/sub carries it
+//! to every server; each server hands it to its in-process actors and to its WebSocket
+//! clients in that room.
+//!
+//! This crate is the HTTP side: configuration, the WebSocket session actor, the wire
+//! format and the routes. The actors that do not depend on HTTP (broker, Redis links,
+//! peers) are in [`switchboard_actors`], re-exported as [`actors`].
+//!
+//! # Layout
+//!
+//! - `config.rs`: [`Config`] from the environment (PROTOCOL.md §4), with its
+//!   sub-configs; loaded once in `main`.
+//! - `server.rs`: [`Switchboard`] (starts the broker and the peers and mounts the
+//!   routes into any Actix `App` with [`Switchboard::configure`]) and [`run`] (the
+//!   whole server on a listener, until a shutdown future resolves, then a drain).
+//! - `http.rs`: `POST /publish/{room}`, `GET /health`, `GET /health/live`,
+//!   `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
+//! - `session.rs`: [`Session`], one actor per WebSocket client. Accepts `Delivery`
+//!   and `Evicted` from the broker and the client's frames as a stream.
+//! - `wire.rs`: client frames parsed into [`wire::ClientOp`]; server frames encoded.
+//! - `outbound.rs`: the bounded per-connection queue and the response body that
+//!   drains it; `inbound.rs`: client frames off the request payload, size-checked.
+//! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.
+
+mod config;
+mod error;
+mod http;
+mod inbound;
+mod outbound;
+mod server;
+mod session;
+mod socket;
+pub mod wire;
+
+pub use config::{Config, ConfigError, Limits, SessionConfig};
+pub use error::{Error, ErrorCode};
+pub use server::{run, ConnectionCounters, ConnectionSocket, State, Switchboard};
+pub use session::Session;
+pub use switchboard_actors as actors;

@@ -1,0 +1,47 @@
+//! The `switchboard` server: configuration from the environment, then [`switchboard::run`].
+
+use std::{net::TcpListener, process::ExitCode};
+
+use switchboard::Config;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let config = match Config::from_env() {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match TcpListener::bind((config.host.as_str(), config.port)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("switchboard: cannot listen on {}:{}: {e}", config.host, config.port);
+            return ExitCode::from(1);
+        }
+    };
+    let address = listener.local_addr().expect("a bound listener has an address");
+    // The one line on stdout: scripts and tests read the port from it.
+    #[allow(clippy::print_stdout)]
+    {
+        println!("switchboard listening on http://{address}");
+    }
+    let result = actix_web::rt::System::new().block_on(switchboard::run(listener, config, shutdown_signal()));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,332 @@
+//! The bounded outbound queue of one WebSocket connection, and the response body
+//! that drains it into the socket.
+//!
+//! actix-web-actors' `WebsocketContext` queues frames without limit and runs its actor
+//! only while the HTTP layer polls the response body, which it stops doing when the
+//! socket is full: a client that stops reading would freeze its session and grow its
+//! queue forever. So a session here is an ordinary actor that runs on its own, and its
+//! frames go through this queue: the session pushes encoded frames, [`OutboundBody`]
+//! hands them to the socket as it takes them, and the queue knows at every moment how
+//! many bytes and frames the client has not taken. Over a limit, the session closes
+//! the client (1013) instead of buffering.
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    os::fd::RawFd,
+    pin::Pin,
+    rc::Rc,
+    task::{Context, Poll, Waker},
+};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use bytestring::ByteString;
+use futures_util::Stream;
+
+/// Frames coalesced into one write are cut at this size.
+const WRITE_CHUNK: usize = 64 * 1024;
+
+const OP_TEXT: u8 = 0x1;
+const OP_CLOSE: u8 = 0x8;
+const OP_PING: u8 = 0x9;
+const OP_PONG: u8 = 0xA;
+
+/// The queue is over one of its limits: the client does not keep up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overflow;
+
+/// The session's end of the queue. Session and body live on the same HTTP worker
+/// thread, so they share the queue through `Rc<RefCell>`: no lock, no atomics.
+pub struct Outbound {
+    queue: Rc<RefCell<Queue>>,
+}
+
+/// The HTTP response body: drains the queue as the socket takes bytes.
+pub struct OutboundBody {
+    queue: Rc<RefCell<Queue>>,
+}
+
+struct Queue {
+    /// Frame headers and payloads, in order; payloads are shared, not copied.
+    parts: VecDeque<Bytes>,
+    bytes: usize,
+    frames: usize,
+    /// Ends of frames, as part counts, so `frames` falls as frames are written.
+    frame_ends: VecDeque<usize>,
+    parts_taken: usize,
+    max_bytes: usize,
+    max_frames: usize,
+    waker: Option<Waker>,
+    /// A close frame is queued: nothing more is accepted and the body ends after it.
+    closing: bool,
+    /// The HTTP layer dropped the body: the connection is gone.
+    body_gone: bool,
+    socket: Option<RawFd>,
+}
+
+impl Outbound {
+    /// A queue holding at most `max_bytes` and `max_frames` not yet taken by the
+    /// socket. `socket` (the connection's file descriptor, when known) lets
+    /// [`Outbound::abort`] reset a connection whose client never reads its close frame.
+    pub fn new(max_bytes: usize, max_frames: usize, socket: Option<RawFd>) -> (Outbound, OutboundBody) {
+        let queue = Rc::new(RefCell::new(Queue {
+            parts: VecDeque::new(),
+            bytes: 0,
+            frames: 0,
+            frame_ends: VecDeque::new(),
+            parts_taken: 0,
+            max_bytes,
+            max_frames,
+            waker: None,
+            closing: false,
+            body_gone: false,
+            socket,
+        }));
+        (Outbound { queue: queue.clone() }, OutboundBody { queue })
+    }
+
+    /// Queues a text frame.
+    pub fn text(&self, text: ByteString) -> Result<(), Overflow> {
+        self.push(OP_TEXT, text.into_bytes())
+    }
+
+    /// Queues a ping.
+    pub fn ping(&self) -> Result<(), Overflow> {
+        self.push(OP_PING, Bytes::new())
+    }
+
+    /// Queues a pong echoing `payload`.
+    pub fn pong(&self, payload: Bytes) -> Result<(), Overflow> {
+        self.push(OP_PONG, payload)
+    }
+
+    /// Queues a close frame and ends the stream after it. With `drop_backlog`, frames
+    /// not yet taken by the socket are dropped first (a slow client gets its close
+    /// frame next, not after a backlog it cannot read).
+    pub fn close(&self, code: u16, reason: &str, drop_backlog: bool) {
+        let mut queue = self.queue.borrow_mut();
+        if queue.closing {
+            return;
+        }
+        if drop_backlog {
+            queue.clear();
+        }
+        let mut payload = BytesMut::with_capacity(2 + reason.len());
+        payload.put_u16(code);
+        payload.put_slice(&reason.as_bytes()[..reason.len().min(120)]);
+        queue.append(OP_CLOSE, payload.freeze());
+        queue.closing = true;
+        queue.wake();
+    }
+
+    /// Bytes and frames the socket has not taken yet.
+    pub fn backlog(&self) -> (usize, usize) {
+        let queue = self.queue.borrow();
+        (queue.bytes, queue.frames)
+    }
+
+    /// Whether the connection is gone (the HTTP layer dropped the body).
+    pub fn is_gone(&self) -> bool {
+        self.queue.borrow().body_gone
+    }
+
+    /// Resets the TCP connection if it is still open: for a client that stopped
+    /// reading and would otherwise hold its connection (and its kernel buffers) open
+    /// forever, since the HTTP layer has no write deadline.
+    pub fn abort(&self) {
+        let queue = self.queue.borrow();
+        if !queue.body_gone {
+            if let Some(fd) = queue.socket {
+                crate::socket::reset(fd);
+            }
+        }
+    }
+
+    fn push(&self, opcode: u8, payload: Bytes) -> Result<(), Overflow> {
+        let mut queue = self.queue.borrow_mut();
+        if queue.closing || queue.body_gone {
+            return Ok(());
+        }
+        let size = payload.len() + header_len(payload.len());
+        if queue.frames + 1 > queue.max_frames || queue.bytes + size > queue.max_bytes {
+            return Err(Overflow);
+        }
+        queue.append(opcode, payload);
+        queue.wake();
+        Ok(())
+    }
+}
+
+impl Queue {
+    fn append(&mut self, opcode: u8, payload: Bytes) {
+        let header = header(opcode, payload.len());
+        self.bytes += header.len() + payload.len();
+        self.frames += 1;
+        self.parts.push_back(header);
+        if !payload.is_empty() {
+            self.parts.push_back(payload);
+        }
+        self.frame_ends.push_back(self.parts_taken + self.parts.len());
+    }
+
+    fn clear(&mut self) {
+        self.parts_taken += self.parts.len();
+        self.parts.clear();
+        self.frame_ends.clear();
+        self.bytes = 0;
+        self.frames = 0;
+    }
+
+    fn wake(&mut self) {
+        if let Some(waker) = self.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Takes up to [`WRITE_CHUNK`] bytes of whole parts, coalesced into one buffer
+    /// (a single large part is handed over as is, without a copy).
+    fn take_chunk(&mut self) -> Option<Bytes> {
+        let first = self.parts.pop_front()?;
+        self.note_taken(first.len());
+        if first.len() >= WRITE_CHUNK {
+            return Some(first);
+        }
+        let mut chunk = BytesMut::with_capacity(WRITE_CHUNK.min(self.bytes + first.len()));
+        chunk.put_slice(&first);
+        while let Some(next) = self.parts.front() {
+            if chunk.len() + next.len() > WRITE_CHUNK {
+                break;
+            }
+            let next = self.parts.pop_front().expect("front exists");
+            chunk.put_slice(&next);
+            self.note_taken(next.len());
+        }
+        Some(chunk.freeze())
+    }
+
+    fn note_taken(&mut self, len: usize) {
+        self.parts_taken += 1;
+        self.bytes -= len;
+        while self.frame_ends.front().is_some_and(|end| *end <= self.parts_taken) {
+            self.frame_ends.pop_front();
+            self.frames -= 1;
+        }
+    }
+}
+
+impl Stream for OutboundBody {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let mut queue = self.queue.borrow_mut();
+        match queue.take_chunk() {
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+            None if queue.closing => Poll::Ready(None),
+            None => {
+                queue.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for OutboundBody {
+    fn drop(&mut self) {
+        let mut queue = self.queue.borrow_mut();
+        queue.body_gone = true;
+        queue.clear();
+    }
+}
+
+fn header_len(len: usize) -> usize {
+    match len {
+        0..=125 => 2,
+        126..=65535 => 4,
+        _ => 10,
+    }
+}
+
+/// A server frame header (RFC 6455 §5.2): FIN set, unmasked.
+fn header(opcode: u8, len: usize) -> Bytes {
+    let mut header = BytesMut::with_capacity(10);
+    header.put_u8(0x80 | opcode);
+    match len {
+        0..=125 => header.put_u8(len as u8),
+        126..=65535 => {
+            header.put_u8(126);
+            header.put_u16(len as u16);
+        }
+        _ => {
+            header.put_u8(127);
+            header.put_u64(len as u64);
+        }
+    }
+    header.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::{task::noop_waker_ref, StreamExt};
+
+    fn drain(body: &mut OutboundBody) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut cx = Context::from_waker(noop_waker_ref());
+        while let Poll::Ready(Some(Ok(chunk))) = body.poll_next_unpin(&mut cx) {
+            out.extend_from_slice(&chunk);
+        }
+        out
+    }
+
+    #[test]
+    fn headers_follow_rfc_6455() {
+        assert_eq!(&header(OP_TEXT, 5)[..], &[0x81, 5]);
+        assert_eq!(&header(OP_TEXT, 300)[..], &[0x81, 126, 1, 44]);
+        assert_eq!(&header(OP_PING, 70_000)[..], &[0x89, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        for len in [0, 125, 126, 65535, 65536] {
+            assert_eq!(header(OP_TEXT, len).len(), header_len(len));
+        }
+    }
+
+    #[test]
+    fn counts_what_the_socket_has_not_taken() {
+        let (out, mut body) = Outbound::new(1000, 10, None);
+        out.text("hello".into()).unwrap();
+        out.ping().unwrap();
+        assert_eq!(out.backlog(), (7 + 2, 2));
+        assert_eq!(drain(&mut body), [&[0x81, 5][..], b"hello", &[0x89, 0]].concat());
+        assert_eq!(out.backlog(), (0, 0));
+    }
+
+    #[test]
+    fn refuses_past_either_limit() {
+        let (out, _body) = Outbound::new(1000, 3, None);
+        for _ in 0..3 {
+            out.text("x".into()).unwrap();
+        }
+        assert_eq!(out.text("x".into()), Err(Overflow));
+        let (out, _body) = Outbound::new(10, 100, None);
+        out.text("12345678".into()).unwrap();
+        assert_eq!(out.text("1".into()), Err(Overflow));
+    }
+
+    #[test]
+    fn close_can_drop_the_backlog_and_ends_the_body() {
+        let (out, mut body) = Outbound::new(1000, 10, None);
+        out.text("stale".into()).unwrap();
+        out.close(1013, "slow", true);
+        out.text("after".into()).unwrap();
+        assert_eq!(drain(&mut body), [&[0x88, 6, 0x03, 0xF5][..], b"slow"].concat());
+        let mut cx = Context::from_waker(noop_waker_ref());
+        assert!(matches!(body.poll_next_unpin(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn dropping_the_body_marks_the_connection_gone() {
+        let (out, body) = Outbound::new(1000, 10, None);
+        drop(body);
+        assert!(out.is_gone());
+        assert_eq!(out.text("x".into()), Ok(()));
+        assert_eq!(out.backlog(), (0, 0));
+    }
+}

@@ -1,0 +1,194 @@
+//! Starting, mounting and stopping Switchboard.
+
+use std::{
+    any::Any,
+    future::Future,
+    net::TcpListener,
+    os::fd::{AsRawFd, RawFd},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use actix::Addr;
+use actix_web::{dev::Extensions, web, App, HttpServer};
+use serde::Serialize;
+use switchboard_actors::{AnnounceStop, BackplaneConfig, Broker, ConnectionGauge, Peers, Shutdown};
+use tokio::sync::watch;
+
+use crate::{Config, SessionConfig};
+
+/// What every request handler and session shares.
+pub struct State {
+    /// This server's id, for log lines.
+    pub server_id: String,
+    /// The hub.
+    pub broker: Addr<Broker>,
+    /// The peer tracker.
+    pub peers: Addr<Peers>,
+    /// Session settings and limits.
+    pub session: SessionConfig,
+    /// Connection counters for `/stats`.
+    pub counters: ConnectionCounters,
+    /// Turns true when the server shuts down; every session then closes with 1001.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// `connections` in `/stats`. Atomics, not an actor: sessions on every worker thread
+/// count themselves, and nothing else depends on these numbers.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    open: ConnectionGauge,
+    slow_consumer_closes: AtomicU64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionsSnapshot {
+    open: usize,
+    slow_consumer_closes: u64,
+}
+
+impl ConnectionCounters {
+    pub(crate) fn open(&self) {
+        self.open.open();
+    }
+
+    pub(crate) fn close(&self) {
+        self.open.close();
+    }
+
+    pub(crate) fn slow_consumer_close(&self) {
+        self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Open connections now.
+    pub fn open_now(&self) -> usize {
+        self.open.get()
+    }
+
+    pub(crate) fn snapshot(&self) -> impl Serialize {
+        ConnectionsSnapshot {
+            open: self.open.get(),
+            slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Back to zero, but `open` (a gauge, not a counter) stays true.
+    pub(crate) fn reset(&self) {
+        self.slow_consumer_closes.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A connection's socket, recorded when it is accepted (see [`Switchboard::on_connect`]),
+/// so a session can reset a client that never reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSocket(pub RawFd);
+
+/// A running Switchboard: its broker, its peers, and what its routes share.
+#[derive(Clone)]
+pub struct Switchboard {
+    state: Arc<State>,
+    shutdown: Arc<watch::Sender<bool>>,
+}
+
+impl Switchboard {
+    /// Starts the broker (with its Redis links, or on the memory backplane) and the
+    /// peer tracker. Call it inside a running actix system.
+    pub fn start(config: &Config) -> Switchboard {
+        if matches!(config.broker.backplane, BackplaneConfig::Memory) {
+            log::info!(
+                "{}: no REDIS_URL or REDIS_HOST set: running on the in-process memory backplane (this server only)",
+                config.broker.server_id
+            );
+        }
+        let broker = Broker::start(config.broker.clone());
+        let counters = ConnectionCounters::default();
+        let peers = Peers::start(config.peers.clone(), broker.clone(), counters.open.clone());
+        let (shutdown, stopping) = watch::channel(false);
+        let state = State {
+            server_id: config.broker.server_id.clone(),
+            broker,
+            peers,
+            session: config.session.clone(),
+            counters,
+            shutdown: stopping,
+        };
+        Switchboard {
+            state: Arc::new(state),
+            shutdown: Arc::new(shutdown),
+        }
+    }
+
+    /// The broker's address, for in-process services.
+    pub fn broker(&self) -> Addr<Broker> {
+        self.state.broker.clone()
+    }
+
+    /// The shared state.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+
+    /// Mounts the WebSocket and HTTP endpoints: `App::new().configure(sb.configure())`.
+    pub fn configure(&self) -> impl Fn(&mut web::ServiceConfig) + Clone + Send + 'static {
+        let state = self.state.clone();
+        move |cfg| crate::http::routes(cfg, state.clone())
+    }
+
+    /// For `HttpServer::on_connect`: records each connection's socket, so sessions can
+    /// reset clients that stop reading. Without it, such a client keeps its connection
+    /// until the operating system gives up on it (its queue stays bounded either way).
+    pub fn on_connect(connection: &dyn Any, extensions: &mut Extensions) {
+        if let Some(tcp) = connection.downcast_ref::<actix_web::rt::net::TcpStream>() {
+            extensions.insert(ConnectionSocket(tcp.as_raw_fd()));
+        }
+    }
+
+    /// The drain: announce `server_stopped`, close every session with 1001 and wait
+    /// for them (until `deadline`), then release the Redis subscriptions.
+    pub async fn shutdown(&self, deadline: Instant) {
+        let state = &self.state;
+        let budget = |share: u32| deadline.saturating_duration_since(Instant::now()) / share;
+        match tokio::time::timeout(budget(4), state.peers.send(AnnounceStop)).await {
+            Ok(Ok(Ok(()))) => log::info!("{}: announced server_stopped", state.server_id),
+            other => log::warn!("{}: server_stopped not announced: {other:?}", state.server_id),
+        }
+        let _ = self.shutdown.send(true);
+        let sessions_gone = deadline - budget(4);
+        while state.counters.open_now() > 0 && Instant::now() < sessions_gone {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        log::info!("{}: {} sessions still open after the drain", state.server_id, state.counters.open_now());
+        if tokio::time::timeout(budget(2), state.broker.send(Shutdown)).await.is_err() {
+            log::warn!("{}: the backplane did not close in time", state.server_id);
+        }
+    }
+}
+
+/// Runs the whole server on `listener` until `shutdown` resolves, then drains:
+/// stops accepting, announces `server_stopped`, closes every session with 1001,
+/// releases Redis, and returns within `config.shutdown_timeout`.
+pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+    let switchboard = Switchboard::start(&config);
+    let configure = switchboard.configure();
+    let server = HttpServer::new(move || App::new().configure(configure.clone()))
+        .on_connect(Switchboard::on_connect)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+    let handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+    shutdown.await;
+    let deadline = Instant::now() + config.shutdown_timeout.saturating_sub(Duration::from_millis(500));
+    log::info!("{}: shutting down", config.broker.server_id);
+    handle.pause().await;
+    switchboard.shutdown(deadline).await;
+    handle.stop(false).await;
+    let _ = serving.await;
+    log::info!("{}: stopped", config.broker.server_id);
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! The session actor: one per WebSocket client (PROTOCOL.md §2).
+
+use std::{
+    collections::HashMap,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use actix_http::ws::{CloseCode, Frame, Item, ProtocolError};
+use bytes::{Bytes, BytesMut};
+use bytestring::ByteString;
+use serde_json::value::RawValue;
+use switchboard_actors::{Delivery, Evicted, Leave, Publish, Room, Subscribe, Unsubscribe};
+
+use crate::{
+    outbound::Outbound,
+    wire::{self, ClientOp, Reply},
+    Error, State,
+};
+
+/// Close codes this server sends (RFC 6455 §7.4).
+mod close {
+    pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const INVALID_DATA: u16 = 1007;
+    pub const TOO_BIG: u16 = 1009;
+    pub const TRY_AGAIN_LATER: u16 = 1013;
+}
+
+/// A room as the session sees it: joined, or waiting for the broker's confirmation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Membership {
+    Joining,
+    Joined,
+}
+
+/// A message being reassembled from fragments.
+struct Fragments {
+    text: bool,
+    buf: BytesMut,
+}
+
+/// One WebSocket client. Parses its frames, subscribes and publishes through the
+/// broker, and writes events to the bounded [`Outbound`] queue. A client that does
+/// not keep up is closed with 1013 and counted; one silent for the client timeout is
+/// dropped; on shutdown every session closes with 1001. Leaves the broker in
+/// `stopping()`, whatever the reason.
+pub struct Session {
+    state: Arc<State>,
+    out: Outbound,
+    rooms: HashMap<Room, Membership>,
+    fragments: Option<Fragments>,
+    last_heard: Instant,
+}
+
+impl Session {
+    /// A session writing to `out`.
+    pub fn new(state: Arc<State>, out: Outbound) -> Session {
+        Session {
+            state,
+            out,
+            rooms: HashMap::new(),
+            fragments: None,
+            last_heard: Instant::now(),
+        }
+    }
+
+    fn send(&mut self, text: ByteString, ctx: &mut Context<Self>) {
+        if self.out.text(text).is_err() {
+            self.slow_consumer(ctx);
+        }
+    }
+
+    fn reply(&mut self, reply: Reply<'_>, reference: Option<&RawValue>, ctx: &mut Context<Self>) {
+        self.send(wire::reply(reply, reference), ctx);
+    }
+
+    fn refuse(&mut self, error: &Error, reference: Option<&RawValue>, ctx: &mut Context<Self>) {
+        log::debug!("session: refused a frame: {error}");
+        self.send(wire::error_frame(error, reference), ctx);
+    }
+
+    /// Closes the connection with `code`; the client gets a grace period to read the
+    /// close frame, then its TCP connection is reset.
+    fn close(&mut self, code: u16, reason: &str, drop_backlog: bool, ctx: &mut Context<Self>) {
+        self.out.close(code, reason, drop_backlog);
+        ctx.stop();
+    }
+
+    fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
+        let (bytes, frames) = self.out.backlog();
+        self.state.counters.slow_consumer_close();
+        log::warn!(
+            "session on {}: client does not keep up ({bytes} bytes, {frames} frames queued); closing with 1013",
+            self.state.server_id
+        );
+        self.close(close::TRY_AGAIN_LATER, "slow consumer", true, ctx);
+    }
+
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        if self.last_heard.elapsed() > self.state.session.client_timeout {
+            log::info!("session on {}: client silent past its timeout; dropping it", self.state.server_id);
+            self.close(close::GOING_AWAY, "timeout", true, ctx);
+            return;
+        }
+        if self.out.ping().is_err() {
+            self.slow_consumer(ctx);
+        }
+    }
+
+    fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
+        let Ok(text) = ByteString::try_from(bytes) else {
+            self.close(close::INVALID_DATA, "text frame is not UTF-8", false, ctx);
+            return;
+        };
+        match wire::parse_frame(&text) {
+            Ok(frame) => self.dispatch(frame.op, frame.reference, ctx),
+            Err((reference, error)) => self.refuse(&error, reference.as_deref(), ctx),
+        }
+    }
+
+    fn dispatch(&mut self, op: ClientOp, reference: Option<Box<RawValue>>, ctx: &mut Context<Self>) {
+        let result = match op {
+            ClientOp::Subscribe { room } => self.subscribe(&room, reference.clone(), ctx),
+            ClientOp::Unsubscribe { room } => self.unsubscribe(&room, reference.as_deref(), ctx),
+            ClientOp::Publish { room, event } => self.publish(&room, &event, reference.clone(), ctx),
+            ClientOp::Ping => {
+                self.reply(Reply::Pong, reference.as_deref(), ctx);
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            self.refuse(&error, reference.as_deref(), ctx);
+        }
+    }
+
+    fn subscribe(&mut self, name: &str, reference: Option<Box<RawValue>>, ctx: &mut Context<Self>) -> Result<(), Error> {
+        let room = wire::room(name)?;
+        if self.rooms.get(&room) == Some(&Membership::Joined) {
+            self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
+            return Ok(());
+        }
+        let limit = self.state.session.limits.subscriptions;
+        if !self.rooms.contains_key(&room) && self.rooms.len() >= limit {
+            return Err(Error::TooManySubscriptions(limit));
+        }
+        self.rooms.insert(room.clone(), Membership::Joining);
+        let request = self.state.broker.send(Subscribe {
+            room: room.clone(),
+            recipient: ctx.address().recipient(),
+            on_evicted: Some(ctx.address().recipient()),
+        });
+        async move { request.await.map_err(switchboard_actors::Error::from).and_then(|r| r) }
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(()) => {
+                    if act.rooms.contains_key(&room) {
+                        act.rooms.insert(room.clone(), Membership::Joined);
+                    } else {
+                        // Unsubscribed while the subscription was being confirmed.
+                        act.leave_room(room.clone(), ctx);
+                    }
+                    act.reply(Reply::Subscribed { room: room.as_str() }, reference.as_deref(), ctx);
+                }
+                Err(e) => {
+                    act.rooms.remove(&room);
+                    act.refuse(&Error::SubscribeFailed(e.to_string()), reference.as_deref(), ctx);
+                }
+            })
+            .spawn(ctx);
+        Ok(())
+    }
+
+    fn unsubscribe(&mut self, name: &str, reference: Option<&RawValue>, ctx: &mut Context<Self>) -> Result<(), Error> {
+        let room = wire::room(name)?;
+        if self.rooms.remove(&room).is_some() {
+            self.leave_room(room, ctx);
+        }
+        self.reply(Reply::Unsubscribed { room: name }, reference, ctx);
+        Ok(())
+    }
+
+    fn leave_room(&self, room: Room, ctx: &mut Context<Self>) {
+        self.state.broker.do_send(Unsubscribe {
+            room,
+            recipient: ctx.address().recipient(),
+        });
+    }
+
+    fn publish(
+        &mut self,
+        name: &str,
+        event: &RawValue,
+        reference: Option<Box<RawValue>>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
+        let (room, event) = wire::new_event(name, event, self.state.session.limits.event_bytes)?;
+        let request = self.state.broker.send(Publish { room: room.clone(), event });
+        async move { request.await.map_err(switchboard_actors::Error::from).and_then(|r| r) }
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(()) => act.reply(Reply::Published { room: room.as_str() }, reference.as_deref(), ctx),
+                Err(e) => act.refuse(&Error::PublishFailed(e.to_string()), reference.as_deref(), ctx),
+            })
+            .spawn(ctx);
+        Ok(())
+    }
+
+    fn on_fragment(&mut self, item: Item, ctx: &mut Context<Self>) {
+        let limit = self.state.session.limits.frame_bytes;
+        let (start, chunk, last) = match item {
+            Item::FirstText(b) => (Some(true), b, false),
+            Item::FirstBinary(b) => (Some(false), b, false),
+            Item::Continue(b) => (None, b, false),
+            Item::Last(b) => (None, b, true),
+        };
+        let fragments = match (start, self.fragments.as_mut()) {
+            (Some(text), None) => self.fragments.insert(Fragments { text, buf: BytesMut::new() }),
+            (None, Some(fragments)) => fragments,
+            _ => return self.close(close::PROTOCOL, "unexpected continuation frame", false, ctx),
+        };
+        if fragments.buf.len() + chunk.len() > limit {
+            return self.close(close::TOO_BIG, "message too big", false, ctx);
+        }
+        fragments.buf.extend_from_slice(&chunk);
+        if last {
+            let Fragments { text, buf } = self.fragments.take().expect("fragments in progress");
+            if text {
+                self.on_text(buf.freeze(), ctx);
+            } else {
+                self.refuse(&Error::BadFrame("binary frames are not supported".into()), None, ctx);
+            }
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        self.state.counters.open();
+        // The broker's `try_send` fails once this many deliveries wait here: a
+        // session that cannot even take them from its mailbox is evicted.
+        ctx.set_mailbox_capacity(self.state.session.limits.outbound_frames);
+        ctx.run_interval(self.state.session.heartbeat_interval, Self::heartbeat);
+        let mut shutdown = self.state.shutdown.clone();
+        async move {
+            let _ = shutdown.wait_for(|stopping| *stopping).await;
+        }
+        .into_actor(self)
+        .map(|_, act, ctx| act.close(close::GOING_AWAY, "server shutting down", false, ctx))
+        .spawn(ctx);
+    }
+
+    fn stopping(&mut self, ctx: &mut Context<Self>) -> Running {
+        self.state.broker.do_send(Leave {
+            recipient: ctx.address().recipient(),
+        });
+        Running::Stop
+    }
+
+    fn stopped(&mut self, _ctx: &mut Context<Self>) {
+        self.state.counters.close();
+        // A client that never reads its close frame would hold its connection open
+        // forever: after a grace period the connection is reset.
+        self.out.close(close::GOING_AWAY, "", false);
+        let out = std::mem::replace(&mut self.out, Outbound::new(0, 0, None).0);
+        let grace = self.state.session.heartbeat_interval.min(Duration::from_secs(5));
+        actix::spawn(async move {
+            actix::clock::sleep(grace).await;
+            out.abort();
+        });
+    }
+}
+
+impl Handler<Delivery> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Delivery, ctx: &mut Context<Self>) {
+        let frame = wire::event_frame(&msg.event);
+        self.send(frame, ctx);
+    }
+}
+
+impl Handler<Evicted> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Evicted, ctx: &mut Context<Self>) {
+        self.slow_consumer(ctx);
+    }
+}
+
+impl StreamHandler<Result<Frame, ProtocolError>> for Session {
+    fn handle(&mut self, frame: Result<Frame, ProtocolError>, ctx: &mut Context<Self>) {
+        self.last_heard = Instant::now();
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(ProtocolError::Overflow) => return self.close(close::TOO_BIG, "message too big", false, ctx),
+            Err(e) => {
+                log::debug!("session on {}: protocol error: {e}", self.state.server_id);
+                return self.close(close::PROTOCOL, "protocol error", false, ctx);
+            }
+        };
+        match frame {
+            Frame::Text(bytes) if self.fragments.is_none() => self.on_text(bytes, ctx),
+            Frame::Binary(_) if self.fragments.is_none() => {
+                self.refuse(&Error::BadFrame("binary frames are not supported".into()), None, ctx)
+            }
+            Frame::Text(_) | Frame::Binary(_) => self.close(close::PROTOCOL, "expected a continuation frame", false, ctx),
+            Frame::Continuation(item) => self.on_fragment(item, ctx),
+            Frame::Ping(payload) => {
+                if self.out.pong(payload).is_err() {
+                    self.slow_consumer(ctx);
+                }
+            }
+            Frame::Pong(_) => {}
+            Frame::Close(reason) => {
+                let code = reason.map(|r| u16::from(r.code)).unwrap_or(u16::from(CloseCode::Normal));
+                self.close(code, "", false, ctx);
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
