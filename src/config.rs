@@ -121,24 +121,39 @@ impl Config {
             Some(id) => id,
             None => default_server_id(),
         };
+        // The Redis tunables are read (and checked) even on the memory backplane, so a
+        // bad value is reported whatever else is set.
+        let links = redis_config(
+            &env,
+            redis::Client::open("redis://127.0.0.1").expect("a valid URL"),
+        )?;
         let backplane = match redis_client(&env)? {
-            Some(client) => BackplaneConfig::Redis(redis_config(&env, client)?),
+            Some(client) => BackplaneConfig::Redis(Box::new(RedisConfig { client, ..links })),
             None => BackplaneConfig::Memory,
         };
         let mut broker = BrokerConfig::new(server_id.clone(), backplane);
-        broker.subscribe_timeout = env.millis("SUBSCRIBE_TIMEOUT_MS", BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT)?;
+        broker.subscribe_timeout = env.millis(
+            "SUBSCRIBE_TIMEOUT_MS",
+            BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT,
+        )?;
         let peers = PeersConfig {
             server_id,
             instance_id: broker.instance_id.clone(),
             heartbeat: env.millis("PEER_HEARTBEAT_MS", PeersConfig::DEFAULT_HEARTBEAT)?,
         };
         let session = SessionConfig {
-            heartbeat_interval: env.millis("HEARTBEAT_INTERVAL_MS", SessionConfig::DEFAULT_HEARTBEAT_INTERVAL)?,
-            client_timeout: env.millis("CLIENT_TIMEOUT_MS", SessionConfig::DEFAULT_CLIENT_TIMEOUT)?,
+            heartbeat_interval: env.millis(
+                "HEARTBEAT_INTERVAL_MS",
+                SessionConfig::DEFAULT_HEARTBEAT_INTERVAL,
+            )?,
+            client_timeout: env
+                .millis("CLIENT_TIMEOUT_MS", SessionConfig::DEFAULT_CLIENT_TIMEOUT)?,
             limits: limits(&env)?,
         };
         Ok(Config {
-            host: env.text("HOST")?.unwrap_or_else(|| Self::DEFAULT_HOST.into()),
+            host: env
+                .text("HOST")?
+                .unwrap_or_else(|| Self::DEFAULT_HOST.into()),
             port: env.number("PORT", Self::DEFAULT_PORT as u64, 0, u16::MAX as u64)? as u16,
             broker,
             peers,
@@ -149,7 +164,10 @@ impl Config {
 }
 
 fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {
-    let size = |name, default: usize| env.number(name, default as u64, 1, u32::MAX as u64).map(|n| n as usize);
+    let size = |name, default: usize| {
+        env.number(name, default as u64, 1, u32::MAX as u64)
+            .map(|n| n as usize)
+    };
     let limits = Limits {
         frame_bytes: size("LIMIT_FRAME_BYTES", Limits::DEFAULT_FRAME_BYTES)?,
         event_bytes: size("LIMIT_EVENT_BYTES", Limits::DEFAULT_EVENT_BYTES)?,
@@ -163,19 +181,34 @@ fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {
 fn redis_config(env: &Env<'_>, client: redis::Client) -> Result<RedisConfig, ConfigError> {
     let mut redis = RedisConfig::new(client);
     redis.channel_prefix = env.text("REDIS_CHANNEL_PREFIX")?.unwrap_or_default();
-    if let Some(bad) = redis.channel_prefix.chars().find(|c| c.is_whitespace() || c.is_control()) {
+    if let Some(bad) = redis
+        .channel_prefix
+        .chars()
+        .find(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(ConfigError {
             name: "REDIS_CHANNEL_PREFIX",
             why: format!("must not contain {bad:?}"),
         });
     }
-    redis.publish_retries = env.number("PUBLISH_RETRIES", RedisConfig::DEFAULT_PUBLISH_RETRIES.into(), 0, 100)? as u32;
-    redis.publish_retry_base = env.millis("PUBLISH_RETRY_BASE_MS", RedisConfig::DEFAULT_PUBLISH_RETRY_BASE)?;
+    redis.publish_retries = env.number(
+        "PUBLISH_RETRIES",
+        RedisConfig::DEFAULT_PUBLISH_RETRIES.into(),
+        0,
+        100,
+    )? as u32;
+    redis.publish_retry_base = env.millis(
+        "PUBLISH_RETRY_BASE_MS",
+        RedisConfig::DEFAULT_PUBLISH_RETRY_BASE,
+    )?;
     redis.reconnect_base = env.millis("RECONNECT_BASE_MS", RedisConfig::DEFAULT_RECONNECT_BASE)?;
     redis.reconnect_max = env.millis("RECONNECT_MAX_MS", RedisConfig::DEFAULT_RECONNECT_MAX)?;
     redis.probe_interval = env.millis("PROBE_INTERVAL_MS", RedisConfig::DEFAULT_PROBE_INTERVAL)?;
     redis.probe_timeout = env.millis("PROBE_TIMEOUT_MS", RedisConfig::DEFAULT_PROBE_TIMEOUT)?;
-    redis.response_timeout = env.millis("REDIS_RESPONSE_TIMEOUT_MS", RedisConfig::DEFAULT_RESPONSE_TIMEOUT)?;
+    redis.response_timeout = env.millis(
+        "REDIS_RESPONSE_TIMEOUT_MS",
+        RedisConfig::DEFAULT_RESPONSE_TIMEOUT,
+    )?;
     if redis.reconnect_max < redis.reconnect_base {
         return Err(ConfigError {
             name: "RECONNECT_MAX_MS",
@@ -211,13 +244,19 @@ fn redis_client(env: &Env<'_>) -> Result<Option<redis::Client>, ConfigError> {
     let host = host.unwrap_or_else(|| "127.0.0.1".into());
     let info = ConnectionAddr::Tcp(host, port)
         .into_connection_info()
-        .map_err(|e| ConfigError { name: "REDIS_HOST", why: e.to_string() })?;
+        .map_err(|e| ConfigError {
+            name: "REDIS_HOST",
+            why: e.to_string(),
+        })?;
     let mut settings = info.redis_settings().clone().set_db(db);
     if let Some(password) = password {
         settings = settings.set_password(password);
     }
-    let client = redis::Client::open(info.set_redis_settings(settings))
-        .map_err(|e| ConfigError { name: "REDIS_HOST", why: e.to_string() })?;
+    let client =
+        redis::Client::open(info.set_redis_settings(settings)).map_err(|e| ConfigError {
+            name: "REDIS_HOST",
+            why: e.to_string(),
+        })?;
     Ok(Some(client))
 }
 
@@ -233,12 +272,21 @@ impl Env<'_> {
     /// A set, non-empty value.
     fn text(&self, name: &'static str) -> Result<Option<String>, ConfigError> {
         match (self.0)(name) {
-            Some(value) if value.trim().is_empty() => Err(ConfigError { name, why: "is empty".into() }),
+            Some(value) if value.trim().is_empty() => Err(ConfigError {
+                name,
+                why: "is empty".into(),
+            }),
             other => Ok(other),
         }
     }
 
-    fn number(&self, name: &'static str, default: u64, min: u64, max: u64) -> Result<u64, ConfigError> {
+    fn number(
+        &self,
+        name: &'static str,
+        default: u64,
+        min: u64,
+        max: u64,
+    ) -> Result<u64, ConfigError> {
         let Some(text) = self.text(name)? else {
             return Ok(default);
         };
@@ -268,7 +316,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::from_lookup(|name| map.get(name).cloned())
     }
 
@@ -321,7 +372,9 @@ mod tests {
             }
             let err = load(&vars).expect_err(name);
             assert_eq!(err.name, name, "{err}");
-            assert!(err.to_string().starts_with(&format!("switchboard: invalid configuration: {name}: ")));
+            assert!(err
+                .to_string()
+                .starts_with(&format!("switchboard: invalid configuration: {name}: ")));
         }
     }
 }

@@ -10,7 +10,9 @@ use actix_web::{
 };
 use serde::Serialize;
 use serde_json::{json, value::RawValue};
-use switchboard_actors::{GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats};
+use switchboard_actors::{
+    GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats,
+};
 
 use crate::{outbound::Outbound, session::Session, wire, ConnectionSocket, Error, State};
 
@@ -28,7 +30,11 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
         .route("/stats/reset", web::post().to(reset_stats));
 }
 
-async fn websocket(req: HttpRequest, payload: web::Payload, state: Data<State>) -> actix_web::Result<HttpResponse> {
+async fn websocket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: Data<State>,
+) -> actix_web::Result<HttpResponse> {
     let mut response = actix_web_actors::ws::handshake(&req)?;
     let limits = &state.session.limits;
     let socket = req.conn_data::<ConnectionSocket>().map(|s| s.0);
@@ -75,11 +81,19 @@ struct Health {
 async fn health(state: Data<State>) -> HttpResponse {
     let (status, peers) = (state.broker.send(GetHealth), state.peers.send(GetPeers));
     let (Ok(mut status), peers) = (status.await, peers.await.unwrap_or_default()) else {
-        return HttpResponse::ServiceUnavailable().json(json!({"isHealthy": false, "error": "shutting down"}));
+        return HttpResponse::ServiceUnavailable()
+            .json(json!({"isHealthy": false, "error": "shutting down"}));
     };
-    let PeerList { peers, duplicate_id } = peers;
+    let PeerList {
+        peers,
+        duplicate_id,
+    } = peers;
     status.is_healthy &= !duplicate_id;
-    let code = if status.is_healthy { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let code = if status.is_healthy {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     HttpResponse::build(code).json(Health {
         status,
         peers,

@@ -7,8 +7,8 @@ use std::{
 };
 
 use actix_codec::Decoder;
-use actix_web::error::PayloadError;
 use actix_http::ws::{Codec, Frame, ProtocolError};
+use actix_web::error::PayloadError;
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 
@@ -43,7 +43,9 @@ impl<S> InboundFrames<S> {
 fn declared_len(buf: &[u8]) -> Option<u64> {
     let len = u64::from(*buf.get(1)? & 0x7f);
     match len {
-        126 => Some(u64::from(u16::from_be_bytes(buf.get(2..4)?.try_into().ok()?))),
+        126 => Some(u64::from(u16::from_be_bytes(
+            buf.get(2..4)?.try_into().ok()?,
+        ))),
         127 => Some(u64::from_be_bytes(buf.get(2..10)?.try_into().ok()?)),
         _ => Some(len),
     }
@@ -64,7 +66,9 @@ where
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;
-                    return Poll::Ready(Some(Err(ProtocolError::Io(std::io::Error::other(e.to_string())))));
+                    return Poll::Ready(Some(Err(ProtocolError::Io(std::io::Error::other(
+                        e.to_string(),
+                    )))));
                 }
                 Poll::Ready(None) => this.ended = true,
                 Poll::Pending => break,

@@ -35,6 +35,6 @@ pub mod wire;
 
 pub use config::{Config, ConfigError, Limits, SessionConfig};
 pub use error::{Error, ErrorCode};
-pub use server::{run, ConnectionCounters, ConnectionSocket, State, Switchboard};
+pub use server::{run, serve, ConnectionCounters, ConnectionSocket, State, Switchboard};
 pub use session::Session;
 pub use switchboard_actors as actors;

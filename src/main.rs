@@ -1,8 +1,11 @@
 //! The `switchboard` server: configuration from the environment, then [`switchboard::run`].
 
-use std::{net::TcpListener, process::ExitCode};
+use std::{net::TcpListener, process::ExitCode, time::Duration};
 
-use switchboard::Config;
+use switchboard::{Config, Switchboard};
+
+/// How long the server waits for Redis before it starts serving anyway.
+const READY_WITHIN: Duration = Duration::from_secs(3);
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -16,17 +19,26 @@ fn main() -> ExitCode {
     let listener = match TcpListener::bind((config.host.as_str(), config.port)) {
         Ok(listener) => listener,
         Err(e) => {
-            eprintln!("switchboard: cannot listen on {}:{}: {e}", config.host, config.port);
+            eprintln!(
+                "switchboard: cannot listen on {}:{}: {e}",
+                config.host, config.port
+            );
             return ExitCode::from(1);
         }
     };
-    let address = listener.local_addr().expect("a bound listener has an address");
-    // The one line on stdout: scripts and tests read the port from it.
-    #[allow(clippy::print_stdout)]
-    {
-        println!("switchboard listening on http://{address}");
-    }
-    let result = actix_web::rt::System::new().block_on(switchboard::run(listener, config, shutdown_signal()));
+    let address = listener
+        .local_addr()
+        .expect("a bound listener has an address");
+    let result = actix_web::rt::System::new().block_on(async move {
+        let switchboard = Switchboard::start(&config);
+        switchboard.wait_ready(READY_WITHIN).await;
+        // The one line on stdout: scripts and tests read the port from it.
+        #[allow(clippy::print_stdout)]
+        {
+            println!("switchboard listening on http://{address}");
+        }
+        switchboard::serve(listener, switchboard, config, shutdown_signal()).await
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -68,7 +68,11 @@ impl Outbound {
     /// A queue holding at most `max_bytes` and `max_frames` not yet taken by the
     /// socket. `socket` (the connection's file descriptor, when known) lets
     /// [`Outbound::abort`] reset a connection whose client never reads its close frame.
-    pub fn new(max_bytes: usize, max_frames: usize, socket: Option<RawFd>) -> (Outbound, OutboundBody) {
+    pub fn new(
+        max_bytes: usize,
+        max_frames: usize,
+        socket: Option<RawFd>,
+    ) -> (Outbound, OutboundBody) {
         let queue = Rc::new(RefCell::new(Queue {
             parts: VecDeque::new(),
             bytes: 0,
@@ -82,7 +86,12 @@ impl Outbound {
             body_gone: false,
             socket,
         }));
-        (Outbound { queue: queue.clone() }, OutboundBody { queue })
+        (
+            Outbound {
+                queue: queue.clone(),
+            },
+            OutboundBody { queue },
+        )
     }
 
     /// Queues a text frame.
@@ -166,7 +175,8 @@ impl Queue {
         if !payload.is_empty() {
             self.parts.push_back(payload);
         }
-        self.frame_ends.push_back(self.parts_taken + self.parts.len());
+        self.frame_ends
+            .push_back(self.parts_taken + self.parts.len());
     }
 
     fn clear(&mut self) {
@@ -207,7 +217,11 @@ impl Queue {
     fn note_taken(&mut self, len: usize) {
         self.parts_taken += 1;
         self.bytes -= len;
-        while self.frame_ends.front().is_some_and(|end| *end <= self.parts_taken) {
+        while self
+            .frame_ends
+            .front()
+            .is_some_and(|end| *end <= self.parts_taken)
+        {
             self.frame_ends.pop_front();
             self.frames -= 1;
         }
@@ -282,7 +296,10 @@ mod tests {
     fn headers_follow_rfc_6455() {
         assert_eq!(&header(OP_TEXT, 5)[..], &[0x81, 5]);
         assert_eq!(&header(OP_TEXT, 300)[..], &[0x81, 126, 1, 44]);
-        assert_eq!(&header(OP_PING, 70_000)[..], &[0x89, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        assert_eq!(
+            &header(OP_PING, 70_000)[..],
+            &[0x89, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]
+        );
         for len in [0, 125, 126, 65535, 65536] {
             assert_eq!(header(OP_TEXT, len).len(), header_len(len));
         }
@@ -294,7 +311,10 @@ mod tests {
         out.text("hello".into()).unwrap();
         out.ping().unwrap();
         assert_eq!(out.backlog(), (7 + 2, 2));
-        assert_eq!(drain(&mut body), [&[0x81, 5][..], b"hello", &[0x89, 0]].concat());
+        assert_eq!(
+            drain(&mut body),
+            [&[0x81, 5][..], b"hello", &[0x89, 0]].concat()
+        );
         assert_eq!(out.backlog(), (0, 0));
     }
 
@@ -316,7 +336,10 @@ mod tests {
         out.text("stale".into()).unwrap();
         out.close(1013, "slow", true);
         out.text("after".into()).unwrap();
-        assert_eq!(drain(&mut body), [&[0x88, 6, 0x03, 0xF5][..], b"slow"].concat());
+        assert_eq!(
+            drain(&mut body),
+            [&[0x88, 6, 0x03, 0xF5][..], b"slow"].concat()
+        );
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(matches!(body.poll_next_unpin(&mut cx), Poll::Ready(None)));
     }

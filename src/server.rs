@@ -15,7 +15,9 @@ use std::{
 use actix::Addr;
 use actix_web::{dev::Extensions, web, App, HttpServer};
 use serde::Serialize;
-use switchboard_actors::{AnnounceStop, BackplaneConfig, Broker, ConnectionGauge, Peers, Shutdown};
+use switchboard_actors::{
+    AnnounceStop, BackplaneConfig, Broker, ConnectionGauge, GetHealth, Peers, Shutdown,
+};
 use tokio::sync::watch;
 
 use crate::{Config, SessionConfig};
@@ -147,6 +149,26 @@ impl Switchboard {
         }
     }
 
+    /// Waits until both Redis links are ready, or `limit` passed (the server then
+    /// starts anyway and reports 503 on `/health` until Redis is back). Returns
+    /// whether it is ready.
+    pub async fn wait_ready(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        loop {
+            let ready = matches!(self.state.broker.send(GetHealth).await, Ok(h) if h.is_healthy);
+            if ready || Instant::now() >= until {
+                if !ready {
+                    log::warn!(
+                        "{}: redis is not ready; serving anyway",
+                        self.state.server_id
+                    );
+                }
+                return ready;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The drain: announce `server_stopped`, close every session with 1001 and wait
     /// for them (until `deadline`), then release the Redis subscriptions.
     pub async fn shutdown(&self, deadline: Instant) {
@@ -154,25 +176,52 @@ impl Switchboard {
         let budget = |share: u32| deadline.saturating_duration_since(Instant::now()) / share;
         match tokio::time::timeout(budget(4), state.peers.send(AnnounceStop)).await {
             Ok(Ok(Ok(()))) => log::info!("{}: announced server_stopped", state.server_id),
-            other => log::warn!("{}: server_stopped not announced: {other:?}", state.server_id),
+            other => log::warn!(
+                "{}: server_stopped not announced: {other:?}",
+                state.server_id
+            ),
         }
         let _ = self.shutdown.send(true);
         let sessions_gone = deadline - budget(4);
         while state.counters.open_now() > 0 && Instant::now() < sessions_gone {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        log::info!("{}: {} sessions still open after the drain", state.server_id, state.counters.open_now());
-        if tokio::time::timeout(budget(2), state.broker.send(Shutdown)).await.is_err() {
+        log::info!(
+            "{}: {} sessions still open after the drain",
+            state.server_id,
+            state.counters.open_now()
+        );
+        if tokio::time::timeout(budget(2), state.broker.send(Shutdown))
+            .await
+            .is_err()
+        {
             log::warn!("{}: the backplane did not close in time", state.server_id);
         }
     }
 }
 
-/// Runs the whole server on `listener` until `shutdown` resolves, then drains:
-/// stops accepting, announces `server_stopped`, closes every session with 1001,
-/// releases Redis, and returns within `config.shutdown_timeout`.
-pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Output = ()>) -> std::io::Result<()> {
+/// Runs the whole server on `listener` until `shutdown` resolves (see [`serve`]),
+/// after waiting up to `ready_within` for the backplane to be ready.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    ready_within: Duration,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let switchboard = Switchboard::start(&config);
+    switchboard.wait_ready(ready_within).await;
+    serve(listener, switchboard, config, shutdown).await
+}
+
+/// Serves a started [`Switchboard`] on `listener` until `shutdown` resolves, then
+/// drains: stops accepting, announces `server_stopped`, closes every session with
+/// 1001, releases Redis, and returns within `config.shutdown_timeout`.
+pub async fn serve(
+    listener: TcpListener,
+    switchboard: Switchboard,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
     let configure = switchboard.configure();
     let server = HttpServer::new(move || App::new().configure(configure.clone()))
         .on_connect(Switchboard::on_connect)
@@ -183,7 +232,10 @@ pub async fn run(listener: TcpListener, config: Config, shutdown: impl Future<Ou
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
     shutdown.await;
-    let deadline = Instant::now() + config.shutdown_timeout.saturating_sub(Duration::from_millis(500));
+    let deadline = Instant::now()
+        + config
+            .shutdown_timeout
+            .saturating_sub(Duration::from_millis(500));
     log::info!("{}: shutting down", config.broker.server_id);
     handle.pause().await;
     switchboard.shutdown(deadline).await;

@@ -100,7 +100,10 @@ impl Session {
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if self.last_heard.elapsed() > self.state.session.client_timeout {
-            log::info!("session on {}: client silent past its timeout; dropping it", self.state.server_id);
+            log::info!(
+                "session on {}: client silent past its timeout; dropping it",
+                self.state.server_id
+            );
             self.close(close::GOING_AWAY, "timeout", true, ctx);
             return;
         }
@@ -120,11 +123,18 @@ impl Session {
         }
     }
 
-    fn dispatch(&mut self, op: ClientOp, reference: Option<Box<RawValue>>, ctx: &mut Context<Self>) {
+    fn dispatch(
+        &mut self,
+        op: ClientOp,
+        reference: Option<Box<RawValue>>,
+        ctx: &mut Context<Self>,
+    ) {
         let result = match op {
             ClientOp::Subscribe { room } => self.subscribe(&room, reference.clone(), ctx),
             ClientOp::Unsubscribe { room } => self.unsubscribe(&room, reference.as_deref(), ctx),
-            ClientOp::Publish { room, event } => self.publish(&room, &event, reference.clone(), ctx),
+            ClientOp::Publish { room, event } => {
+                self.publish(&room, &event, reference.clone(), ctx)
+            }
             ClientOp::Ping => {
                 self.reply(Reply::Pong, reference.as_deref(), ctx);
                 Ok(())
@@ -135,7 +145,12 @@ impl Session {
         }
     }
 
-    fn subscribe(&mut self, name: &str, reference: Option<Box<RawValue>>, ctx: &mut Context<Self>) -> Result<(), Error> {
+    fn subscribe(
+        &mut self,
+        name: &str,
+        reference: Option<Box<RawValue>>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
         let room = wire::room(name)?;
         if self.rooms.get(&room) == Some(&Membership::Joined) {
             self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
@@ -151,28 +166,48 @@ impl Session {
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
         });
-        async move { request.await.map_err(switchboard_actors::Error::from).and_then(|r| r) }
-            .into_actor(self)
-            .map(move |result, act, ctx| match result {
-                Ok(()) => {
-                    if act.rooms.contains_key(&room) {
-                        act.rooms.insert(room.clone(), Membership::Joined);
-                    } else {
-                        // Unsubscribed while the subscription was being confirmed.
-                        act.leave_room(room.clone(), ctx);
-                    }
-                    act.reply(Reply::Subscribed { room: room.as_str() }, reference.as_deref(), ctx);
+        async move {
+            request
+                .await
+                .map_err(switchboard_actors::Error::from)
+                .and_then(|r| r)
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| match result {
+            Ok(()) => {
+                if act.rooms.contains_key(&room) {
+                    act.rooms.insert(room.clone(), Membership::Joined);
+                } else {
+                    // Unsubscribed while the subscription was being confirmed.
+                    act.leave_room(room.clone(), ctx);
                 }
-                Err(e) => {
-                    act.rooms.remove(&room);
-                    act.refuse(&Error::SubscribeFailed(e.to_string()), reference.as_deref(), ctx);
-                }
-            })
-            .spawn(ctx);
+                act.reply(
+                    Reply::Subscribed {
+                        room: room.as_str(),
+                    },
+                    reference.as_deref(),
+                    ctx,
+                );
+            }
+            Err(e) => {
+                act.rooms.remove(&room);
+                act.refuse(
+                    &Error::SubscribeFailed(e.to_string()),
+                    reference.as_deref(),
+                    ctx,
+                );
+            }
+        })
+        .spawn(ctx);
         Ok(())
     }
 
-    fn unsubscribe(&mut self, name: &str, reference: Option<&RawValue>, ctx: &mut Context<Self>) -> Result<(), Error> {
+    fn unsubscribe(
+        &mut self,
+        name: &str,
+        reference: Option<&RawValue>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
         let room = wire::room(name)?;
         if self.rooms.remove(&room).is_some() {
             self.leave_room(room, ctx);
@@ -196,14 +231,32 @@ impl Session {
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
         let (room, event) = wire::new_event(name, event, self.state.session.limits.event_bytes)?;
-        let request = self.state.broker.send(Publish { room: room.clone(), event });
-        async move { request.await.map_err(switchboard_actors::Error::from).and_then(|r| r) }
-            .into_actor(self)
-            .map(move |result, act, ctx| match result {
-                Ok(()) => act.reply(Reply::Published { room: room.as_str() }, reference.as_deref(), ctx),
-                Err(e) => act.refuse(&Error::PublishFailed(e.to_string()), reference.as_deref(), ctx),
-            })
-            .spawn(ctx);
+        let request = self.state.broker.send(Publish {
+            room: room.clone(),
+            event,
+        });
+        async move {
+            request
+                .await
+                .map_err(switchboard_actors::Error::from)
+                .and_then(|r| r)
+        }
+        .into_actor(self)
+        .map(move |result, act, ctx| match result {
+            Ok(()) => act.reply(
+                Reply::Published {
+                    room: room.as_str(),
+                },
+                reference.as_deref(),
+                ctx,
+            ),
+            Err(e) => act.refuse(
+                &Error::PublishFailed(e.to_string()),
+                reference.as_deref(),
+                ctx,
+            ),
+        })
+        .spawn(ctx);
         Ok(())
     }
 
@@ -216,7 +269,10 @@ impl Session {
             Item::Last(b) => (None, b, true),
         };
         let fragments = match (start, self.fragments.as_mut()) {
-            (Some(text), None) => self.fragments.insert(Fragments { text, buf: BytesMut::new() }),
+            (Some(text), None) => self.fragments.insert(Fragments {
+                text,
+                buf: BytesMut::new(),
+            }),
             (None, Some(fragments)) => fragments,
             _ => return self.close(close::PROTOCOL, "unexpected continuation frame", false, ctx),
         };
@@ -229,7 +285,11 @@ impl Session {
             if text {
                 self.on_text(buf.freeze(), ctx);
             } else {
-                self.refuse(&Error::BadFrame("binary frames are not supported".into()), None, ctx);
+                self.refuse(
+                    &Error::BadFrame("binary frames are not supported".into()),
+                    None,
+                    ctx,
+                );
             }
         }
     }
@@ -266,7 +326,11 @@ impl Actor for Session {
         // forever: after a grace period the connection is reset.
         self.out.close(close::GOING_AWAY, "", false);
         let out = std::mem::replace(&mut self.out, Outbound::new(0, 0, None).0);
-        let grace = self.state.session.heartbeat_interval.min(Duration::from_secs(5));
+        let grace = self
+            .state
+            .session
+            .heartbeat_interval
+            .min(Duration::from_secs(5));
         actix::spawn(async move {
             actix::clock::sleep(grace).await;
             out.abort();
@@ -296,7 +360,9 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
         self.last_heard = Instant::now();
         let frame = match frame {
             Ok(frame) => frame,
-            Err(ProtocolError::Overflow) => return self.close(close::TOO_BIG, "message too big", false, ctx),
+            Err(ProtocolError::Overflow) => {
+                return self.close(close::TOO_BIG, "message too big", false, ctx)
+            }
             Err(e) => {
                 log::debug!("session on {}: protocol error: {e}", self.state.server_id);
                 return self.close(close::PROTOCOL, "protocol error", false, ctx);
@@ -304,10 +370,14 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
         };
         match frame {
             Frame::Text(bytes) if self.fragments.is_none() => self.on_text(bytes, ctx),
-            Frame::Binary(_) if self.fragments.is_none() => {
-                self.refuse(&Error::BadFrame("binary frames are not supported".into()), None, ctx)
+            Frame::Binary(_) if self.fragments.is_none() => self.refuse(
+                &Error::BadFrame("binary frames are not supported".into()),
+                None,
+                ctx,
+            ),
+            Frame::Text(_) | Frame::Binary(_) => {
+                self.close(close::PROTOCOL, "expected a continuation frame", false, ctx)
             }
-            Frame::Text(_) | Frame::Binary(_) => self.close(close::PROTOCOL, "expected a continuation frame", false, ctx),
             Frame::Continuation(item) => self.on_fragment(item, ctx),
             Frame::Ping(payload) => {
                 if self.out.pong(payload).is_err() {
@@ -316,7 +386,9 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
             }
             Frame::Pong(_) => {}
             Frame::Close(reason) => {
-                let code = reason.map(|r| u16::from(r.code)).unwrap_or(u16::from(CloseCode::Normal));
+                let code = reason
+                    .map(|r| u16::from(r.code))
+                    .unwrap_or(u16::from(CloseCode::Normal));
                 self.close(code, "", false, ctx);
             }
         }

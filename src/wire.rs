@@ -75,8 +75,12 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<Box<RawValue>>, Er
         None => return Err((reference, Error::BadFrame("missing `op`".into()))),
     };
     let parsed = match op.as_str() {
-        "subscribe" => serde_json::from_str(text).map(|f: RoomFields| ClientOp::Subscribe { room: f.room }),
-        "unsubscribe" => serde_json::from_str(text).map(|f: RoomFields| ClientOp::Unsubscribe { room: f.room }),
+        "subscribe" => {
+            serde_json::from_str(text).map(|f: RoomFields| ClientOp::Subscribe { room: f.room })
+        }
+        "unsubscribe" => {
+            serde_json::from_str(text).map(|f: RoomFields| ClientOp::Unsubscribe { room: f.room })
+        }
         "publish" => serde_json::from_str(text).map(|f: PublishFields| ClientOp::Publish {
             room: f.room,
             event: f.event,
@@ -103,7 +107,11 @@ pub fn room(name: &str) -> Result<Room, Error> {
 /// Checks an event a client wants to publish: the room (not a `system:` one), the
 /// size (`limit` bytes of JSON) and the shape (`type` a non-empty string, `data` any
 /// JSON, absent meaning `null`).
-pub fn new_event(room_name: &str, event: &RawValue, limit: usize) -> Result<(Room, NewEvent), Error> {
+pub fn new_event(
+    room_name: &str,
+    event: &RawValue,
+    limit: usize,
+) -> Result<(Room, NewEvent), Error> {
     #[derive(Deserialize)]
     struct Body {
         #[serde(rename = "type")]
@@ -119,9 +127,14 @@ pub fn new_event(room_name: &str, event: &RawValue, limit: usize) -> Result<(Roo
     if size > limit {
         return Err(Error::TooLarge { size, limit });
     }
-    let body: Body = serde_json::from_str(event.get())
-        .map_err(|e| Error::BadFrame(format!("an event is {{\"type\": string, \"data\": any}}: {e}")))?;
-    let data = body.data.unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
+    let body: Body = serde_json::from_str(event.get()).map_err(|e| {
+        Error::BadFrame(format!(
+            "an event is {{\"type\": string, \"data\": any}}: {e}"
+        ))
+    })?;
+    let data = body
+        .data
+        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
     let event = NewEvent::from_raw(body.kind, data).map_err(|e| Error::BadFrame(e.to_string()))?;
     Ok((room, event))
 }
@@ -166,7 +179,10 @@ struct ErrorBody<'a> {
 
 /// Encodes a reply, with the request's `ref` when it had one.
 pub fn reply(reply: Reply<'_>, reference: Option<&RawValue>) -> ByteString {
-    encode(&WithRef { body: reply, reference })
+    encode(&WithRef {
+        body: reply,
+        reference,
+    })
 }
 
 /// Encodes an `error` frame.
@@ -197,7 +213,9 @@ pub fn event_frame(event: &Event) -> ByteString {
 }
 
 fn encode(value: &impl Serialize) -> ByteString {
-    serde_json::to_string(value).expect("server frames serialize").into()
+    serde_json::to_string(value)
+        .expect("server frames serialize")
+        .into()
 }
 
 #[cfg(test)]
@@ -214,9 +232,15 @@ mod tests {
         let frame = parse_frame(r#"{"op":"subscribe","room":"match:42","ref":7}"#).unwrap();
         assert!(matches!(frame.op, ClientOp::Subscribe { room } if room == "match:42"));
         assert_eq!(frame.reference.unwrap().get(), "7");
-        assert!(matches!(parse_frame(r#"{"op":"ping"}"#).unwrap().op, ClientOp::Ping));
+        assert!(matches!(
+            parse_frame(r#"{"op":"ping"}"#).unwrap().op,
+            ClientOp::Ping
+        ));
         let publish = r#"{"op":"publish","room":"r","event":{"type":"t","data":{}}}"#;
-        assert!(matches!(parse_frame(publish).unwrap().op, ClientOp::Publish { .. }));
+        assert!(matches!(
+            parse_frame(publish).unwrap().op,
+            ClientOp::Publish { .. }
+        ));
     }
 
     #[test]
@@ -226,7 +250,10 @@ mod tests {
         assert_eq!(code_of(r#"{"room":"r"}"#), ErrorCode::BadFrame);
         assert_eq!(code_of(r#"{"op":5}"#), ErrorCode::BadFrame);
         assert_eq!(code_of(r#"{"op":"subscribe"}"#), ErrorCode::BadFrame);
-        assert_eq!(code_of(r#"{"op":"subscribe","room":5}"#), ErrorCode::BadFrame);
+        assert_eq!(
+            code_of(r#"{"op":"subscribe","room":5}"#),
+            ErrorCode::BadFrame
+        );
         assert_eq!(code_of(r#"{"op":"dance"}"#), ErrorCode::UnknownOp);
     }
 
@@ -242,13 +269,28 @@ mod tests {
     fn checks_events_in_order_room_system_size_shape() {
         let ok = RawValue::from_string(r#"{"type":"t","data":[1]}"#.into()).unwrap();
         assert!(new_event("match:1", &ok, 100).is_ok());
-        assert_eq!(new_event("bad room", &ok, 100).unwrap_err().code(), ErrorCode::BadRoom);
-        assert_eq!(new_event("system:events", &ok, 100).unwrap_err().code(), ErrorCode::NotAllowed);
-        assert_eq!(new_event("match:1", &ok, 5).unwrap_err().code(), ErrorCode::TooLarge);
+        assert_eq!(
+            new_event("bad room", &ok, 100).unwrap_err().code(),
+            ErrorCode::BadRoom
+        );
+        assert_eq!(
+            new_event("system:events", &ok, 100).unwrap_err().code(),
+            ErrorCode::NotAllowed
+        );
+        assert_eq!(
+            new_event("match:1", &ok, 5).unwrap_err().code(),
+            ErrorCode::TooLarge
+        );
         let no_type = RawValue::from_string(r#"{"data":1}"#.into()).unwrap();
-        assert_eq!(new_event("match:1", &no_type, 100).unwrap_err().code(), ErrorCode::BadFrame);
+        assert_eq!(
+            new_event("match:1", &no_type, 100).unwrap_err().code(),
+            ErrorCode::BadFrame
+        );
         let empty_type = RawValue::from_string(r#"{"type":""}"#.into()).unwrap();
-        assert_eq!(new_event("match:1", &empty_type, 100).unwrap_err().code(), ErrorCode::BadFrame);
+        assert_eq!(
+            new_event("match:1", &empty_type, 100).unwrap_err().code(),
+            ErrorCode::BadFrame
+        );
     }
 
     #[test]
@@ -256,7 +298,10 @@ mod tests {
         let reference = RawValue::from_string("\"x\"".into()).unwrap();
         let text = reply(Reply::Subscribed { room: "r" }, Some(&reference));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(v, serde_json::json!({"op": "subscribed", "room": "r", "ref": "x"}));
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "subscribed", "room": "r", "ref": "x"})
+        );
         let text = error_frame(&Error::UnknownOp("dance".into()), None);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["op"], "error");
@@ -267,10 +312,17 @@ mod tests {
     #[test]
     fn event_frame_wraps_the_envelope() {
         let raw = r#"{"type":"x","data":{"a":"\"q\""}}"#;
-        let event = Event::parse(Room::new("m:1").unwrap(), Bytes::from_static(raw.as_bytes())).unwrap();
+        let event = Event::parse(
+            Room::new("m:1").unwrap(),
+            Bytes::from_static(raw.as_bytes()),
+        )
+        .unwrap();
         let v: serde_json::Value = serde_json::from_str(&event_frame(&event)).unwrap();
         assert_eq!(v["op"], "event");
         assert_eq!(v["room"], "m:1");
-        assert_eq!(v["event"], serde_json::from_str::<serde_json::Value>(raw).unwrap());
+        assert_eq!(
+            v["event"],
+            serde_json::from_str::<serde_json::Value>(raw).unwrap()
+        );
     }
 }

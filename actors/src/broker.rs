@@ -21,7 +21,7 @@ use crate::{
 #[derive(Debug, Clone)]
 pub enum BackplaneConfig {
     /// Redis pub/sub, through a [`RedisPublisher`] and a [`RedisSubscriber`].
-    Redis(RedisConfig),
+    Redis(Box<RedisConfig>),
     /// Nothing: this process is the only server.
     Memory,
 }
@@ -118,14 +118,18 @@ impl Broker {
             let server_id: Arc<str> = config.server_id.into();
             let backplane = match config.backplane {
                 BackplaneConfig::Redis(redis) => {
-                    let redis = Arc::new(redis);
+                    let redis: Arc<RedisConfig> = Arc::from(redis);
                     let identity = SubscriberIdentity {
                         server_id: server_id.clone(),
                         instance_id: config.instance_id.into(),
                     };
                     Backplane::Redis {
                         publisher: RedisPublisher::start(redis.clone()),
-                        subscriber: RedisSubscriber::start(redis, identity, ctx.address().recipient()),
+                        subscriber: RedisSubscriber::start(
+                            redis,
+                            identity,
+                            ctx.address().recipient(),
+                        ),
                     }
                 }
                 BackplaneConfig::Memory => Backplane::Memory {
@@ -182,7 +186,10 @@ impl Broker {
     }
 
     fn join(&mut self, room: Room, member: Member) {
-        let rooms = self.memberships.entry(member.recipient.clone()).or_default();
+        let rooms = self
+            .memberships
+            .entry(member.recipient.clone())
+            .or_default();
         if rooms.insert(room.clone()) {
             self.rooms.entry(room).or_default().push(member);
         }
@@ -222,7 +229,9 @@ impl Broker {
         };
         let mut dropped = Vec::new();
         for member in members {
-            let delivery = Delivery { event: event.clone() };
+            let delivery = Delivery {
+                event: event.clone(),
+            };
             match member.recipient.try_send(delivery) {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => dropped.push((member.clone(), true)),
@@ -250,8 +259,14 @@ impl Broker {
 
     fn link_status(&self) -> ResponseFuture<(LinkStatus, LinkStatus)> {
         match &self.backplane {
-            Backplane::Redis { publisher, subscriber } => {
-                let (p, s) = (publisher.send(GetLinkStatus), subscriber.send(GetLinkStatus));
+            Backplane::Redis {
+                publisher,
+                subscriber,
+            } => {
+                let (p, s) = (
+                    publisher.send(GetLinkStatus),
+                    subscriber.send(GetLinkStatus),
+                );
                 Box::pin(async move { (p.await.unwrap_or_default(), s.await.unwrap_or_default()) })
             }
             Backplane::Memory { watched, .. } => {
@@ -403,8 +418,14 @@ impl Handler<GetStats> for Broker {
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
         match &self.backplane {
-            Backplane::Redis { publisher, subscriber } => {
-                let (p, s) = (publisher.send(GetPublisherStats), subscriber.send(GetSubscriberStats));
+            Backplane::Redis {
+                publisher,
+                subscriber,
+            } => {
+                let (p, s) = (
+                    publisher.send(GetPublisherStats),
+                    subscriber.send(GetSubscriberStats),
+                );
                 Box::pin(async move {
                     Stats {
                         publisher: p.await.unwrap_or_default(),
@@ -428,7 +449,10 @@ impl Handler<ResetStats> for Broker {
 
     fn handle(&mut self, _: ResetStats, _ctx: &mut Context<Self>) -> Self::Result {
         match &mut self.backplane {
-            Backplane::Redis { publisher, subscriber } => {
+            Backplane::Redis {
+                publisher,
+                subscriber,
+            } => {
                 let (p, s) = (publisher.send(ResetStats), subscriber.send(ResetStats));
                 Box::pin(async move {
                     let _ = p.await;
@@ -452,7 +476,10 @@ impl Handler<Shutdown> for Broker {
         self.memberships.clear();
         log::info!("broker {}: shutting down the backplane", self.server_id);
         match &self.backplane {
-            Backplane::Redis { publisher, subscriber } => {
+            Backplane::Redis {
+                publisher,
+                subscriber,
+            } => {
                 let (p, s) = (publisher.send(Shutdown), subscriber.send(Shutdown));
                 Box::pin(async move {
                     let _ = s.await;

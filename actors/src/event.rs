@@ -34,7 +34,9 @@ impl NewEvent {
     /// An event from a type and `data` that is already JSON.
     pub fn from_raw(kind: String, data: Box<RawValue>) -> Result<NewEvent, Error> {
         if kind.is_empty() {
-            return Err(Error::InvalidEvent("`type` must be a non-empty string".into()));
+            return Err(Error::InvalidEvent(
+                "`type` must be a non-empty string".into(),
+            ));
         }
         Ok(NewEvent { kind, data })
     }
@@ -110,8 +112,8 @@ impl Event {
             .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
             .map(|id| id.into());
         let kind = head.kind.into();
-        let json = ByteString::try_from(payload)
-            .map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
+        let json =
+            ByteString::try_from(payload).map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
         Ok(Event {
             room,
             kind,

@@ -52,5 +52,9 @@ pub use messages::*;
 pub use peers::{AnnounceStop, ConnectionGauge, GetPeers, PeerInfo, PeerList, Peers, PeersConfig};
 pub use publisher::{GetPublisherStats, PublishEvent, RedisPublisher};
 pub use room::{Room, SYSTEM_EVENTS, SYSTEM_PREFIX};
-pub use stats::{PublishCounts, PublisherStats, ReceiveCounts, SubscriberStats, MAX_ROOMS_IN_STATS, OTHER_ROOMS};
-pub use subscriber::{GetSubscriberStats, RedisSubscriber, SubscriberIdentity, UnwatchRoom, WatchRoom};
+pub use stats::{
+    PublishCounts, PublisherStats, ReceiveCounts, SubscriberStats, MAX_ROOMS_IN_STATS, OTHER_ROOMS,
+};
+pub use subscriber::{
+    GetSubscriberStats, RedisSubscriber, SubscriberIdentity, UnwatchRoom, WatchRoom,
+};

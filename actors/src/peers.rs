@@ -173,11 +173,15 @@ impl Peers {
         self.peers.retain(|id, peer| {
             let expired = peer.expired(now, heartbeat);
             if expired {
-                log::warn!("peers: {id} missed {} heartbeats; forgotten", PeersConfig::MISSED_HEARTBEATS);
+                log::warn!(
+                    "peers: {id} missed {} heartbeats; forgotten",
+                    PeersConfig::MISSED_HEARTBEATS
+                );
             }
             !expired
         });
-        self.duplicates.retain(|_, peer| !peer.expired(now, heartbeat));
+        self.duplicates
+            .retain(|_, peer| !peer.expired(now, heartbeat));
         let sent = self.announce("health_check");
         ctx.spawn(
             async move {
@@ -205,8 +209,12 @@ impl Peers {
                 );
             }
             if !stopped {
-                let peer = Peer { announcement, last_seen: Instant::now() };
-                self.duplicates.insert(peer.announcement.instance_id.clone(), peer);
+                let peer = Peer {
+                    announcement,
+                    last_seen: Instant::now(),
+                };
+                self.duplicates
+                    .insert(peer.announcement.instance_id.clone(), peer);
             }
             return;
         }
@@ -217,7 +225,10 @@ impl Peers {
             }
             return;
         }
-        let peer = Peer { announcement, last_seen: Instant::now() };
+        let peer = Peer {
+            announcement,
+            last_seen: Instant::now(),
+        };
         if self.peers.insert(id.clone(), peer).is_none() {
             log::info!("peers: {id} is live");
         }
@@ -287,8 +298,14 @@ impl Handler<GetPeers> for Peers {
             })
             .collect();
         peers.sort_by(|a, b| a.server_id.cmp(&b.server_id));
-        let duplicate_id = self.duplicates.values().any(|peer| !peer.expired(now, heartbeat));
-        MessageResult(PeerList { peers, duplicate_id })
+        let duplicate_id = self
+            .duplicates
+            .values()
+            .any(|peer| !peer.expired(now, heartbeat));
+        MessageResult(PeerList {
+            peers,
+            duplicate_id,
+        })
     }
 }
 

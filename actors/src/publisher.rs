@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use actix::prelude::*;
-use redis::{aio::MultiplexedConnection, PushInfo, PushKind};
+use redis::{aio::MultiplexedConnection, ErrorKind, ProtocolVersion, PushInfo, PushKind};
 
 use crate::{
     link::{with_deadline, GetLinkStatus, LinkStatus, RedisConfig},
@@ -81,6 +81,10 @@ impl RedisPublisher {
         })
     }
 
+    /// Connects over RESP3 when Redis speaks it (6 and later), because only then does
+    /// redis-rs report a closed connection at once (a `Disconnection` push), so a
+    /// publish made after the link died is known not to have been sent, and is retried.
+    /// On an older Redis, RESP2, and the PING probe finds dead links.
     fn connect(&mut self, ctx: &mut Context<Self>) {
         let generation = self.generation;
         let addr = ctx.address();
@@ -93,13 +97,34 @@ impl RedisPublisher {
             }
             Ok::<(), std::convert::Infallible>(())
         };
-        let client = self.config.client.clone();
-        let conn_config = self.config.connection_config().set_push_sender(on_push);
+        let resp2 = self.config.client.clone();
+        let info = resp2.get_connection_info().clone();
+        let settings = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let resp3 = redis::Client::open(info.set_redis_settings(settings));
+        let conn_config = self.config.connection_config();
         let connect = async move {
-            client
-                .get_multiplexed_async_connection_with_config(&conn_config)
-                .await
-                .map_err(|e| Error::from_redis(&e))
+            let pushing = conn_config.clone().set_push_sender(on_push);
+            let first = match resp3 {
+                Ok(client) => {
+                    client
+                        .get_multiplexed_async_connection_with_config(&pushing)
+                        .await
+                }
+                Err(e) => Err(e),
+            };
+            match first {
+                Err(e) if e.kind() == ErrorKind::RESP3NotSupported => {
+                    log::info!("publisher: redis does not speak RESP3; using RESP2");
+                    resp2
+                        .get_multiplexed_async_connection_with_config(&conn_config)
+                        .await
+                }
+                other => other,
+            }
+            .map_err(|e| Error::from_redis(&e))
         };
         with_deadline(self.config.response_timeout, "connect", connect)
             .into_actor(self)
@@ -119,7 +144,10 @@ impl RedisPublisher {
 
     fn connected(&mut self, conn: MultiplexedConnection, ctx: &mut Context<Self>) {
         if self.failed_attempts > 0 {
-            log::info!("publisher: connected to redis after {} failed attempts", self.failed_attempts);
+            log::info!(
+                "publisher: connected to redis after {} failed attempts",
+                self.failed_attempts
+            );
         } else {
             log::info!("publisher: connected to redis");
         }
@@ -211,7 +239,8 @@ impl Handler<PublishEvent> for RedisPublisher {
         let addr = ctx.address();
         let channel = self.config.channel(msg.event.room());
         let max_retries = self.config.publish_retries;
-        let mut delays = Backoff::new(self.config.publish_retry_base, Duration::MAX).without_jitter();
+        let mut delays =
+            Backoff::new(self.config.publish_retry_base, Duration::MAX).without_jitter();
         let deadline = self.config.response_timeout;
         Box::pin(async move {
             let payload = msg.event.json().as_bytes();

@@ -102,7 +102,10 @@ mod tests {
     #[test]
     fn refuses_empty_long_and_foreign_characters() {
         for name in ["", "a b", "room/1", "é", "a*", "tab\t"] {
-            assert!(matches!(Room::new(name), Err(Error::BadRoom(_))), "{name:?}");
+            assert!(
+                matches!(Room::new(name), Err(Error::BadRoom(_))),
+                "{name:?}"
+            );
         }
         assert!(Room::new(&"r".repeat(201)).is_err());
     }

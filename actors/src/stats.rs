@@ -129,10 +129,21 @@ mod tests {
         s.record("a", true, 0);
         s.record("a", false, 3);
         assert_eq!(
-            (s.total_published, s.successful_publishes, s.failed_publishes, s.retries),
+            (
+                s.total_published,
+                s.successful_publishes,
+                s.failed_publishes,
+                s.retries
+            ),
             (2, 1, 1, 3)
         );
-        assert_eq!(s.channel_stats["a"], PublishCounts { published: 1, failed: 1 });
+        assert_eq!(
+            s.channel_stats["a"],
+            PublishCounts {
+                published: 1,
+                failed: 1
+            }
+        );
         assert!(s.last_publish_time.is_some());
     }
 
@@ -142,9 +153,18 @@ mod tests {
         s.record_received("r", true);
         s.record_received("r", false);
         s.record_echo();
-        assert_eq!((s.total_received, s.processed_events, s.failed_events), (2, 1, 1));
+        assert_eq!(
+            (s.total_received, s.processed_events, s.failed_events),
+            (2, 1, 1)
+        );
         assert_eq!(s.echo_skipped, 1);
-        assert_eq!(s.channel_stats["r"], ReceiveCounts { received: 2, failed: 1 });
+        assert_eq!(
+            s.channel_stats["r"],
+            ReceiveCounts {
+                received: 2,
+                failed: 1
+            }
+        );
     }
 
     #[test]
@@ -160,7 +180,12 @@ mod tests {
     #[test]
     fn serializes_with_the_seed_names() {
         let v = serde_json::to_value(PublisherStats::default()).unwrap();
-        for key in ["totalPublished", "successfulPublishes", "failedPublishes", "retries"] {
+        for key in [
+            "totalPublished",
+            "successfulPublishes",
+            "failedPublishes",
+            "retries",
+        ] {
             assert_eq!(v[key], 0, "{key}");
         }
         assert!(v["lastPublishTime"].is_null());

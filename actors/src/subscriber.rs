@@ -175,7 +175,11 @@ impl RedisSubscriber {
             return;
         }
         let subscribe: Vec<Room> = self.to_subscribe.drain().collect();
-        let unsubscribe: Vec<String> = self.to_unsubscribe.drain().map(|r| self.config.channel(&r)).collect();
+        let unsubscribe: Vec<String> = self
+            .to_unsubscribe
+            .drain()
+            .map(|r| self.config.channel(&r))
+            .collect();
         let channels: Vec<String> = subscribe.iter().map(|r| self.config.channel(r)).collect();
         let owed: Vec<(Room, Vec<oneshot::Sender<()>>)> = subscribe
             .iter()
@@ -185,10 +189,14 @@ impl RedisSubscriber {
         let deadline = self.config.response_timeout;
         let command = async move {
             if !unsubscribe.is_empty() {
-                sink.unsubscribe(&unsubscribe).await.map_err(|e| Error::from_redis(&e))?;
+                sink.unsubscribe(&unsubscribe)
+                    .await
+                    .map_err(|e| Error::from_redis(&e))?;
             }
             if !channels.is_empty() {
-                sink.subscribe(&channels).await.map_err(|e| Error::from_redis(&e))?;
+                sink.subscribe(&channels)
+                    .await
+                    .map_err(|e| Error::from_redis(&e))?;
             }
             Ok(())
         };
@@ -198,7 +206,8 @@ impl RedisSubscriber {
                 act.in_flight = false;
                 match result {
                     Ok(()) => {
-                        act.confirmed.extend(subscribe.into_iter().filter(|r| act.wanted.contains(r)));
+                        act.confirmed
+                            .extend(subscribe.into_iter().filter(|r| act.wanted.contains(r)));
                         for tx in owed.into_iter().flat_map(|(_, txs)| txs) {
                             let _ = tx.send(());
                         }
@@ -220,7 +229,10 @@ impl RedisSubscriber {
     fn mark_ready(&mut self) {
         if !self.ready {
             self.ready = true;
-            let took = self.connected_at.map(|t| t.elapsed().as_millis()).unwrap_or(0);
+            let took = self
+                .connected_at
+                .map(|t| t.elapsed().as_millis())
+                .unwrap_or(0);
             log::info!(
                 "subscriber {}: {} rooms subscribed, {took} ms after connecting",
                 self.server_id,
@@ -240,7 +252,11 @@ impl RedisSubscriber {
             return;
         };
         self.probing = true;
-        let ping = async move { sink.ping::<redis::Value>().await.map_err(|e| Error::from_redis(&e)) };
+        let ping = async move {
+            sink.ping::<redis::Value>()
+                .await
+                .map_err(|e| Error::from_redis(&e))
+        };
         with_deadline(self.config.probe_timeout, "PING", ping)
             .into_actor(self)
             .map(|result, act, ctx| {
@@ -278,7 +294,9 @@ impl RedisSubscriber {
             instance_id: Option<String>,
         }
         match event.data::<Announce>() {
-            Ok(Announce { instance_id: Some(id) }) => *id == *self.instance_id,
+            Ok(Announce {
+                instance_id: Some(id),
+            }) => *id == *self.instance_id,
             _ => true,
         }
     }
@@ -313,14 +331,23 @@ impl Supervised for RedisSubscriber {
 impl StreamHandler<Msg> for RedisSubscriber {
     fn handle(&mut self, msg: Msg, _ctx: &mut Context<Self>) {
         let Some(room) = self.config.room(msg.get_channel_name()) else {
-            log::debug!("subscriber {}: message on foreign channel {}", self.server_id, msg.get_channel_name());
+            log::debug!(
+                "subscriber {}: message on foreign channel {}",
+                self.server_id,
+                msg.get_channel_name()
+            );
             return;
         };
-        match Event::parse(room.clone(), Bytes::copy_from_slice(msg.get_payload_bytes())) {
+        match Event::parse(
+            room.clone(),
+            Bytes::copy_from_slice(msg.get_payload_bytes()),
+        ) {
             Ok(event) if self.is_own_echo(&event) => self.stats.record_echo(),
             Ok(event) => {
                 self.stats.record_received(room.as_str(), true);
-                self.broker.do_send(Inbound { event: Arc::new(event) });
+                self.broker.do_send(Inbound {
+                    event: Arc::new(event),
+                });
             }
             Err(e) => {
                 self.stats.record_received(room.as_str(), false);
@@ -412,7 +439,9 @@ impl Handler<Shutdown> for RedisSubscriber {
         let unsubscribe = async move {
             if let Some(mut sink) = sink {
                 let all: &[&str] = &[];
-                sink.unsubscribe(all).await.map_err(|e| Error::from_redis(&e))?;
+                sink.unsubscribe(all)
+                    .await
+                    .map_err(|e| Error::from_redis(&e))?;
             }
             Ok(())
         };
@@ -421,7 +450,10 @@ impl Handler<Shutdown> for RedisSubscriber {
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     if let Err(e) = result {
-                        log::warn!("subscriber {}: unsubscribe at shutdown failed: {e}", act.server_id);
+                        log::warn!(
+                            "subscriber {}: unsubscribe at shutdown failed: {e}",
+                            act.server_id
+                        );
                     }
                     ctx.stop();
                 }),

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole suite: installs redis-server when it is missing (Debian), then the
+# format check, clippy with warnings as errors, and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "== installing redis-server (apt-get)"
+  sudo_cmd=""
+  if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
+  $sudo_cmd apt-get install -y redis-server >/dev/null 2>&1 || {
+    $sudo_cmd apt-get update >/dev/null
+    $sudo_cmd apt-get install -y redis-server >/dev/null
+  }
+fi
+redis-server --version
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== cargo test"
+cargo test --workspace --all-targets -- --test-threads "${TEST_THREADS:-4}"

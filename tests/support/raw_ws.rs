@@ -1,0 +1,246 @@
+//! A WebSocket client written by hand over a bare TCP stream.
+//!
+//! For the clients a library will not let us be: one that stops reading altogether
+//! (nothing buffers on its behalf; its receive buffer is kept small), and one that
+//! never answers pings.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::server::Server;
+
+/// Continuation opcode (the second and later fragments of a message).
+pub const OP_CONTINUATION: u8 = 0x0;
+/// The WebSocket opcodes the tests look at.
+pub const OP_TEXT: u8 = 0x1;
+/// Close opcode.
+pub const OP_CLOSE: u8 = 0x8;
+/// Ping opcode.
+pub const OP_PING: u8 = 0x9;
+
+/// One frame as read from the wire (server frames are never fragmented here).
+#[derive(Debug)]
+pub enum RawFrame {
+    /// A frame: its opcode and (unmasked) payload.
+    Frame { opcode: u8, payload: Vec<u8> },
+    /// The server closed the TCP connection.
+    Eof,
+}
+
+impl RawFrame {
+    /// The close code, if this is a close frame that carries one.
+    pub fn close_code(&self) -> Option<u16> {
+        match self {
+            RawFrame::Frame {
+                opcode: OP_CLOSE,
+                payload,
+            } if payload.len() >= 2 => Some(u16::from_be_bytes([payload[0], payload[1]])),
+            _ => None,
+        }
+    }
+
+    /// The payload of a text frame as JSON.
+    pub fn json(&self) -> Option<Value> {
+        match self {
+            RawFrame::Frame {
+                opcode: OP_TEXT,
+                payload,
+            } => serde_json::from_slice(payload).ok(),
+            _ => None,
+        }
+    }
+}
+
+/// A raw WebSocket session: the test decides when (and whether) anything is read.
+pub struct RawWs {
+    stream: TcpStream,
+    /// Bytes read but not yet parsed into a frame.
+    buf: Vec<u8>,
+}
+
+impl RawWs {
+    /// Connects to `server`'s `/ws`, with a receive buffer of `recv_buffer` bytes if
+    /// given (a small one makes "stopped reading" show up at the server quickly).
+    pub async fn connect(server: &Server, recv_buffer: Option<u32>) -> RawWs {
+        let socket = TcpSocket::new_v4().expect("TCP socket");
+        if let Some(size) = recv_buffer {
+            socket.set_recv_buffer_size(size).expect("set SO_RCVBUF");
+        }
+        let addr = format!("127.0.0.1:{}", server.port())
+            .parse()
+            .expect("socket address");
+        let stream = socket
+            .connect(addr)
+            .await
+            .expect("TCP connect to the server");
+        let mut raw = RawWs {
+            stream,
+            buf: Vec::new(),
+        };
+        raw.handshake(server.port()).await;
+        raw
+    }
+
+    async fn handshake(&mut self, port: u16) {
+        let request = format!(
+            "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
+             Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n"
+        );
+        self.stream
+            .write_all(request.as_bytes())
+            .await
+            .expect("send handshake");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let end = loop {
+            if let Some(end) = find(&self.buf, b"\r\n\r\n") {
+                break end + 4;
+            }
+            assert!(
+                self.fill(deadline).await,
+                "connection closed during the handshake"
+            );
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        assert!(
+            head.starts_with("HTTP/1.1 101"),
+            "handshake refused: {head}"
+        );
+        self.buf.drain(..end);
+    }
+
+    /// Sends one masked text frame (clients must mask).
+    pub async fn send_text(&mut self, text: &str) {
+        let frame = encode_client_frame(OP_TEXT, true, text.as_bytes());
+        self.stream.write_all(&frame).await.expect("send a frame");
+    }
+
+    /// Sends one text message as several frames: a first frame, then continuations, the
+    /// last one final (the frame limit counts the fragments of one message together).
+    pub async fn send_fragmented_text(&mut self, parts: &[&str]) {
+        for (i, part) in parts.iter().enumerate() {
+            let opcode = if i == 0 { OP_TEXT } else { OP_CONTINUATION };
+            let fin = i + 1 == parts.len();
+            let frame = encode_client_frame(opcode, fin, part.as_bytes());
+            self.stream
+                .write_all(&frame)
+                .await
+                .expect("send a fragment");
+        }
+    }
+
+    /// Reads the next frame, panicking if none arrives within `timeout`.
+    pub async fn read_frame(&mut self, timeout: Duration) -> RawFrame {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.parse_frame() {
+                return frame;
+            }
+            if !self.fill(deadline).await {
+                return RawFrame::Eof;
+            }
+        }
+    }
+
+    /// Reads frames until a text frame satisfies `wanted`, ignoring pings (unanswered).
+    pub async fn read_json_matching(
+        &mut self,
+        timeout: Duration,
+        wanted: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let frame = self.read_frame(left).await;
+            if let Some(value) = frame.json().filter(|v| wanted(v)) {
+                return value;
+            }
+            assert!(
+                !matches!(frame, RawFrame::Eof),
+                "connection closed while waiting"
+            );
+            assert!(
+                frame.close_code().is_none(),
+                "closed while waiting: {frame:?}"
+            );
+        }
+    }
+
+    /// Reads more bytes; `false` on end of stream; panics at `deadline`.
+    async fn fill(&mut self, deadline: Instant) -> bool {
+        let mut chunk = [0u8; 64 * 1024];
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, self.stream.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(n)) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+            Err(_) => panic!("raw client: nothing read before the deadline"),
+        }
+    }
+
+    /// Takes one whole frame off the front of the buffer, if one is there.
+    fn parse_frame(&mut self) -> Option<RawFrame> {
+        let (header, len) = frame_header(&self.buf)?;
+        if self.buf.len() < header + len {
+            return None;
+        }
+        let opcode = self.buf[0] & 0x0f;
+        let payload = self.buf[header..header + len].to_vec();
+        self.buf.drain(..header + len);
+        Some(RawFrame::Frame { opcode, payload })
+    }
+}
+
+/// The header length and payload length of the frame at the start of `buf`, once the
+/// whole header is there. Server frames are unmasked; a mask key is skipped if present.
+fn frame_header(buf: &[u8]) -> Option<(usize, usize)> {
+    if buf.len() < 2 {
+        return None;
+    }
+    let masked = buf[1] & 0x80 != 0;
+    let (mut header, len) = match buf[1] & 0x7f {
+        126 if buf.len() >= 4 => (4, usize::from(u16::from_be_bytes([buf[2], buf[3]]))),
+        127 if buf.len() >= 10 => {
+            let bytes: [u8; 8] = buf[2..10].try_into().expect("eight length bytes");
+            (
+                10,
+                usize::try_from(u64::from_be_bytes(bytes)).expect("frame fits in memory"),
+            )
+        }
+        126 | 127 => return None,
+        short => (2, usize::from(short)),
+    };
+    if masked {
+        header += 4;
+    }
+    (buf.len() >= header).then_some((header, len))
+}
+
+/// A client frame with a fixed mask (the mask only has to be present).
+fn encode_client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
+    match payload.len() {
+        len if len < 126 => frame.push(0x80 | len as u8),
+        len if len <= usize::from(u16::MAX) => {
+            frame.push(0x80 | 126);
+            frame.extend_from_slice(&(len as u16).to_be_bytes());
+        }
+        len => {
+            frame.push(0x80 | 127);
+            frame.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+    frame.extend_from_slice(&MASK);
+    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    frame
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
