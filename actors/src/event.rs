@@ -154,6 +154,13 @@ impl Event {
             .map_err(|e| Error::InvalidEvent(format!("data does not decode: {e}")))
     }
 
+    /// Decodes the whole envelope as `T`, typically a channel's event enum
+    /// (see [`crate::events`]); extra envelope fields are ignored.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        serde_json::from_str(&self.json)
+            .map_err(|e| Error::InvalidEvent(format!("does not decode: {e}")))
+    }
+
     /// This event's transport encoding: computed by `encode` on first use, then shared.
     pub fn wire_encoding(&self, encode: impl FnOnce(&Event) -> ByteString) -> ByteString {
         self.wire.get_or_init(|| encode(self)).clone()

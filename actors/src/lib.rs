@@ -23,6 +23,12 @@
 //! - [`Peers`] (`peers.rs`): announces this server on `system:events` and tracks the
 //!   other live servers. Accepts [`Delivery`] (as a recipient of `system:events`),
 //!   [`GetPeers`], [`AnnounceStop`].
+//! - [`PubSub`] (`handle.rs`): a cloneable handle whose async methods mirror the seed's
+//!   API (`publish`, `subscribe`, `unsubscribe`, `health_status`, ...), as messages to
+//!   the broker; [`PubSub::global`] is the seed's process-wide singleton.
+//! - [`events`] (`events.rs`): the seed's four channels ([`events::LeaderboardUpdates`],
+//!   [`events::MatchEvents`], [`events::PlayerNotifications`], [`events::SystemEvents`])
+//!   and their event enums, so a wrong event for a channel does not compile.
 //! - Values: [`Room`] (`room.rs`), [`Event`] and [`NewEvent`] (`event.rs`, the
 //!   envelope, encoded once), [`PublisherStats`] and [`SubscriberStats`] (`stats.rs`),
 //!   [`Backoff`] (`backoff.rs`), [`Error`] (`error.rs`), the link settings
@@ -35,6 +41,8 @@ mod backoff;
 mod broker;
 mod error;
 mod event;
+pub mod events;
+mod handle;
 mod link;
 mod messages;
 mod peers;
@@ -47,6 +55,7 @@ pub use backoff::Backoff;
 pub use broker::{new_instance_id, BackplaneConfig, Broker, BrokerConfig, Inbound};
 pub use error::Error;
 pub use event::{now_ms, Event, NewEvent};
+pub use handle::PubSub;
 pub use link::{GetLinkStatus, LinkStatus, RedisConfig};
 pub use messages::*;
 pub use peers::{AnnounceStop, ConnectionGauge, GetPeers, PeerInfo, PeerList, Peers, PeersConfig};

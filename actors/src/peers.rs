@@ -10,9 +10,9 @@ use std::{
 };
 
 use actix::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-use crate::{Broker, Delivery, Error, NewEvent, Publish, Room, Subscribe};
+use crate::{events::Announcement, Broker, Delivery, Error, NewEvent, Publish, Room, Subscribe};
 
 /// The number of open WebSocket connections on this server.
 ///
@@ -56,16 +56,6 @@ impl PeersConfig {
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(2000);
     /// A peer is forgotten after this many of its heartbeat intervals without one.
     pub const MISSED_HEARTBEATS: u32 = 3;
-}
-
-/// The `data` of `server_started`, `health_check` and `server_stopped`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Announcement {
-    server_id: String,
-    instance_id: String,
-    heartbeat_ms: u64,
-    connections: usize,
 }
 
 /// One live peer, as `/health` lists it.
