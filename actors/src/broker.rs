@@ -9,22 +9,11 @@ use std::{
 use actix::{dev::SendError, prelude::*};
 
 use crate::{
-    link::{GetLinkStatus, LinkStatus, RedisConfig},
-    publisher::{GetPublisherStats, PublishEvent},
-    subscriber::{GetSubscriberStats, SubscriberIdentity, UnwatchRoom, WatchRoom},
-    BackplaneKind, Delivery, Error, Event, EvictReason, Evicted, GetHealth, GetStats, HealthStatus,
-    Leave, Publish, PublisherStats, RedisPublisher, RedisSubscriber, ResetStats, Room, Shutdown,
-    Stats, Subscribe, SubscriberStats, Unsubscribe, UnsubscribeAll,
+    backplane::{Backplane, BackplaneConfig},
+    subscriber::SubscriberIdentity,
+    Delivery, Error, Event, EvictReason, Evicted, GetHealth, GetStats, HealthStatus, Leave,
+    Publish, ResetStats, Room, Shutdown, Stats, Subscribe, Unsubscribe, UnsubscribeAll,
 };
-
-/// What carries events between servers.
-#[derive(Debug, Clone)]
-pub enum BackplaneConfig {
-    /// Redis pub/sub, through a [`RedisPublisher`] and a [`RedisSubscriber`].
-    Redis(Box<RedisConfig>),
-    /// Nothing: this process is the only server.
-    Memory,
-}
 
 /// The broker's settings.
 #[derive(Debug, Clone)]
@@ -67,19 +56,6 @@ pub struct Inbound {
     pub event: Arc<Event>,
 }
 
-enum Backplane {
-    Redis {
-        publisher: Addr<RedisPublisher>,
-        subscriber: Addr<RedisSubscriber>,
-    },
-    /// One server: rooms need no confirmation and a publish is done once delivered
-    /// here. The broker keeps the publisher statistics itself.
-    Memory {
-        stats: PublisherStats,
-        watched: HashSet<Room>,
-    },
-}
-
 #[derive(Clone)]
 struct Member {
     recipient: Recipient<Delivery>,
@@ -116,27 +92,11 @@ impl Broker {
     pub fn start(config: BrokerConfig) -> Addr<Broker> {
         Broker::create(move |ctx| {
             let server_id: Arc<str> = config.server_id.into();
-            let backplane = match config.backplane {
-                BackplaneConfig::Redis(redis) => {
-                    let redis: Arc<RedisConfig> = Arc::from(redis);
-                    let identity = SubscriberIdentity {
-                        server_id: server_id.clone(),
-                        instance_id: config.instance_id.into(),
-                    };
-                    Backplane::Redis {
-                        publisher: RedisPublisher::start(redis.clone()),
-                        subscriber: RedisSubscriber::start(
-                            redis,
-                            identity,
-                            ctx.address().recipient(),
-                        ),
-                    }
-                }
-                BackplaneConfig::Memory => Backplane::Memory {
-                    stats: PublisherStats::default(),
-                    watched: HashSet::new(),
-                },
+            let identity = SubscriberIdentity {
+                server_id: server_id.clone(),
+                instance_id: config.instance_id.into(),
             };
+            let backplane = Backplane::start(config.backplane, identity, ctx.address().recipient());
             let mut broker = Broker {
                 server_id,
                 subscribe_timeout: config.subscribe_timeout,
@@ -154,18 +114,8 @@ impl Broker {
         })
     }
 
-    /// Asks the backplane to hold the room's subscription; resolves once it does.
     fn watch(&mut self, room: Room) -> ResponseFuture<Result<(), Error>> {
-        match &mut self.backplane {
-            Backplane::Redis { subscriber, .. } => {
-                let confirmed = subscriber.send(WatchRoom { room });
-                Box::pin(async move { confirmed.await? })
-            }
-            Backplane::Memory { watched, .. } => {
-                watched.insert(room);
-                Box::pin(async { Ok(()) })
-            }
-        }
+        self.backplane.watch(room)
     }
 
     fn unwatch(&mut self, room: Room) {
@@ -173,12 +123,7 @@ impl Broker {
             return;
         }
         log::debug!("broker {}: releasing {room}", self.server_id);
-        match &mut self.backplane {
-            Backplane::Redis { subscriber, .. } => subscriber.do_send(UnwatchRoom { room }),
-            Backplane::Memory { watched, .. } => {
-                watched.remove(&room);
-            }
-        }
+        self.backplane.unwatch(room);
     }
 
     fn is_wanted(&self, room: &Room) -> bool {
@@ -256,29 +201,6 @@ impl Broker {
             }
         }
     }
-
-    fn link_status(&self) -> ResponseFuture<(LinkStatus, LinkStatus)> {
-        match &self.backplane {
-            Backplane::Redis {
-                publisher,
-                subscriber,
-            } => {
-                let (p, s) = (
-                    publisher.send(GetLinkStatus),
-                    subscriber.send(GetLinkStatus),
-                );
-                Box::pin(async move { (p.await.unwrap_or_default(), s.await.unwrap_or_default()) })
-            }
-            Backplane::Memory { watched, .. } => {
-                let up = LinkStatus {
-                    ready: true,
-                    failed_attempts: 0,
-                    channels: watched.len(),
-                };
-                Box::pin(async move { (up, up) })
-            }
-        }
-    }
 }
 
 impl Actor for Broker {
@@ -300,16 +222,7 @@ impl Handler<Publish> for Broker {
         }
         let event = Arc::new(Event::encode(msg.room, &msg.event, &self.server_id));
         self.deliver(event.clone());
-        match &mut self.backplane {
-            Backplane::Redis { publisher, .. } => {
-                let sent = publisher.send(PublishEvent { event });
-                Box::pin(async move { sent.await? })
-            }
-            Backplane::Memory { stats, .. } => {
-                stats.record(event.room().as_str(), true, 0);
-                Box::pin(async { Ok(()) })
-            }
-        }
+        self.backplane.publish(event)
     }
 }
 
@@ -392,12 +305,9 @@ impl Handler<GetHealth> for Broker {
     type Result = ResponseFuture<HealthStatus>;
 
     fn handle(&mut self, _: GetHealth, _ctx: &mut Context<Self>) -> Self::Result {
-        let status = self.link_status();
+        let status = self.backplane.link_status();
         let server_id = self.server_id.to_string();
-        let backplane = match self.backplane {
-            Backplane::Redis { .. } => BackplaneKind::Redis,
-            Backplane::Memory { .. } => BackplaneKind::Memory,
-        };
+        let backplane = self.backplane.kind();
         Box::pin(async move {
             let (publisher, subscriber) = status.await;
             HealthStatus {
@@ -417,30 +327,7 @@ impl Handler<GetStats> for Broker {
     type Result = ResponseFuture<Stats>;
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
-        match &self.backplane {
-            Backplane::Redis {
-                publisher,
-                subscriber,
-            } => {
-                let (p, s) = (
-                    publisher.send(GetPublisherStats),
-                    subscriber.send(GetSubscriberStats),
-                );
-                Box::pin(async move {
-                    Stats {
-                        publisher: p.await.unwrap_or_default(),
-                        subscriber: s.await.unwrap_or_default(),
-                    }
-                })
-            }
-            Backplane::Memory { stats, .. } => {
-                let stats = Stats {
-                    publisher: stats.clone(),
-                    subscriber: SubscriberStats::default(),
-                };
-                Box::pin(async move { stats })
-            }
-        }
+        self.backplane.stats()
     }
 }
 
@@ -448,22 +335,7 @@ impl Handler<ResetStats> for Broker {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: ResetStats, _ctx: &mut Context<Self>) -> Self::Result {
-        match &mut self.backplane {
-            Backplane::Redis {
-                publisher,
-                subscriber,
-            } => {
-                let (p, s) = (publisher.send(ResetStats), subscriber.send(ResetStats));
-                Box::pin(async move {
-                    let _ = p.await;
-                    let _ = s.await;
-                })
-            }
-            Backplane::Memory { stats, .. } => {
-                *stats = PublisherStats::default();
-                Box::pin(async {})
-            }
-        }
+        self.backplane.reset_stats()
     }
 }
 
@@ -475,18 +347,6 @@ impl Handler<Shutdown> for Broker {
         self.rooms.clear();
         self.memberships.clear();
         log::info!("broker {}: shutting down the backplane", self.server_id);
-        match &self.backplane {
-            Backplane::Redis {
-                publisher,
-                subscriber,
-            } => {
-                let (p, s) = (publisher.send(Shutdown), subscriber.send(Shutdown));
-                Box::pin(async move {
-                    let _ = s.await;
-                    let _ = p.await;
-                })
-            }
-            Backplane::Memory { .. } => Box::pin(async {}),
-        }
+        self.backplane.shutdown()
     }
 }

@@ -38,6 +38,7 @@
 //! [`BackplaneConfig::Memory`].
 
 mod backoff;
+mod backplane;
 mod broker;
 mod error;
 mod event;
@@ -50,9 +51,11 @@ mod publisher;
 mod room;
 mod stats;
 mod subscriber;
+mod subscriptions;
 
 pub use backoff::Backoff;
-pub use broker::{new_instance_id, BackplaneConfig, Broker, BrokerConfig, Inbound};
+pub use backplane::BackplaneConfig;
+pub use broker::{new_instance_id, Broker, BrokerConfig, Inbound};
 pub use error::Error;
 pub use event::{now_ms, Event, NewEvent};
 pub use handle::PubSub;

@@ -1,19 +1,15 @@
 //! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-    time::Instant,
-};
+use std::{sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
 use redis::{aio::PubSubSink, Msg};
-use tokio::sync::oneshot;
 
 use crate::{
     broker::Inbound,
     link::{with_deadline, GetLinkStatus, LinkStatus, RedisConfig},
+    subscriptions::{Subscriptions, Want},
     Backoff, Error, Event, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
 };
 
@@ -35,13 +31,7 @@ pub struct RedisSubscriber {
     instance_id: Arc<str>,
     broker: Recipient<Inbound>,
     sink: Option<PubSubSink>,
-    wanted: HashSet<Room>,
-    confirmed: HashSet<Room>,
-    to_subscribe: HashSet<Room>,
-    to_unsubscribe: HashSet<Room>,
-    /// Confirmations owed for rooms not yet in a sent SUBSCRIBE. Bounded by the
-    /// broker's pending subscribes; abandoned ones are pruned by the probe.
-    waiters: HashMap<Room, Vec<oneshot::Sender<()>>>,
+    rooms: Subscriptions,
     in_flight: bool,
     /// Connected, and every wanted room confirmed since.
     ready: bool,
@@ -98,11 +88,7 @@ impl RedisSubscriber {
             instance_id: identity.instance_id,
             broker,
             sink: None,
-            wanted: HashSet::new(),
-            confirmed: HashSet::new(),
-            to_subscribe: HashSet::new(),
-            to_unsubscribe: HashSet::new(),
-            waiters: HashMap::new(),
+            rooms: Subscriptions::default(),
             in_flight: false,
             ready: false,
             probing: false,
@@ -148,15 +134,13 @@ impl RedisSubscriber {
             "subscriber {}: connected to redis after {} failed attempts; subscribing {} rooms",
             self.server_id,
             self.failed_attempts,
-            self.wanted.len()
+            self.rooms.wanted()
         );
         self.sink = Some(sink);
         self.connected_at = Some(Instant::now());
         self.failed_attempts = 0;
         self.backoff.reset();
-        self.confirmed.clear();
-        self.to_unsubscribe.clear();
-        self.to_subscribe = self.wanted.clone();
+        self.rooms.reconnected();
         ctx.run_interval(self.config.probe_interval, Self::probe);
         self.flush(ctx);
     }
@@ -170,55 +154,45 @@ impl RedisSubscriber {
         let Some(mut sink) = self.sink.clone() else {
             return;
         };
-        if self.to_subscribe.is_empty() && self.to_unsubscribe.is_empty() {
+        let Some(batch) = self.rooms.next_batch() else {
             self.mark_ready();
             return;
-        }
-        let subscribe: Vec<Room> = self.to_subscribe.drain().collect();
-        let unsubscribe: Vec<String> = self
-            .to_unsubscribe
-            .drain()
-            .map(|r| self.config.channel(&r))
-            .collect();
-        let channels: Vec<String> = subscribe.iter().map(|r| self.config.channel(r)).collect();
-        let owed: Vec<(Room, Vec<oneshot::Sender<()>>)> = subscribe
+        };
+        let unsubscribe: Vec<String> = batch
+            .unsubscribe
             .iter()
-            .filter_map(|room| self.waiters.remove(room).map(|owed| (room.clone(), owed)))
+            .map(|r| self.config.channel(r))
+            .collect();
+        let subscribe: Vec<String> = batch
+            .subscribe
+            .iter()
+            .map(|r| self.config.channel(r))
             .collect();
         self.in_flight = true;
-        let deadline = self.config.response_timeout;
         let command = async move {
             if !unsubscribe.is_empty() {
                 sink.unsubscribe(&unsubscribe)
                     .await
                     .map_err(|e| Error::from_redis(&e))?;
             }
-            if !channels.is_empty() {
-                sink.subscribe(&channels)
+            if !subscribe.is_empty() {
+                sink.subscribe(&subscribe)
                     .await
                     .map_err(|e| Error::from_redis(&e))?;
             }
             Ok(())
         };
-        with_deadline(deadline, "SUBSCRIBE", command)
+        with_deadline(self.config.response_timeout, "SUBSCRIBE", command)
             .into_actor(self)
             .map(move |result, act, ctx| {
                 act.in_flight = false;
                 match result {
                     Ok(()) => {
-                        act.confirmed
-                            .extend(subscribe.into_iter().filter(|r| act.wanted.contains(r)));
-                        for tx in owed.into_iter().flat_map(|(_, txs)| txs) {
-                            let _ = tx.send(());
-                        }
+                        act.rooms.confirmed(batch);
                         act.flush(ctx);
                     }
                     Err(e) => {
-                        // The restart resubscribes every wanted room; the owed
-                        // confirmations wait for that.
-                        for (room, txs) in owed {
-                            act.waiters.entry(room).or_default().extend(txs);
-                        }
+                        act.rooms.failed(batch);
                         act.lose_link(&format!("subscribe failed: {e}"), ctx);
                     }
                 }
@@ -236,7 +210,7 @@ impl RedisSubscriber {
             log::info!(
                 "subscriber {}: {} rooms subscribed, {took} ms after connecting",
                 self.server_id,
-                self.confirmed.len()
+                self.rooms.held()
             );
         }
     }
@@ -244,10 +218,7 @@ impl RedisSubscriber {
     /// PINGs Redis on the pub/sub connection: a paused or wedged Redis keeps the
     /// socket open but never answers, and only a probe tells.
     fn probe(&mut self, ctx: &mut Context<Self>) {
-        self.waiters.retain(|_, owed| {
-            owed.retain(|tx| !tx.is_closed());
-            !owed.is_empty()
-        });
+        self.rooms.prune();
         let Some(mut sink) = self.sink.clone().filter(|_| !self.probing) else {
             return;
         };
@@ -373,16 +344,13 @@ impl Handler<WatchRoom> for RedisSubscriber {
     type Result = ResponseFuture<Result<(), Error>>;
 
     fn handle(&mut self, msg: WatchRoom, ctx: &mut Context<Self>) -> Self::Result {
-        self.wanted.insert(msg.room.clone());
-        self.to_unsubscribe.remove(&msg.room);
-        if self.confirmed.contains(&msg.room) {
-            return Box::pin(async { Ok(()) });
+        match self.rooms.want(msg.room) {
+            Want::Confirmed => Box::pin(async { Ok(()) }),
+            Want::Owed(confirmation) => {
+                self.flush(ctx);
+                Box::pin(async move { confirmation.await.map_err(|_| Error::ShuttingDown) })
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        self.waiters.entry(msg.room.clone()).or_default().push(tx);
-        self.to_subscribe.insert(msg.room);
-        self.flush(ctx);
-        Box::pin(async move { rx.await.map_err(|_| Error::ShuttingDown) })
     }
 }
 
@@ -390,13 +358,8 @@ impl Handler<UnwatchRoom> for RedisSubscriber {
     type Result = ();
 
     fn handle(&mut self, msg: UnwatchRoom, ctx: &mut Context<Self>) {
-        self.wanted.remove(&msg.room);
-        self.confirmed.remove(&msg.room);
-        self.to_subscribe.remove(&msg.room);
-        if self.sink.is_some() {
-            self.to_unsubscribe.insert(msg.room);
-            self.flush(ctx);
-        }
+        self.rooms.unwant(&msg.room, self.sink.is_some());
+        self.flush(ctx);
     }
 }
 
@@ -407,7 +370,7 @@ impl Handler<GetLinkStatus> for RedisSubscriber {
         LinkStatus {
             ready: self.ready && self.sink.is_some(),
             failed_attempts: self.failed_attempts,
-            channels: self.wanted.len(),
+            channels: self.rooms.wanted(),
         }
     }
 }
@@ -433,7 +396,7 @@ impl Handler<Shutdown> for RedisSubscriber {
 
     fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
         self.closed = true;
-        self.wanted.clear();
+        self.rooms.clear();
         let sink = self.sink.take();
         let deadline = self.config.response_timeout;
         let unsubscribe = async move {
