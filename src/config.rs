@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use switchboard_actors::{BackplaneConfig, BrokerConfig, PeersConfig, RedisConfig};
+
+use crate::auth::Authenticator;
 use thiserror::Error;
 
 /// A setting that cannot be used: the server stops at start with this line.
@@ -29,6 +31,10 @@ pub struct Limits {
     pub outbound_frames: usize,
     /// Rooms one connection may hold.
     pub subscriptions: usize,
+    /// Publishes per second per connection, on average; 0 turns the limit off.
+    pub publish_rate: u32,
+    /// Publishes per connection at once.
+    pub publish_burst: u32,
 }
 
 impl Limits {
@@ -42,6 +48,10 @@ impl Limits {
     pub const DEFAULT_OUTBOUND_FRAMES: usize = 1000;
     /// `LIMIT_SUBSCRIPTIONS`: 128.
     pub const DEFAULT_SUBSCRIPTIONS: usize = 128;
+    /// `LIMIT_PUBLISH_RATE`: 50 a second.
+    pub const DEFAULT_PUBLISH_RATE: u32 = 50;
+    /// `LIMIT_PUBLISH_BURST`: 100.
+    pub const DEFAULT_PUBLISH_BURST: u32 = 100;
 }
 
 impl Default for Limits {
@@ -52,12 +62,61 @@ impl Default for Limits {
             outbound_bytes: Self::DEFAULT_OUTBOUND_BYTES,
             outbound_frames: Self::DEFAULT_OUTBOUND_FRAMES,
             subscriptions: Self::DEFAULT_SUBSCRIPTIONS,
+            publish_rate: Self::DEFAULT_PUBLISH_RATE,
+            publish_burst: Self::DEFAULT_PUBLISH_BURST,
+        }
+    }
+}
+
+/// A secret from the environment; its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Compares with `candidate` in time independent of where they differ.
+    pub fn matches(&self, candidate: &str) -> bool {
+        let (a, b) = (self.0.as_bytes(), candidate.as_bytes());
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Who may connect and change things (PROTOCOL.md §6). All off by default.
+#[derive(Debug, Clone)]
+pub struct SecurityConfig {
+    /// Checks client tokens; `None` when `AUTH_JWT_SECRET` is unset (anyone may connect).
+    pub jwt: Option<Authenticator>,
+    /// A session must authenticate within this.
+    pub auth_timeout: Duration,
+    /// Browser origins allowed to open a WebSocket; `None` allows any.
+    pub allowed_origins: Option<Vec<String>>,
+    /// Required as a bearer token by the HTTP endpoints that change things.
+    pub service_token: Option<Secret>,
+}
+
+impl SecurityConfig {
+    /// `AUTH_TIMEOUT_MS`.
+    pub const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_millis(10_000);
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            jwt: None,
+            auth_timeout: Self::DEFAULT_AUTH_TIMEOUT,
+            allowed_origins: None,
+            service_token: None,
         }
     }
 }
 
 /// Settings of the WebSocket sessions.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct SessionConfig {
     /// A WebSocket ping this often.
     pub heartbeat_interval: Duration,
@@ -65,6 +124,8 @@ pub struct SessionConfig {
     pub client_timeout: Duration,
     /// The limits.
     pub limits: Limits,
+    /// Authentication, origins, service token.
+    pub security: SecurityConfig,
 }
 
 impl SessionConfig {
@@ -80,6 +141,7 @@ impl Default for SessionConfig {
             heartbeat_interval: Self::DEFAULT_HEARTBEAT_INTERVAL,
             client_timeout: Self::DEFAULT_CLIENT_TIMEOUT,
             limits: Limits::default(),
+            security: SecurityConfig::default(),
         }
     }
 }
@@ -149,6 +211,7 @@ impl Config {
             client_timeout: env
                 .millis("CLIENT_TIMEOUT_MS", SessionConfig::DEFAULT_CLIENT_TIMEOUT)?,
             limits: limits(&env)?,
+            security: security(&env)?,
         };
         Ok(Config {
             host: env
@@ -174,8 +237,58 @@ fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {
         outbound_bytes: size("LIMIT_OUTBOUND_BYTES", Limits::DEFAULT_OUTBOUND_BYTES)?,
         outbound_frames: size("LIMIT_OUTBOUND_FRAMES", Limits::DEFAULT_OUTBOUND_FRAMES)?,
         subscriptions: size("LIMIT_SUBSCRIPTIONS", Limits::DEFAULT_SUBSCRIPTIONS)?,
+        publish_rate: env.number(
+            "LIMIT_PUBLISH_RATE",
+            Limits::DEFAULT_PUBLISH_RATE.into(),
+            0,
+            1_000_000,
+        )? as u32,
+        publish_burst: env.number(
+            "LIMIT_PUBLISH_BURST",
+            Limits::DEFAULT_PUBLISH_BURST.into(),
+            1,
+            1_000_000,
+        )? as u32,
     };
     Ok(limits)
+}
+
+fn security(env: &Env<'_>) -> Result<SecurityConfig, ConfigError> {
+    let audience = env.text("AUTH_JWT_AUDIENCE")?;
+    let jwt = env
+        .text("AUTH_JWT_SECRET")?
+        .map(|secret| Authenticator::new(secret.as_bytes(), audience.clone()));
+    if jwt.is_none() && audience.is_some() {
+        return Err(ConfigError {
+            name: "AUTH_JWT_AUDIENCE",
+            why: "is set but AUTH_JWT_SECRET is not".into(),
+        });
+    }
+    let allowed_origins = match env.text("ALLOWED_ORIGINS")? {
+        None => None,
+        Some(list) => {
+            let origins: Vec<String> = list
+                .split(',')
+                .map(|o| o.trim().trim_end_matches('/').to_owned())
+                .collect();
+            if let Some(bad) = origins
+                .iter()
+                .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+            {
+                return Err(ConfigError {
+                    name: "ALLOWED_ORIGINS",
+                    why: format!("{bad:?} is not an http:// or https:// origin"),
+                });
+            }
+            Some(origins)
+        }
+    };
+    Ok(SecurityConfig {
+        jwt,
+        auth_timeout: env.millis("AUTH_TIMEOUT_MS", SecurityConfig::DEFAULT_AUTH_TIMEOUT)?,
+        allowed_origins,
+        service_token: env.text("SERVICE_TOKEN")?.map(Secret),
+    })
 }
 
 fn redis_config(env: &Env<'_>, client: redis::Client) -> Result<RedisConfig, ConfigError> {
@@ -328,7 +441,8 @@ mod tests {
         let config = load(&[]).unwrap();
         assert!(matches!(config.broker.backplane, BackplaneConfig::Memory));
         assert_eq!((config.host.as_str(), config.port), ("127.0.0.1", 8080));
-        assert_eq!(config.session, SessionConfig::default());
+        assert_eq!(config.session.limits, Limits::default());
+        assert!(config.session.security.jwt.is_none());
         assert!(config.broker.server_id.starts_with("server_"));
     }
 
@@ -349,6 +463,26 @@ mod tests {
     }
 
     #[test]
+    fn secrets_do_not_show_in_debug() {
+        let config = load(&[
+            ("AUTH_JWT_SECRET", "s3cr3t-value"),
+            ("SERVICE_TOKEN", "t0ken-value"),
+        ])
+        .unwrap();
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("s3cr3t-value") && !shown.contains("t0ken-value"),
+            "{shown}"
+        );
+        assert!(config
+            .session
+            .security
+            .service_token
+            .unwrap()
+            .matches("t0ken-value"));
+    }
+
+    #[test]
     fn redis_host_alone_selects_redis() {
         let config = load(&[("REDIS_HOST", "127.0.0.1"), ("REDIS_DB", "2")]).unwrap();
         assert!(matches!(config.broker.backplane, BackplaneConfig::Redis(_)));
@@ -365,6 +499,11 @@ mod tests {
             ("REDIS_URL", "ftp://x"),
             ("LIMIT_FRAME_BYTES", "abc"),
             ("SERVER_ID", " "),
+            ("LIMIT_PUBLISH_RATE", "fast"),
+            ("LIMIT_PUBLISH_BURST", "0"),
+            ("ALLOWED_ORIGINS", "example.com"),
+            ("AUTH_JWT_AUDIENCE", "app"),
+            ("AUTH_TIMEOUT_MS", "0"),
         ] {
             let mut vars = vec![(name, value)];
             if name == "PUBLISH_RETRIES" {

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     NotAllowed,
     /// More rooms than `LIMIT_SUBSCRIPTIONS`.
     TooManySubscriptions,
+    /// Publishing faster than `LIMIT_PUBLISH_RATE` allows.
+    RateLimited,
 }
 
 /// A refused request, on WebSocket or HTTP.
@@ -57,6 +59,12 @@ pub enum Error {
     /// See [`ErrorCode::TooManySubscriptions`].
     #[error("a connection holds at most {0} rooms")]
     TooManySubscriptions(usize),
+    /// See [`ErrorCode::RateLimited`].
+    #[error("publishing faster than {0} a second")]
+    RateLimited(u32),
+    /// A missing or wrong credential (HTTP 401; on WebSocket, close 1008).
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 impl Error {
@@ -71,6 +79,8 @@ impl Error {
             Error::PublishFailed(_) => ErrorCode::PublishFailed,
             Error::SubscribeFailed(_) => ErrorCode::SubscribeFailed,
             Error::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
+            Error::RateLimited(_) => ErrorCode::RateLimited,
+            Error::Unauthorized(_) => ErrorCode::NotAllowed,
         }
     }
 
@@ -78,7 +88,9 @@ impl Error {
     pub fn http_status(&self) -> u16 {
         match self {
             Error::TooLarge { .. } => 413,
+            Error::Unauthorized(_) => 401,
             Error::NotAllowed(_) => 403,
+            Error::RateLimited(_) => 429,
             Error::PublishFailed(_) | Error::SubscribeFailed(_) => 503,
             _ => 400,
         }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use actix::{Actor, AsyncContext};
 use actix_web::{
-    http::StatusCode,
+    http::{header, StatusCode},
     web::{self, Bytes, Data, Path},
     HttpRequest, HttpResponse,
 };
@@ -14,7 +14,11 @@ use switchboard_actors::{
     GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats,
 };
 
-use crate::{outbound::Outbound, session::Session, wire, ConnectionSocket, Error, State};
+use crate::{
+    outbound::Outbound,
+    session::{Access, Session},
+    wire, ConnectionSocket, Error, State,
+};
 
 /// Mounts `/ws`, `/publish/{room}`, `/health`, `/health/live`, `/stats` and
 /// `/stats/reset`.
@@ -30,11 +34,65 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
         .route("/stats/reset", web::post().to(reset_stats));
 }
 
+/// The bearer token of a request, if it has one.
+fn bearer(req: &HttpRequest) -> Option<&str> {
+    req.headers()
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")
+        .map(str::trim)
+}
+
+/// `SERVICE_TOKEN`, when set, guards the endpoints that change things.
+fn check_service_token(req: &HttpRequest, state: &State) -> Result<(), Error> {
+    match &state.session.security.service_token {
+        Some(token) if !bearer(req).is_some_and(|given| token.matches(given)) => Err(
+            Error::Unauthorized("this endpoint needs Authorization: Bearer <SERVICE_TOKEN>".into()),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// The upgrade's checks (PROTOCOL.md §6): the browser's origin, and the token in the
+/// `Authorization` header when there is one.
+fn upgrade_access(req: &HttpRequest, state: &State) -> Result<Access, Error> {
+    let security = &state.session.security;
+    let origin = req.headers().get(header::ORIGIN);
+    if let (Some(allowed), Some(origin)) = (&security.allowed_origins, origin) {
+        let origin = origin.to_str().unwrap_or_default().trim_end_matches('/');
+        if !allowed.iter().any(|a| a == origin) {
+            log::info!(
+                "{}: refused a WebSocket from origin {origin:?}",
+                state.server_id
+            );
+            return Err(Error::NotAllowed("origin not allowed".into()));
+        }
+    }
+    let Some(authenticator) = &security.jwt else {
+        return Ok(Access::Open);
+    };
+    match bearer(req) {
+        None => Ok(Access::Pending),
+        Some(token) => match authenticator.verify(token) {
+            Ok(grant) => Ok(Access::Granted(grant)),
+            Err(e) => {
+                log::info!("{}: refused a WebSocket upgrade: {e}", state.server_id);
+                Err(Error::Unauthorized(e.to_string()))
+            }
+        },
+    }
+}
+
 async fn websocket(
     req: HttpRequest,
     payload: web::Payload,
     state: Data<State>,
 ) -> actix_web::Result<HttpResponse> {
+    let access = match upgrade_access(&req, &state) {
+        Ok(access) => access,
+        Err(refused) => return Ok(refusal(&refused)),
+    };
     let mut response = actix_web_actors::ws::handshake(&req)?;
     let limits = &state.session.limits;
     let socket = req.conn_data::<ConnectionSocket>().map(|s| s.0);
@@ -42,7 +100,7 @@ async fn websocket(
     let frames = crate::inbound::InboundFrames::new(payload, limits.frame_bytes);
     Session::create(|ctx| {
         ctx.add_stream(frames);
-        Session::new(state.into_inner(), out)
+        Session::new(state.into_inner(), out, access)
     });
     Ok(response.streaming(body))
 }
@@ -52,7 +110,15 @@ fn refusal(error: &Error) -> HttpResponse {
     HttpResponse::build(status).json(json!({"ok": false, "error": error.to_string()}))
 }
 
-async fn publish(room: Path<String>, body: Bytes, state: Data<State>) -> HttpResponse {
+async fn publish(
+    req: HttpRequest,
+    room: Path<String>,
+    body: Bytes,
+    state: Data<State>,
+) -> HttpResponse {
+    if let Err(e) = check_service_token(&req, &state) {
+        return refusal(&e);
+    }
     let event: Box<RawValue> = match serde_json::from_slice(&body) {
         Ok(event) => event,
         Err(e) => return refusal(&Error::BadFrame(format!("the body is not JSON: {e}"))),
@@ -116,7 +182,10 @@ async fn stats(state: Data<State>) -> HttpResponse {
     }))
 }
 
-async fn reset_stats(state: Data<State>) -> HttpResponse {
+async fn reset_stats(req: HttpRequest, state: Data<State>) -> HttpResponse {
+    if let Err(e) = check_service_token(&req, &state) {
+        return refusal(&e);
+    }
     let _ = state.broker.send(ResetStats).await;
     state.counters.reset();
     HttpResponse::NoContent().finish()

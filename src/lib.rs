@@ -21,20 +21,26 @@
 //! - `wire.rs`: client frames parsed into [`wire::ClientOp`]; server frames encoded.
 //! - `outbound.rs`: the bounded per-connection queue and the response body that
 //!   drains it; `inbound.rs`: client frames off the request payload, size-checked.
+//! - `auth.rs`: [`Authenticator`] (HS256 JWTs) and the [`Grant`] a token gives, with
+//!   its room [`Pattern`]s; `rate.rs`: the per-connection [`PublishBudget`].
 //! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.
 
+mod auth;
 mod config;
 mod error;
 mod http;
 mod inbound;
 mod outbound;
+mod rate;
 mod server;
 mod session;
 mod socket;
 pub mod wire;
 
-pub use config::{Config, ConfigError, Limits, SessionConfig};
+pub use auth::{AuthError, Authenticator, Grant, Pattern};
+pub use config::{Config, ConfigError, Limits, Secret, SecurityConfig, SessionConfig};
 pub use error::{Error, ErrorCode};
+pub use rate::{PublishBudget, Spend};
 pub use server::{run, serve, ConnectionCounters, ConnectionSocket, State, Switchboard};
-pub use session::Session;
+pub use session::{Access, Session};
 pub use switchboard_actors as actors;

@@ -106,6 +106,18 @@ impl Switchboard {
                 config.broker.server_id
             );
         }
+        let security = &config.session.security;
+        if security.jwt.is_none() {
+            log::warn!("authentication is off (AUTH_JWT_SECRET unset): anyone may connect, subscribe and publish");
+        }
+        if security.allowed_origins.is_none() {
+            log::warn!(
+                "ALLOWED_ORIGINS unset: a browser page from any origin may open a WebSocket"
+            );
+        }
+        if security.service_token.is_none() {
+            log::warn!("SERVICE_TOKEN unset: anyone may POST /publish and /stats/reset");
+        }
         let broker = Broker::start(config.broker.clone());
         let counters = ConnectionCounters::default();
         let peers = Peers::start(config.peers.clone(), broker.clone(), counters.open.clone());

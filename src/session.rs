@@ -11,17 +11,19 @@ use actix_http::ws::{CloseCode, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::value::RawValue;
-use switchboard_actors::{Delivery, Evicted, Leave, Publish, Room, Subscribe, Unsubscribe};
+use switchboard_actors::{now_ms, Delivery, Evicted, Leave, Publish, Room, Subscribe, Unsubscribe};
 
 use crate::{
     outbound::Outbound,
+    rate::{PublishBudget, Spend},
     wire::{self, ClientOp, Reply},
-    Error, State,
+    Error, Grant, State,
 };
 
 /// Close codes this server sends (RFC 6455 §7.4).
 mod close {
     pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
     pub const PROTOCOL: u16 = 1002;
     pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
@@ -33,6 +35,17 @@ mod close {
 enum Membership {
     Joining,
     Joined,
+}
+
+/// What the session may do (PROTOCOL.md §6).
+#[derive(Debug)]
+pub enum Access {
+    /// Authentication is off: anything the contract allows.
+    Open,
+    /// Authentication is on and no token came yet: only `auth` is accepted.
+    Pending,
+    /// A valid token: what it grants, until it expires.
+    Granted(Grant),
 }
 
 /// A message being reassembled from fragments.
@@ -49,17 +62,26 @@ struct Fragments {
 pub struct Session {
     state: Arc<State>,
     out: Outbound,
+    access: Access,
+    /// The timer that closes the session when its token expires.
+    expiry: Option<SpawnHandle>,
+    budget: PublishBudget,
     rooms: HashMap<Room, Membership>,
     fragments: Option<Fragments>,
     last_heard: Instant,
 }
 
 impl Session {
-    /// A session writing to `out`.
-    pub fn new(state: Arc<State>, out: Outbound) -> Session {
+    /// A session writing to `out`, with the access its upgrade request established.
+    pub fn new(state: Arc<State>, out: Outbound, access: Access) -> Session {
+        let limits = &state.session.limits;
+        let budget = PublishBudget::new(limits.publish_rate, limits.publish_burst);
         Session {
             state,
             out,
+            access,
+            expiry: None,
+            budget,
             rooms: HashMap::new(),
             fragments: None,
             last_heard: Instant::now(),
@@ -118,8 +140,66 @@ impl Session {
             return;
         };
         match wire::parse_frame(&text) {
+            Ok(frame)
+                if matches!(self.access, Access::Pending)
+                    && !matches!(frame.op, ClientOp::Auth { .. }) =>
+            {
+                self.close(close::POLICY, "authenticate first", false, ctx)
+            }
             Ok(frame) => self.dispatch(frame.op, frame.reference, ctx),
+            Err(_) if matches!(self.access, Access::Pending) => {
+                self.close(close::POLICY, "authenticate first", false, ctx)
+            }
             Err((reference, error)) => self.refuse(&error, reference.as_deref(), ctx),
+        }
+    }
+
+    /// Checks a token from an `auth` frame; a bad one closes the session (1008).
+    fn authenticate(&mut self, token: &str, reference: Option<&RawValue>, ctx: &mut Context<Self>) {
+        let Some(authenticator) = self.state.session.security.jwt.as_ref() else {
+            self.reply(Reply::Authenticated { sub: None }, reference, ctx);
+            return;
+        };
+        match authenticator.verify(token) {
+            Ok(grant) => {
+                self.reply(
+                    Reply::Authenticated {
+                        sub: Some(&grant.sub),
+                    },
+                    reference,
+                    ctx,
+                );
+                self.grant(grant, ctx);
+            }
+            Err(e) => {
+                log::info!(
+                    "session on {}: authentication refused: {e}",
+                    self.state.server_id
+                );
+                self.close(close::POLICY, &e.to_string(), false, ctx);
+            }
+        }
+    }
+
+    /// Takes a grant and arms the timer that closes the session when it expires.
+    fn grant(&mut self, grant: Grant, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        let left = grant.expires_at_ms.saturating_sub(now_ms());
+        self.expiry = Some(ctx.run_later(Duration::from_millis(left), |act, ctx| {
+            log::info!("session on {}: token expired", act.state.server_id);
+            act.close(close::POLICY, "token expired", false, ctx);
+        }));
+        self.access = Access::Granted(grant);
+    }
+
+    /// Whether the session's access allows `check` (always, with authentication off).
+    fn allowed(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
+        match &self.access {
+            Access::Open => true,
+            Access::Pending => false,
+            Access::Granted(grant) => check(grant),
         }
     }
 
@@ -139,6 +219,10 @@ impl Session {
                 self.reply(Reply::Pong, reference.as_deref(), ctx);
                 Ok(())
             }
+            ClientOp::Auth { token } => {
+                self.authenticate(&token, reference.as_deref(), ctx);
+                Ok(())
+            }
         };
         if let Err(error) = result {
             self.refuse(&error, reference.as_deref(), ctx);
@@ -152,6 +236,11 @@ impl Session {
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
         let room = wire::room(name)?;
+        if !self.allowed(|grant| grant.may_subscribe(&room)) {
+            return Err(Error::NotAllowed(format!(
+                "this token may not subscribe to {room}"
+            )));
+        }
         if self.rooms.get(&room) == Some(&Membership::Joined) {
             self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
             return Ok(());
@@ -230,7 +319,26 @@ impl Session {
         reference: Option<Box<RawValue>>,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
+        match self.budget.spend(Instant::now()) {
+            Spend::Allowed => {}
+            Spend::Refused => {
+                return Err(Error::RateLimited(self.state.session.limits.publish_rate))
+            }
+            Spend::Exhausted => {
+                log::warn!(
+                    "session on {}: publish rate limit exceeded 100 times in a row; closing",
+                    self.state.server_id
+                );
+                self.close(close::POLICY, "publish rate limit", false, ctx);
+                return Ok(());
+            }
+        }
         let (room, event) = wire::new_event(name, event, self.state.session.limits.event_bytes)?;
+        if !self.allowed(|grant| grant.may_publish(&room)) {
+            return Err(Error::NotAllowed(format!(
+                "this token may not publish in {room}"
+            )));
+        }
         let request = self.state.broker.send(Publish {
             room: room.clone(),
             event,
@@ -300,6 +408,17 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.state.counters.open();
+        match std::mem::replace(&mut self.access, Access::Pending) {
+            Access::Granted(grant) => self.grant(grant, ctx),
+            Access::Pending => {
+                ctx.run_later(self.state.session.security.auth_timeout, |act, ctx| {
+                    if matches!(act.access, Access::Pending) {
+                        act.close(close::POLICY, "authentication timeout", false, ctx);
+                    }
+                });
+            }
+            Access::Open => self.access = Access::Open,
+        }
         // The broker's `try_send` fails once this many deliveries wait here: a
         // session that cannot even take them from its mailbox is evicted.
         ctx.set_mailbox_capacity(self.state.session.limits.outbound_frames);

@@ -39,11 +39,21 @@ pub enum ClientOp {
     },
     /// Application-level ping.
     Ping,
+    /// Authenticate, or renew before the token expires.
+    Auth {
+        /// The JWT. Never logged.
+        token: String,
+    },
 }
 
 #[derive(Deserialize)]
 struct RoomFields {
     room: String,
+}
+
+#[derive(Deserialize)]
+struct TokenFields {
+    token: String,
 }
 
 #[derive(Deserialize)]
@@ -86,6 +96,9 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<Box<RawValue>>, Er
             event: f.event,
         }),
         "ping" => Ok(ClientOp::Ping),
+        "auth" => {
+            serde_json::from_str(text).map(|f: TokenFields| ClientOp::Auth { token: f.token })
+        }
         _ => return Err((reference, Error::UnknownOp(op))),
     };
     match parsed {
@@ -160,6 +173,11 @@ pub enum Reply<'a> {
     },
     /// Answer to `ping`.
     Pong,
+    /// The token was accepted (`sub` is `None` when authentication is off).
+    Authenticated {
+        /// The user.
+        sub: Option<&'a str>,
+    },
 }
 
 #[derive(Serialize)]

@@ -88,7 +88,7 @@ pub struct LinkStatus {
     pub ready: bool,
     /// Failed connection attempts since the last success.
     pub failed_attempts: u32,
-    /// Redis channels this link holds (the subscriber; 0 for the publisher).
+    /// Redis channels this link holds, confirmed (the subscriber; 0 for the publisher).
     pub channels: usize,
 }
 

@@ -291,6 +291,9 @@ impl Actor for RedisSubscriber {
 
 impl Supervised for RedisSubscriber {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Nothing is held while the link is down: a subscribe now waits for the
+        // resubscribe instead of being answered from a stale confirmation.
+        self.rooms.reconnected();
         self.sink = None;
         self.ready = false;
         self.in_flight = false;
@@ -370,7 +373,7 @@ impl Handler<GetLinkStatus> for RedisSubscriber {
         LinkStatus {
             ready: self.ready && self.sink.is_some(),
             failed_attempts: self.failed_attempts,
-            channels: self.rooms.wanted(),
+            channels: self.rooms.held(),
         }
     }
 }
