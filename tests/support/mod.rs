@@ -8,7 +8,9 @@
 //! - [`ws`]: [`WsClient`], a well-behaved WebSocket client over `awc` that answers pings
 //!   in the background, so a test that is busy elsewhere never loses its connections.
 //! - [`raw_ws`]: [`RawWs`], a hand-rolled WebSocket client over a bare TCP stream, for the
-//!   misbehaving clients (one that stops reading, one that never answers pings).
+//!   misbehaving clients (one that stops reading, one that never answers pings), and
+//!   for frames no library would send (unmasked, reserved bits, bad opcodes).
+//! - [`proxy`]: [`Proxy`], a TCP proxy in front of Redis that can stall or cut links.
 //!
 //! Conditions are awaited with [`wait_until`] / [`wait_for`] and a deadline, never with a
 //! fixed sleep.
@@ -17,6 +19,7 @@
 #![allow(dead_code, unused_imports)]
 
 mod output;
+pub mod proxy;
 pub mod raw_ws;
 pub mod redis;
 pub mod server;
@@ -28,6 +31,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use self::proxy::Proxy;
 pub use self::raw_ws::{RawFrame, RawWs};
 pub use self::redis::RedisServer;
 pub use self::server::{Server, ServerBuilder};

@@ -20,6 +20,10 @@ pub const OP_TEXT: u8 = 0x1;
 pub const OP_CLOSE: u8 = 0x8;
 /// Ping opcode.
 pub const OP_PING: u8 = 0x9;
+/// Binary opcode.
+pub const OP_BINARY: u8 = 0x2;
+/// Pong opcode.
+pub const OP_PONG: u8 = 0xA;
 
 /// One frame as read from the wire (server frames are never fragmented here).
 #[derive(Debug)]
@@ -171,16 +175,60 @@ impl RawWs {
 
     /// Reads more bytes; `false` on end of stream; panics at `deadline`.
     async fn fill(&mut self, deadline: Instant) -> bool {
+        self.try_fill(deadline)
+            .await
+            .expect("raw client: nothing read before the deadline")
+    }
+
+    /// Reads more bytes: `Some(false)` on end of stream (or a reset), `None` when
+    /// nothing came before `deadline`.
+    async fn try_fill(&mut self, deadline: Instant) -> Option<bool> {
         let mut chunk = [0u8; 64 * 1024];
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, self.stream.read(&mut chunk)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => false,
+            Ok(Ok(0)) | Ok(Err(_)) => Some(false),
             Ok(Ok(n)) => {
                 self.buf.extend_from_slice(&chunk[..n]);
-                true
+                Some(true)
             }
-            Err(_) => panic!("raw client: nothing read before the deadline"),
+            Err(_) => None,
         }
+    }
+
+    /// Like [`RawWs::read_frame`], but `None` (instead of a panic) when no whole frame
+    /// arrived within `timeout`.
+    pub async fn try_read_frame(&mut self, timeout: Duration) -> Option<RawFrame> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(frame) = self.parse_frame() {
+                return Some(frame);
+            }
+            if !self.try_fill(deadline).await? {
+                return Some(RawFrame::Eof);
+            }
+        }
+    }
+
+    /// Reads until the server's close frame (its code: `Some`), or the end of the
+    /// stream without one (`None`), skipping every other frame; panics after `timeout`.
+    pub async fn read_until_close(&mut self, timeout: Duration) -> Option<u16> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.read_frame(left).await {
+                RawFrame::Eof => return None,
+                frame @ RawFrame::Frame {
+                    opcode: OP_CLOSE, ..
+                } => return frame.close_code(),
+                RawFrame::Frame { .. } => continue,
+            }
+        }
+    }
+
+    /// Writes `bytes` as they are: hand-made frames, or a part of one. An error (the
+    /// server closed the connection) is returned, not a panic: it may be the point.
+    pub async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
     }
 
     /// Takes one whole frame off the front of the buffer, if one is there.
@@ -221,24 +269,48 @@ fn frame_header(buf: &[u8]) -> Option<(usize, usize)> {
     (buf.len() >= header).then_some((header, len))
 }
 
+/// The mask every frame of these clients uses (the mask only has to be present).
+pub const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
 /// A client frame with a fixed mask (the mask only has to be present).
 fn encode_client_frame(opcode: u8, fin: bool, payload: &[u8]) -> Vec<u8> {
-    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
-    let mut frame = vec![if fin { 0x80 | opcode } else { opcode }];
-    match payload.len() {
-        len if len < 126 => frame.push(0x80 | len as u8),
-        len if len <= usize::from(u16::MAX) => {
-            frame.push(0x80 | 126);
-            frame.extend_from_slice(&(len as u16).to_be_bytes());
+    let first = if fin { 0x80 | opcode } else { opcode };
+    encode_frame(first, true, payload)
+}
+
+/// A frame with `first` as its first byte verbatim (FIN, RSV1-3 and the opcode, so a
+/// test can set any of them), masked with [`MASK`] or not.
+pub fn encode_frame(first: u8, masked: bool, payload: &[u8]) -> Vec<u8> {
+    let mut frame = frame_head(first, masked, payload.len() as u64);
+    if masked {
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
+    } else {
+        frame.extend_from_slice(payload);
+    }
+    frame
+}
+
+/// A frame's header alone: the first byte, the declared payload length `len` in
+/// the shortest form, and the mask key if `masked`. The payload may follow later (or
+/// never), to declare what is not sent.
+pub fn frame_head(first: u8, masked: bool, len: u64) -> Vec<u8> {
+    let mask_bit = if masked { 0x80 } else { 0 };
+    let mut head = vec![first];
+    match len {
+        len if len < 126 => head.push(mask_bit | len as u8),
+        len if len <= u64::from(u16::MAX) => {
+            head.push(mask_bit | 126);
+            head.extend_from_slice(&(len as u16).to_be_bytes());
         }
         len => {
-            frame.push(0x80 | 127);
-            frame.extend_from_slice(&(len as u64).to_be_bytes());
+            head.push(mask_bit | 127);
+            head.extend_from_slice(&len.to_be_bytes());
         }
     }
-    frame.extend_from_slice(&MASK);
-    frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    frame
+    if masked {
+        head.extend_from_slice(&MASK);
+    }
+    head
 }
 
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {

@@ -116,6 +116,30 @@ impl RedisServer {
             .expect("PUBLISH")
     }
 
+    /// The `redis-server` process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends `signal` (`"STOP"`, `"CONT"`...) to the `redis-server` process.
+    pub fn signal(&self, signal: &str) {
+        let pid = self.pid().expect("redis-server is running");
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill(1)");
+        assert!(status.success(), "kill -{signal} {pid} failed");
+    }
+
+    /// Runs one command on a fresh connection and returns its reply.
+    pub async fn query<T: redis::FromRedisValue>(&self, command: &redis::Cmd) -> T {
+        let mut conn = self.client().await;
+        command
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("redis command failed: {e}"))
+    }
+
     /// Whether the server answers PING right now.
     pub async fn answers_ping(&self) -> bool {
         ping(self.port).await
