@@ -99,6 +99,11 @@ struct MatchLog;
 
 impl Actor for MatchLog {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // The broker never waits for a recipient: the mailbox is how far it may lag.
+        ctx.set_mailbox_capacity(1024);
+    }
 }
 
 impl Handler<Delivery> for MatchLog {

@@ -12,7 +12,9 @@ use std::{
 use actix::prelude::*;
 use serde::Serialize;
 
-use crate::{events::Announcement, Broker, Delivery, Error, NewEvent, Publish, Room, Subscribe};
+use crate::{
+    events::Announcement, Broker, Delivery, Error, Evicted, NewEvent, Publish, Room, Subscribe,
+};
 
 /// The number of open WebSocket connections on this server.
 ///
@@ -154,6 +156,24 @@ impl Peers {
         async move { broker.send(publish?).await? }
     }
 
+    fn join_system_events(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> impl ActorFuture<Self, Output = ()> {
+        let subscribe = self.broker.send(Subscribe {
+            room: Room::system_events(),
+            recipient: ctx.address().recipient(),
+            on_evicted: Some(ctx.address().recipient()),
+        });
+        async move { subscribe.await? }
+            .into_actor(self)
+            .map(|result: Result<(), Error>, _, _| {
+                if let Err(e) = result {
+                    log::warn!("peers: subscribing to system:events failed: {e}");
+                }
+            })
+    }
+
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
         if self.stopped {
             return;
@@ -230,17 +250,8 @@ impl Actor for Peers {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         ctx.set_mailbox_capacity(1024);
-        let subscribe = self.broker.send(Subscribe {
-            room: Room::system_events(),
-            recipient: ctx.address().recipient(),
-            on_evicted: None,
-        });
-        async move { subscribe.await? }
-            .into_actor(self)
-            .then(|result, act, _ctx| {
-                if let Err(e) = &result {
-                    log::warn!("peers: subscribing to system:events failed: {e}");
-                }
+        self.join_system_events(ctx)
+            .then(|_, act, _ctx| {
                 let started = act.announce("server_started");
                 async move {
                     if let Err(e) = started.await {
@@ -251,6 +262,17 @@ impl Actor for Peers {
             })
             .spawn(ctx);
         ctx.run_interval(self.config.heartbeat, Self::heartbeat);
+    }
+}
+
+impl Handler<Evicted> for Peers {
+    type Result = ();
+
+    /// Dropped from `system:events` for a full mailbox: join again, peers must not go
+    /// silently stale.
+    fn handle(&mut self, _: Evicted, ctx: &mut Context<Self>) {
+        log::warn!("peers: fell behind on system:events; joining again");
+        self.join_system_events(ctx).spawn(ctx);
     }
 }
 

@@ -78,6 +78,9 @@ pub struct SubscriberStats {
     pub processed_events: u64,
     /// Invalid events, logged and skipped.
     pub failed_events: u64,
+    /// Valid events dropped because the broker's mailbox was full (an overloaded
+    /// server sheds load here instead of queueing without limit).
+    pub dropped_events: u64,
     /// Messages this server published itself, skipped (already delivered locally).
     pub echo_skipped: u64,
     /// When the last message arrived, ms since the epoch.

@@ -2,7 +2,7 @@
 
 use std::{sync::Arc, time::Instant};
 
-use actix::prelude::*;
+use actix::{dev::SendError, prelude::*};
 use bytes::Bytes;
 use redis::{aio::PubSubSink, Msg};
 
@@ -319,9 +319,20 @@ impl StreamHandler<Msg> for RedisSubscriber {
             Ok(event) if self.is_own_echo(&event) => self.stats.record_echo(),
             Ok(event) => {
                 self.stats.record_received(room.as_str(), true);
-                self.broker.do_send(Inbound {
+                // The broker's mailbox is bounded: an event that finds it full is
+                // dropped and counted rather than queued without limit.
+                if let Err(SendError::Full(_)) = self.broker.try_send(Inbound {
                     event: Arc::new(event),
-                });
+                }) {
+                    self.stats.dropped_events += 1;
+                    let dropped = self.stats.dropped_events;
+                    if dropped <= 10 || dropped.is_power_of_two() {
+                        log::error!(
+                            "subscriber {}: the broker is overloaded; dropped an event in {room} ({dropped} so far)",
+                            self.server_id
+                        );
+                    }
+                }
             }
             Err(e) => {
                 self.stats.record_received(room.as_str(), false);
