@@ -23,3 +23,6 @@ cargo clippy --workspace --all-targets -- -D warnings
 
 echo "== cargo test"
 cargo test --workspace --all-targets -- --test-threads "${TEST_THREADS:-4}"
+
+echo "== loadgen smoke (a few seconds of load on two servers)"
+bash bench/smoke.sh

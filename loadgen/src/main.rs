@@ -1,0 +1,74 @@
+//! `switchboard-loadgen`: measures Switchboard (and a Socket.IO peer) under load.
+//!
+//! # Layout
+//!
+//! - [`coordinator`]: `run` forks `--workers` worker processes (each under the
+//!   20,000 open-files limit), steps them through phases in lockstep over
+//!   stdin/stdout lines, samples the servers' RSS and CPU from `/proc`, merges the
+//!   workers' histograms and loss counts, prints a table and writes JSON.
+//! - [`worker`]: one process's subscribers, each bound to its own 127.0.0.x source
+//!   address, recording publish-to-receive latency in an HDR histogram and every
+//!   (room, publisher) sequence in a bitset (lost, duplicated, reordered).
+//! - [`publisher`]: publishers on a fixed timetable, measured from the scheduled
+//!   time so that coordinated omission cannot flatter the numbers.
+//! - [`proto`]: Switchboard frames and Socket.IO v5 / Engine.IO v4 framing.
+//! - [`client`]: connecting one client. WebSockets come from `tokio-tungstenite`: a
+//!   hand-written client would be smaller, but the handshake, masking and
+//!   fragmentation are where a measuring tool must not have bugs of its own.
+//! - [`publish_path`]: scenario 4, in-process `PubSub::publish_to` into Redis.
+//! - [`chart`]: the SVG chart of latency against offered rate, written by hand
+//!   (no font library needed).
+//! - [`plan`], [`stats`], [`report`], [`args`]: who connects where, the measurement
+//!   types, the result JSON and table, the flags.
+//!
+//! # Usage
+//!
+//! ```text
+//! switchboard-loadgen run --servers 127.0.0.1:8081,127.0.0.1:8082 --server-pids P1,P2 \
+//!     --clients 1000 --rooms 100 --publishers 10 --rates 1000,10000 --duration 10 \
+//!     [--ramp start,factor,steps] [--protocol socketio] [--workers 2] [--out r.json]
+//! switchboard-loadgen publish-path --redis-url redis://127.0.0.1:6379 --duration 5
+//! switchboard-loadgen chart --out chart.svg a.json b.json
+//! ```
+
+mod args;
+mod chart;
+mod client;
+mod coordinator;
+mod plan;
+mod proto;
+mod publish_path;
+mod publisher;
+mod report;
+mod stats;
+mod worker;
+
+use std::process::ExitCode;
+
+use args::Args;
+
+fn main() -> ExitCode {
+    let mut argv = std::env::args().skip(1);
+    let command = argv.next().unwrap_or_default();
+    let rest: Vec<String> = argv.collect();
+    let outcome = match command.as_str() {
+        "chart" => chart::run(&rest),
+        _ => Args::parse(rest.clone()).and_then(|args| match command.as_str() {
+            "run" => coordinator::run(&args, &rest),
+            "worker" => plan::Plan::from_args(&args)
+                .and_then(|plan| worker::run(plan, args.get("worker-index", 0)?)),
+            "publish-path" => publish_path::run(&args),
+            _ => Err(
+                "usage: switchboard-loadgen run|publish-path|chart [--flags]; see the crate docs"
+                    .into(),
+            ),
+        }),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("switchboard-loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
