@@ -4,13 +4,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "== installing redis-server (apt-get)"
+# The tests start real redis-server processes (some with TLS, certificates made
+# with the openssl CLI).
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+if ((${#missing[@]})); then
+  echo "== installing ${missing[*]} (apt-get)"
   sudo_cmd=""
   if [ "$(id -u)" -ne 0 ]; then sudo_cmd="sudo"; fi
-  $sudo_cmd apt-get install -y redis-server >/dev/null 2>&1 || {
+  $sudo_cmd apt-get install -y "${missing[@]}" >/dev/null 2>&1 || {
     $sudo_cmd apt-get update >/dev/null
-    $sudo_cmd apt-get install -y redis-server >/dev/null
+    $sudo_cmd apt-get install -y "${missing[@]}" >/dev/null
   }
 fi
 redis-server --version

@@ -46,6 +46,7 @@ impl Backplane {
     ) -> Self {
         match config {
             BackplaneConfig::Redis(redis) => {
+                RedisConfig::install_tls_provider();
                 let redis: Arc<RedisConfig> = Arc::from(redis);
                 Backplane::Redis {
                     publisher: RedisPublisher::start(redis.clone()),

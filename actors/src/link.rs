@@ -74,6 +74,12 @@ impl RedisConfig {
             .and_then(|name| Room::new(name).ok())
     }
 
+    /// Makes `rediss://` work: rustls needs a process-wide crypto provider, and this
+    /// crate picks *ring* (pure Rust and C, no cmake). Harmless when one is installed.
+    pub(crate) fn install_tls_provider() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
     pub(crate) fn connection_config(&self) -> redis::AsyncConnectionConfig {
         redis::AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.response_timeout))
