@@ -47,7 +47,7 @@ async fn assert_closes(server: &Server, expected: u16, cases: &[(&str, Vec<u8>)]
     let mut wrong = Vec::new();
     for (name, bytes) in cases {
         let (code, took) = close_code_after(server, bytes).await;
-        println!("conformance: {name}: close code {code:?} after {took:?} (expected {expected})");
+        eprintln!("conformance: {name}: close code {code:?} after {took:?} (expected {expected})");
         if code != Some(expected) {
             wrong.push(format!("{name}: {code:?}"));
         }
@@ -255,7 +255,7 @@ async fn a_close_whose_reason_is_not_utf8_closes_with_1002_or_1007() {
     payload.extend_from_slice(b"bye \xFF");
     let frame = encode_frame(FIN | OP_CLOSE, true, &payload);
     let (code, took) = close_code_after(&a, &frame).await;
-    println!("conformance: close 1000 with a reason that is not UTF-8: {code:?} after {took:?}");
+    eprintln!("conformance: close 1000 with a reason that is not UTF-8: {code:?} after {took:?}");
     assert!(
         matches!(code, Some(PROTOCOL_ERROR | INVALID_DATA)),
         "answered {code:?}"
@@ -279,7 +279,7 @@ async fn a_valid_close_is_answered_with_a_close() {
             .unwrap_or_default();
         let (answer, took) =
             close_code_after(&a, &encode_frame(FIN | OP_CLOSE, true, &payload)).await;
-        println!("conformance: close {code:?}: answered {answer:?} after {took:?}");
+        eprintln!("conformance: close {code:?}: answered {answer:?} after {took:?}");
         assert_eq!(answer, Some(expected), "close {code:?}");
     }
 }
@@ -301,7 +301,7 @@ async fn a_frame_declaring_one_gib_closes_with_1009_after_its_header_and_memory_
         results.push((name, declare_and_trickle(&a, &head).await));
     }
     for (name, (code, took, rss_before, rss_after)) in &results {
-        println!(
+        eprintln!(
             "conformance: 1 GiB {name}: close {code:?} after {took:?}; RSS {rss_before} -> \
              {rss_after} KiB"
         );

@@ -102,3 +102,14 @@ pub fn now_ms() -> u64 {
         .expect("system clock is after 1970");
     u64::try_from(since.as_millis()).expect("milliseconds fit in u64")
 }
+
+/// The `p`-th percentile (0 to 100) of `samples`, nearest rank; zero when empty.
+pub fn percentile(samples: &[Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}

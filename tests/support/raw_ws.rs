@@ -88,6 +88,11 @@ impl RawWs {
         raw
     }
 
+    /// The client's own TCP port (to find the connection in `/proc/net/tcp`).
+    pub fn local_port(&self) -> u16 {
+        self.stream.local_addr().expect("local address").port()
+    }
+
     async fn handshake(&mut self, port: u16) {
         let request = format!(
             "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
