@@ -171,6 +171,9 @@ async fn work(plan: Plan, index: usize) -> Result<(), String> {
             "PHASE" => {
                 let cmd: PhaseCmd = serde_json::from_str(body).map_err(|e| e.to_string())?;
                 phase = Some(cmd);
+                for client in &clients {
+                    client.borrow_mut().streams.clear();
+                }
                 let published = run_phase(&shared, &commands, cmd).await;
                 emit("@PUBLISHED", &published);
             }
