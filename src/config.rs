@@ -213,6 +213,12 @@ impl Config {
             limits: limits(&env)?,
             security: security(&env)?,
         };
+        if session.client_timeout <= session.heartbeat_interval {
+            return Err(ConfigError {
+                name: "CLIENT_TIMEOUT_MS",
+                why: "must be longer than HEARTBEAT_INTERVAL_MS, or every client is dropped".into(),
+            });
+        }
         Ok(Config {
             host: env
                 .text("HOST")?
@@ -504,6 +510,7 @@ mod tests {
             ("ALLOWED_ORIGINS", "example.com"),
             ("AUTH_JWT_AUDIENCE", "app"),
             ("AUTH_TIMEOUT_MS", "0"),
+            ("CLIENT_TIMEOUT_MS", "5000"),
         ] {
             let mut vars = vec![(name, value)];
             if name == "PUBLISH_RETRIES" {

@@ -5,9 +5,11 @@ use std::sync::Arc;
 use actix::{Actor, AsyncContext};
 use actix_web::{
     http::{header, StatusCode},
-    web::{self, Bytes, Data, Path},
+    web::{self, Data, Path},
     HttpRequest, HttpResponse,
 };
+use bytes::BytesMut;
+use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, value::RawValue};
 use switchboard_actors::{
@@ -23,9 +25,7 @@ use crate::{
 /// Mounts `/ws`, `/publish/{room}`, `/health`, `/health/live`, `/stats` and
 /// `/stats/reset`.
 pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
-    let body_limit = (state.session.limits.event_bytes * 2).max(64 * 1024);
     cfg.app_data(Data::from(state))
-        .app_data(web::PayloadConfig::new(body_limit))
         .route("/ws", web::get().to(websocket))
         .route("/publish/{room}", web::post().to(publish))
         .route("/health", web::get().to(health))
@@ -110,15 +110,46 @@ fn refusal(error: &Error) -> HttpResponse {
     HttpResponse::build(status).json(json!({"ok": false, "error": error.to_string()}))
 }
 
+/// Reads a body of at most `limit` bytes; a longer one is refused as soon as it
+/// passes the limit (413, in the same JSON as every other refusal).
+async fn read_body(mut payload: web::Payload, limit: usize) -> Result<BytesMut, Error> {
+    let mut body = BytesMut::new();
+    while let Some(chunk) = payload.next().await {
+        let chunk = chunk.map_err(|e| Error::BadFrame(format!("the body did not arrive: {e}")))?;
+        if body.len() + chunk.len() > limit {
+            return Err(Error::TooLarge {
+                size: body.len() + chunk.len(),
+                limit,
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
 async fn publish(
     req: HttpRequest,
     room: Path<String>,
-    body: Bytes,
+    payload: web::Payload,
     state: Data<State>,
 ) -> HttpResponse {
     if let Err(e) = check_service_token(&req, &state) {
         return refusal(&e);
     }
+    // The room first, so a refused room is told so whatever the body.
+    match wire::room(&room) {
+        Ok(checked) if checked.is_system() => {
+            return refusal(&Error::NotAllowed(format!(
+                "{checked} belongs to the servers"
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return refusal(&e),
+    }
+    let body = match read_body(payload, state.session.limits.event_bytes).await {
+        Ok(body) => body,
+        Err(e) => return refusal(&e),
+    };
     let event: Box<RawValue> = match serde_json::from_slice(&body) {
         Ok(event) => event,
         Err(e) => return refusal(&Error::BadFrame(format!("the body is not JSON: {e}"))),
@@ -146,7 +177,11 @@ struct Health {
 
 async fn health(state: Data<State>) -> HttpResponse {
     let (status, peers) = (state.broker.send(GetHealth), state.peers.send(GetPeers));
-    let (Ok(mut status), peers) = (status.await, peers.await.unwrap_or_default()) else {
+    let (Ok(mut status), Ok(peers)) = (status.await, peers.await) else {
+        log::warn!(
+            "{}: /health: the broker or the peers actor is gone",
+            state.server_id
+        );
         return HttpResponse::ServiceUnavailable()
             .json(json!({"isHealthy": false, "error": "shutting down"}));
     };

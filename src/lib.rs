@@ -32,6 +32,7 @@ mod http;
 mod inbound;
 mod outbound;
 mod rate;
+mod rooms;
 mod server;
 mod session;
 mod socket;

@@ -212,6 +212,9 @@ impl Switchboard {
     }
 }
 
+/// What a graceful stop keeps back from `SHUTDOWN_TIMEOUT_MS` for the HTTP layer.
+const FLUSH_MARGIN: Duration = Duration::from_millis(1500);
+
 /// Runs the whole server on `listener` until `shutdown` resolves (see [`serve`]),
 /// after waiting up to `ready_within` for the backplane to be ready.
 pub async fn run(
@@ -244,15 +247,16 @@ pub async fn serve(
     let handle = server.handle();
     let serving = actix_web::rt::spawn(server);
     shutdown.await;
-    let deadline = Instant::now()
-        + config
-            .shutdown_timeout
-            .saturating_sub(Duration::from_millis(500));
+    // The drain gets the budget but the last 1.5 s: the HTTP server's own graceful
+    // stop (up to 1 s, to flush the close frames) and a margin.
+    let deadline = Instant::now() + config.shutdown_timeout.saturating_sub(FLUSH_MARGIN);
     log::info!("{}: shutting down", config.broker.server_id);
     handle.pause().await;
     switchboard.shutdown(deadline).await;
-    handle.stop(false).await;
-    let _ = serving.await;
+    handle.stop(true).await;
+    if let Err(e) = serving.await {
+        log::warn!("{}: the HTTP server task failed: {e}", config.broker.server_id);
+    }
     log::info!("{}: stopped", config.broker.server_id);
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! The session actor: one per WebSocket client (PROTOCOL.md §2).
 
 use std::{
-    collections::HashMap,
+    future::Future,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,11 +11,14 @@ use actix_http::ws::{CloseCode, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::value::RawValue;
-use switchboard_actors::{now_ms, Delivery, Evicted, Leave, Publish, Room, Subscribe, Unsubscribe};
+use switchboard_actors::{
+    now_ms, Delivery, Error as ActorError, Evicted, Leave, Publish, Room, Subscribe, Unsubscribe,
+};
 
 use crate::{
     outbound::Outbound,
     rate::{PublishBudget, Spend},
+    rooms::{Answer, Join, Reference, SessionRooms},
     wire::{self, ClientOp, Reply},
     Error, Grant, State,
 };
@@ -28,13 +31,6 @@ mod close {
     pub const INVALID_DATA: u16 = 1007;
     pub const TOO_BIG: u16 = 1009;
     pub const TRY_AGAIN_LATER: u16 = 1013;
-}
-
-/// A room as the session sees it: joined, or waiting for the broker's confirmation.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Membership {
-    Joining,
-    Joined,
 }
 
 /// What the session may do (PROTOCOL.md §6).
@@ -66,7 +62,7 @@ pub struct Session {
     /// The timer that closes the session when its token expires.
     expiry: Option<SpawnHandle>,
     budget: PublishBudget,
-    rooms: HashMap<Room, Membership>,
+    rooms: SessionRooms,
     fragments: Option<Fragments>,
     last_heard: Instant,
 }
@@ -76,13 +72,14 @@ impl Session {
     pub fn new(state: Arc<State>, out: Outbound, access: Access) -> Session {
         let limits = &state.session.limits;
         let budget = PublishBudget::new(limits.publish_rate, limits.publish_burst);
+        let rooms = SessionRooms::new(limits.subscriptions);
         Session {
             state,
             out,
             access,
             expiry: None,
             budget,
-            rooms: HashMap::new(),
+            rooms,
             fragments: None,
             last_heard: Instant::now(),
         }
@@ -232,7 +229,7 @@ impl Session {
     fn subscribe(
         &mut self,
         name: &str,
-        reference: Option<Box<RawValue>>,
+        reference: Reference,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
         let room = wire::room(name)?;
@@ -241,54 +238,56 @@ impl Session {
                 "this token may not subscribe to {room}"
             )));
         }
-        if self.rooms.get(&room) == Some(&Membership::Joined) {
-            self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
-            return Ok(());
-        }
-        let limit = self.state.session.limits.subscriptions;
-        if !self.rooms.contains_key(&room) && self.rooms.len() >= limit {
-            return Err(Error::TooManySubscriptions(limit));
-        }
-        self.rooms.insert(room.clone(), Membership::Joining);
+        let attempt = match self.rooms.subscribe(&room, reference)? {
+            Join::Joined(reference) => {
+                self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
+                return Ok(());
+            }
+            Join::Waiting => return Ok(()),
+            Join::Ask(attempt) => attempt,
+        };
         let request = self.state.broker.send(Subscribe {
             room: room.clone(),
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
         });
-        async move {
-            request
-                .await
-                .map_err(switchboard_actors::Error::from)
-                .and_then(|r| r)
-        }
-        .into_actor(self)
-        .map(move |result, act, ctx| match result {
-            Ok(()) => {
-                if act.rooms.contains_key(&room) {
-                    act.rooms.insert(room.clone(), Membership::Joined);
-                } else {
-                    // Unsubscribed while the subscription was being confirmed.
-                    act.leave_room(room.clone(), ctx);
-                }
-                act.reply(
-                    Reply::Subscribed {
-                        room: room.as_str(),
-                    },
-                    reference.as_deref(),
-                    ctx,
-                );
-            }
-            Err(e) => {
-                act.rooms.remove(&room);
-                act.refuse(
-                    &Error::SubscribeFailed(e.to_string()),
-                    reference.as_deref(),
-                    ctx,
-                );
-            }
-        })
-        .spawn(ctx);
+        answer(request)
+            .into_actor(self)
+            .map(move |result, act, ctx| act.joined(room, attempt, result, ctx))
+            .spawn(ctx);
         Ok(())
+    }
+
+    /// The broker answered a subscribe: reply to every frame waiting for it.
+    fn joined(
+        &mut self,
+        room: Room,
+        attempt: u64,
+        result: Result<(), ActorError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match self.rooms.answered(&room, attempt, result.is_ok()) {
+            Answer::Reply(waiting) => {
+                for reference in waiting {
+                    match &result {
+                        Ok(()) => self.reply(
+                            Reply::Subscribed {
+                                room: room.as_str(),
+                            },
+                            reference.as_deref(),
+                            ctx,
+                        ),
+                        Err(e) => self.refuse(
+                            &Error::SubscribeFailed(e.to_string()),
+                            reference.as_deref(),
+                            ctx,
+                        ),
+                    }
+                }
+            }
+            Answer::Leave => self.leave_room(room, ctx),
+            Answer::Nothing => {}
+        }
     }
 
     fn unsubscribe(
@@ -298,9 +297,12 @@ impl Session {
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
         let room = wire::room(name)?;
-        if self.rooms.remove(&room).is_some() {
-            self.leave_room(room, ctx);
+        let cut_short =
+            Error::SubscribeFailed("unsubscribed before the subscription was confirmed".into());
+        for waiting in self.rooms.unsubscribe(&room) {
+            self.refuse(&cut_short, waiting.as_deref(), ctx);
         }
+        self.leave_room(room, ctx);
         self.reply(Reply::Unsubscribed { room: name }, reference, ctx);
         Ok(())
     }
@@ -343,28 +345,23 @@ impl Session {
             room: room.clone(),
             event,
         });
-        async move {
-            request
-                .await
-                .map_err(switchboard_actors::Error::from)
-                .and_then(|r| r)
-        }
-        .into_actor(self)
-        .map(move |result, act, ctx| match result {
-            Ok(()) => act.reply(
-                Reply::Published {
-                    room: room.as_str(),
-                },
-                reference.as_deref(),
-                ctx,
-            ),
-            Err(e) => act.refuse(
-                &Error::PublishFailed(e.to_string()),
-                reference.as_deref(),
-                ctx,
-            ),
-        })
-        .spawn(ctx);
+        answer(request)
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(()) => act.reply(
+                    Reply::Published {
+                        room: room.as_str(),
+                    },
+                    reference.as_deref(),
+                    ctx,
+                ),
+                Err(e) => act.refuse(
+                    &Error::PublishFailed(e.to_string()),
+                    reference.as_deref(),
+                    ctx,
+                ),
+            })
+            .spawn(ctx);
         Ok(())
     }
 
@@ -401,6 +398,13 @@ impl Session {
             }
         }
     }
+}
+
+/// A broker request's answer; a broker that is gone means the server is stopping.
+async fn answer(
+    request: impl Future<Output = Result<Result<(), ActorError>, MailboxError>>,
+) -> Result<(), ActorError> {
+    request.await?
 }
 
 impl Actor for Session {
@@ -489,6 +493,9 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
         };
         match frame {
             Frame::Text(bytes) if self.fragments.is_none() => self.on_text(bytes, ctx),
+            Frame::Binary(_) if matches!(self.access, Access::Pending) => {
+                self.close(close::POLICY, "authenticate first", false, ctx)
+            }
             Frame::Binary(_) if self.fragments.is_none() => self.refuse(
                 &Error::BadFrame("binary frames are not supported".into()),
                 None,

@@ -3,14 +3,15 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use actix::{Addr, Recipient, ResponseFuture};
+use actix::{Addr, ResponseFuture};
+use tokio::sync::mpsc;
 
 use crate::{
     link::{GetLinkStatus, LinkStatus, RedisConfig},
     publisher::{GetPublisherStats, PublishEvent},
     subscriber::{GetSubscriberStats, SubscriberIdentity, UnwatchRoom, WatchRoom},
-    BackplaneKind, Error, Event, Inbound, PublisherStats, RedisPublisher, RedisSubscriber,
-    ResetStats, Room, Shutdown, Stats, SubscriberStats,
+    BackplaneKind, Error, Event, PublisherStats, RedisPublisher, RedisSubscriber, ResetStats, Room,
+    Shutdown, Stats, SubscriberStats,
 };
 
 /// Which backplane to run.
@@ -42,7 +43,7 @@ impl Backplane {
     pub(crate) fn start(
         config: BackplaneConfig,
         identity: SubscriberIdentity,
-        inbound: Recipient<Inbound>,
+        inbound: mpsc::Sender<Arc<Event>>,
     ) -> Self {
         match config {
             BackplaneConfig::Redis(redis) => {

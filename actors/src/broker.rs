@@ -7,6 +7,7 @@ use std::{
 };
 
 use actix::{dev::SendError, prelude::*};
+use tokio::sync::mpsc;
 
 use crate::{
     backplane::{Backplane, BackplaneConfig},
@@ -14,6 +15,10 @@ use crate::{
     Delivery, Error, Event, EvictReason, Evicted, GetHealth, GetStats, HealthStatus, Leave,
     Publish, ResetStats, Room, Shutdown, Stats, Subscribe, Unsubscribe, UnsubscribeAll,
 };
+
+/// Events from Redis waiting for the broker, at most. Past it the subscriber drops
+/// and counts them (`droppedEvents`): an overloaded server sheds load visibly.
+pub const INBOUND_CAPACITY: usize = 8192;
 
 /// The broker's settings.
 #[derive(Debug, Clone)]
@@ -48,19 +53,9 @@ pub fn new_instance_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// A valid event from Redis, for the broker to deliver (sent by the subscriber).
-#[derive(Debug, Message)]
-#[rtype(result = "()")]
-pub struct Inbound {
-    /// The event.
-    pub event: Arc<Event>,
-}
-
-#[derive(Clone)]
-struct Member {
-    recipient: Recipient<Delivery>,
-    on_evicted: Option<Recipient<Evicted>>,
-}
+/// A room's recipients, each with whom to tell if it is evicted. A map, so a
+/// recipient leaves a room of thousands in O(1).
+type Members = HashMap<Recipient<Delivery>, Option<Recipient<Evicted>>>;
 
 /// The hub. Rooms map to local recipients (WebSocket sessions and in-process
 /// services, all as `Recipient<Delivery>`, so this crate knows nothing of HTTP), and
@@ -77,7 +72,7 @@ pub struct Broker {
     server_id: Arc<str>,
     subscribe_timeout: Duration,
     backplane: Backplane,
-    rooms: HashMap<Room, Vec<Member>>,
+    rooms: HashMap<Room, Members>,
     /// Subscribes waiting for the backplane, per room: a room is wanted while it has
     /// members or pending subscribes.
     pending: HashMap<Room, usize>,
@@ -96,7 +91,13 @@ impl Broker {
                 server_id: server_id.clone(),
                 instance_id: config.instance_id.into(),
             };
-            let backplane = Backplane::start(config.backplane, identity, ctx.address().recipient());
+            // Events from Redis come on a bounded channel of their own (see
+            // `RedisSubscriber`), not through the mailbox the sessions share.
+            let (inbound, mut events) = mpsc::channel(INBOUND_CAPACITY);
+            ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
+                events.poll_recv(cx)
+            }));
+            let backplane = Backplane::start(config.backplane, identity, inbound);
             let mut broker = Broker {
                 server_id,
                 subscribe_timeout: config.subscribe_timeout,
@@ -130,13 +131,18 @@ impl Broker {
         self.rooms.contains_key(room) || self.pending.get(room).is_some_and(|n| *n > 0)
     }
 
-    fn join(&mut self, room: Room, member: Member) {
-        let rooms = self
-            .memberships
-            .entry(member.recipient.clone())
-            .or_default();
+    fn join(
+        &mut self,
+        room: Room,
+        recipient: Recipient<Delivery>,
+        on_evicted: Option<Recipient<Evicted>>,
+    ) {
+        let rooms = self.memberships.entry(recipient.clone()).or_default();
         if rooms.insert(room.clone()) {
-            self.rooms.entry(room).or_default().push(member);
+            self.rooms
+                .entry(room)
+                .or_default()
+                .insert(recipient, on_evicted);
         }
     }
 
@@ -151,7 +157,7 @@ impl Broker {
         let Some(members) = self.rooms.get_mut(room) else {
             return;
         };
-        members.retain(|m| m.recipient != *recipient);
+        members.remove(recipient);
         if members.is_empty() {
             self.rooms.remove(room);
             if !self.is_wanted(room) {
@@ -172,20 +178,24 @@ impl Broker {
         let Some(members) = self.rooms.get(event.room()) else {
             return;
         };
+        // Recipients that cannot take the event: a full mailbox (evicted, and told)
+        // or a closed one (gone).
         let mut dropped = Vec::new();
-        for member in members {
+        for (recipient, on_evicted) in members {
             let delivery = Delivery {
                 event: event.clone(),
             };
-            match member.recipient.try_send(delivery) {
+            match recipient.try_send(delivery) {
                 Ok(()) => {}
-                Err(SendError::Full(_)) => dropped.push((member.clone(), true)),
-                Err(SendError::Closed(_)) => dropped.push((member.clone(), false)),
+                Err(SendError::Full(_)) => {
+                    dropped.push((recipient.clone(), Some(on_evicted.clone())))
+                }
+                Err(SendError::Closed(_)) => dropped.push((recipient.clone(), None)),
             }
         }
-        for (member, full) in dropped {
-            self.leave(&member.recipient);
-            if full {
+        for (recipient, evicted) in dropped {
+            self.leave(&recipient);
+            if let Some(on_evicted) = evicted {
                 self.evictions += 1;
                 log::warn!(
                     "broker {}: a recipient in {} has a full mailbox; dropped from its rooms ({} so far)",
@@ -193,7 +203,7 @@ impl Broker {
                     event.room(),
                     self.evictions
                 );
-                if let Some(on_evicted) = member.on_evicted {
+                if let Some(on_evicted) = on_evicted {
                     on_evicted.do_send(Evicted {
                         reason: EvictReason::MailboxFull,
                     });
@@ -237,10 +247,7 @@ impl Handler<Subscribe> for Broker {
         *self.pending.entry(room.clone()).or_default() += 1;
         let deadline = self.subscribe_timeout;
         let confirmed = crate::link::with_deadline(deadline, "SUBSCRIBE", self.watch(room.clone()));
-        let member = Member {
-            recipient: msg.recipient,
-            on_evicted: msg.on_evicted,
-        };
+        let (recipient, on_evicted) = (msg.recipient, msg.on_evicted);
         Box::pin(confirmed.into_actor(self).map(move |result, act, _ctx| {
             if let Some(n) = act.pending.get_mut(&room) {
                 *n -= 1;
@@ -248,20 +255,22 @@ impl Handler<Subscribe> for Broker {
                     act.pending.remove(&room);
                 }
             }
-            match result {
-                Ok(()) if member.recipient.connected() && !act.closed => {
-                    act.join(room, member);
+            let result = match result {
+                Ok(()) if recipient.connected() && !act.closed => {
+                    act.join(room.clone(), recipient, on_evicted);
                     Ok(())
                 }
+                // The recipient went away while the room was being confirmed.
                 Ok(()) => Err(Error::ShuttingDown),
                 Err(e) => {
                     log::warn!("broker {}: subscribe to {room} failed: {e}", act.server_id);
-                    if !act.is_wanted(&room) {
-                        act.unwatch(room);
-                    }
                     Err(e)
                 }
+            };
+            if result.is_err() && !act.is_wanted(&room) {
+                act.unwatch(room);
             }
+            result
         }))
     }
 }
@@ -278,9 +287,13 @@ impl Handler<UnsubscribeAll> for Broker {
     type Result = ();
 
     fn handle(&mut self, msg: UnsubscribeAll, _ctx: &mut Context<Self>) {
-        let members = self.rooms.get(&msg.room).cloned().unwrap_or_default();
-        for member in members {
-            self.part(&msg.room, &member.recipient);
+        let recipients: Vec<_> = self
+            .rooms
+            .get(&msg.room)
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default();
+        for recipient in recipients {
+            self.part(&msg.room, &recipient);
         }
     }
 }
@@ -293,12 +306,14 @@ impl Handler<Leave> for Broker {
     }
 }
 
-impl Handler<Inbound> for Broker {
-    type Result = ();
-
-    fn handle(&mut self, msg: Inbound, _ctx: &mut Context<Self>) {
-        self.deliver(msg.event);
+impl StreamHandler<Arc<Event>> for Broker {
+    fn handle(&mut self, event: Arc<Event>, _ctx: &mut Context<Self>) {
+        self.deliver(event);
     }
+
+    /// The subscriber holds the sender for the life of the process; on the memory
+    /// backplane it is dropped at once. Either way the broker keeps running.
+    fn finished(&mut self, _ctx: &mut Context<Self>) {}
 }
 
 impl Handler<GetHealth> for Broker {

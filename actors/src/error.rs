@@ -18,9 +18,14 @@ pub enum Error {
     /// cannot have reached it.
     #[error("redis is not connected: {0}")]
     NotConnected(String),
-    /// Redis refused or failed a command on an open connection; it may have run it.
+    /// Redis refused a command on an open connection (an error reply); it may have
+    /// run it.
     #[error("redis error: {0}")]
     Redis(String),
+    /// The connection failed under a command (I/O error, closed); the command may or
+    /// may not have reached Redis.
+    #[error("redis connection failed: {0}")]
+    Link(String),
     /// A deadline passed; what was sent may or may not have been applied.
     #[error("timed out after {0} ms: {1}")]
     Timeout(u64, &'static str),
@@ -36,10 +41,18 @@ impl Error {
         matches!(self, Error::NotConnected(_))
     }
 
+    /// Whether the connection the command ran on is likely dead (a timeout, or an
+    /// I/O failure), so it should be replaced.
+    pub fn is_link_failure(&self) -> bool {
+        matches!(self, Error::Timeout(..) | Error::Link(_))
+    }
+
     /// Builds the error for a failed command on an open connection.
     pub(crate) fn from_redis(err: &redis::RedisError) -> Error {
         if err.is_connection_refusal() {
             Error::NotConnected(err.to_string())
+        } else if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
+            Error::Link(err.to_string())
         } else {
             Error::Redis(err.to_string())
         }
@@ -61,6 +74,9 @@ mod tests {
         assert!(Error::NotConnected("down".into()).is_retryable());
         assert!(!Error::Redis("ERR".into()).is_retryable());
         assert!(!Error::Timeout(5, "publish").is_retryable());
+        assert!(!Error::Link("reset".into()).is_retryable());
+        assert!(Error::Link("reset".into()).is_link_failure());
+        assert!(!Error::Redis("ERR".into()).is_link_failure());
         assert!(!Error::ShuttingDown.is_retryable());
     }
 }

@@ -55,7 +55,7 @@ mod subscriptions;
 
 pub use backoff::Backoff;
 pub use backplane::BackplaneConfig;
-pub use broker::{new_instance_id, Broker, BrokerConfig, Inbound};
+pub use broker::{new_instance_id, Broker, BrokerConfig, INBOUND_CAPACITY};
 pub use error::Error;
 pub use event::{now_ms, Event, NewEvent};
 pub use handle::PubSub;

@@ -5,7 +5,7 @@ use std::{future::Future, time::Duration};
 
 use actix::Message;
 
-use crate::{Error, Room};
+use crate::{Backoff, Error, Room};
 
 /// Settings of the Redis links (PROTOCOL.md §4, §5). The defaults are the seed's numbers.
 #[derive(Debug, Clone)]
@@ -102,6 +102,65 @@ pub struct LinkStatus {
 #[derive(Debug, Message)]
 #[rtype(result = "LinkStatus")]
 pub struct GetLinkStatus;
+
+/// The reconnect bookkeeping both link actors share.
+///
+/// A link counts as proven once it did real work (the publisher's handshake, the
+/// subscriber's first confirmed SUBSCRIBE). Losing a proven link reconnects at once;
+/// a failed connect, or a link lost before it was proven, counts as a failed attempt
+/// and waits the next [`Backoff`] delay, so a Redis that accepts connections but
+/// refuses work cannot make the actor spin.
+#[derive(Debug)]
+pub(crate) struct LinkState {
+    backoff: Backoff,
+    failed_attempts: u32,
+    proven: bool,
+    /// A PING is in flight; the next probe tick skips.
+    pub(crate) probing: bool,
+}
+
+impl LinkState {
+    pub(crate) fn new(config: &RedisConfig) -> LinkState {
+        LinkState {
+            backoff: Backoff::new(config.reconnect_base, config.reconnect_max),
+            failed_attempts: 0,
+            proven: false,
+            probing: false,
+        }
+    }
+
+    /// How long to wait before the next connect: `None` for at once.
+    pub(crate) fn connect_delay(&mut self) -> Option<Duration> {
+        (self.failed_attempts > 0).then(|| self.backoff.next_delay())
+    }
+
+    /// A connect failed; returns the number of failed attempts so far.
+    pub(crate) fn connect_failed(&mut self) -> u32 {
+        self.failed_attempts += 1;
+        self.failed_attempts
+    }
+
+    /// The link did real work: the next loss reconnects at once.
+    pub(crate) fn prove(&mut self) {
+        self.proven = true;
+        self.failed_attempts = 0;
+        self.backoff.reset();
+    }
+
+    /// The link is gone (the actor restarts).
+    pub(crate) fn lost(&mut self) {
+        if !self.proven {
+            self.failed_attempts += 1;
+        }
+        self.proven = false;
+        self.probing = false;
+    }
+
+    /// Failed connection attempts since the link was last proven.
+    pub(crate) fn failed_attempts(&self) -> u32 {
+        self.failed_attempts
+    }
+}
 
 /// Runs `fut` with a deadline, turning a missed one into [`Error::Timeout`].
 pub(crate) async fn with_deadline<T>(

@@ -58,6 +58,9 @@ impl PeersConfig {
     pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(2000);
     /// A peer is forgotten after this many of its heartbeat intervals without one.
     pub const MISSED_HEARTBEATS: u32 = 3;
+    /// An announced heartbeat above this (an hour) is taken as this: anyone can
+    /// publish on `system:events` through Redis, so its numbers are bounded here.
+    pub const MAX_HEARTBEAT_MS: u64 = 3_600_000;
 }
 
 /// One live peer, as `/health` lists it.
@@ -105,9 +108,10 @@ impl Peer {
     fn expired(&self, now: Instant, default_heartbeat: Duration) -> bool {
         let heartbeat = match self.announcement.heartbeat_ms {
             0 => default_heartbeat,
-            ms => Duration::from_millis(ms),
+            ms => Duration::from_millis(ms.min(PeersConfig::MAX_HEARTBEAT_MS)),
         };
-        now.duration_since(self.last_seen) > heartbeat * PeersConfig::MISSED_HEARTBEATS
+        let silence = heartbeat.saturating_mul(PeersConfig::MISSED_HEARTBEATS);
+        now.duration_since(self.last_seen) > silence
     }
 }
 
@@ -165,13 +169,17 @@ impl Peers {
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
         });
-        async move { subscribe.await? }
-            .into_actor(self)
-            .map(|result: Result<(), Error>, _, _| {
+        async move { subscribe.await? }.into_actor(self).map(
+            |result: Result<(), Error>, act, ctx| {
                 if let Err(e) = result {
-                    log::warn!("peers: subscribing to system:events failed: {e}");
+                    // Peers must not stay blind: try again after a heartbeat.
+                    log::warn!("peers: subscribing to system:events failed: {e}; retrying");
+                    ctx.run_later(act.config.heartbeat, |act, ctx| {
+                        act.join_system_events(ctx).spawn(ctx);
+                    });
                 }
-            })
+            },
+        )
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {
@@ -327,5 +335,40 @@ impl Handler<AnnounceStop> for Peers {
     fn handle(&mut self, _: AnnounceStop, _ctx: &mut Context<Self>) -> Self::Result {
         self.stopped = true;
         Box::pin(self.announce("server_stopped"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(heartbeat_ms: u64, last_seen: Instant) -> Peer {
+        let announcement = Announcement {
+            server_id: "s".into(),
+            instance_id: "i".into(),
+            heartbeat_ms,
+            connections: 0,
+        };
+        Peer {
+            announcement,
+            last_seen,
+        }
+    }
+
+    #[test]
+    fn a_peer_expires_after_three_of_its_heartbeats() {
+        let seen = Instant::now();
+        let p = peer(100, seen);
+        assert!(!p.expired(seen + Duration::from_millis(299), Duration::from_secs(2)));
+        assert!(p.expired(seen + Duration::from_millis(301), Duration::from_secs(2)));
+    }
+
+    #[test]
+    fn absurd_announced_heartbeats_neither_overflow_nor_live_forever() {
+        let seen = Instant::now();
+        let p = peer(u64::MAX, seen);
+        assert!(!p.expired(seen, Duration::from_secs(2)));
+        let cap = Duration::from_millis(PeersConfig::MAX_HEARTBEAT_MS) * 3;
+        assert!(p.expired(seen + cap + Duration::from_secs(1), Duration::from_secs(2)));
     }
 }

@@ -2,15 +2,15 @@
 
 use std::{sync::Arc, time::Instant};
 
-use actix::{dev::SendError, prelude::*};
+use actix::prelude::*;
 use bytes::Bytes;
 use redis::{aio::PubSubSink, Msg};
+use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::{
-    broker::Inbound,
-    link::{with_deadline, GetLinkStatus, LinkStatus, RedisConfig},
-    subscriptions::{Subscriptions, Want},
-    Backoff, Error, Event, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
+    link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig},
+    subscriptions::{Batch, Subscriptions, Want},
+    Error, Event, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
 };
 
 /// Owns the pub/sub connection: SUBSCRIBE and UNSUBSCRIBE as the broker asks, and
@@ -19,26 +19,28 @@ use crate::{
 /// The broker tells it which rooms are wanted ([`WatchRoom`], [`UnwatchRoom`]); the
 /// subscriber makes Redis agree, batching the channels that changed while a command
 /// was in flight into one SUBSCRIBE, and answers a `WatchRoom` only once a SUBSCRIBE
-/// sent after it was confirmed.
+/// sent after it was confirmed (see [`Subscriptions`]).
 ///
 /// Supervised: when the stream of messages ends, a command fails or a PING probe goes
-/// unanswered, the actor stops; its [`Supervisor`] restarts it, it reconnects after a
-/// capped, jittered [`Backoff`] and subscribes every room still wanted. The wanted set,
-/// the waiting confirmations and the statistics live in the actor, so they survive.
+/// unanswered, the actor stops; its [`Supervisor`] restarts it, it reconnects (at once
+/// after losing a proven link, else after a capped, jittered backoff) and subscribes
+/// every room still wanted. The wanted set, the owed confirmations (those of a batch
+/// cut off in flight included) and the statistics live in the actor, so they survive.
 pub struct RedisSubscriber {
     config: Arc<RedisConfig>,
-    server_id: Arc<str>,
-    instance_id: Arc<str>,
-    broker: Recipient<Inbound>,
+    identity: SubscriberIdentity,
+    /// Valid events for the broker: a bounded channel of its own, so the broker's
+    /// control traffic cannot crowd out delivery, and a full one sheds load visibly.
+    inbound: mpsc::Sender<Arc<Event>>,
     sink: Option<PubSubSink>,
     rooms: Subscriptions,
-    in_flight: bool,
-    /// Connected, and every wanted room confirmed since.
+    /// The batch whose commands are in flight; kept here (not in the future) so a
+    /// restart can hand its owed confirmations back.
+    in_flight: Option<Batch>,
+    /// Connected, and the rooms wanted at connect time confirmed since.
     ready: bool,
-    probing: bool,
     connected_at: Option<Instant>,
-    backoff: Backoff,
-    failed_attempts: u32,
+    link: LinkState,
     stats: SubscriberStats,
     closed: bool,
 }
@@ -75,26 +77,23 @@ pub struct SubscriberIdentity {
 }
 
 impl RedisSubscriber {
-    /// Starts the subscriber under a supervisor; it sends what it receives to `broker`.
+    /// Starts the subscriber under a supervisor; it sends valid events to `inbound`.
     pub fn start(
         config: Arc<RedisConfig>,
         identity: SubscriberIdentity,
-        broker: Recipient<Inbound>,
+        inbound: mpsc::Sender<Arc<Event>>,
     ) -> Addr<RedisSubscriber> {
-        let backoff = Backoff::new(config.reconnect_base, config.reconnect_max);
+        let link = LinkState::new(&config);
         Supervisor::start(move |_| RedisSubscriber {
             config,
-            server_id: identity.server_id,
-            instance_id: identity.instance_id,
-            broker,
+            identity,
+            inbound,
             sink: None,
             rooms: Subscriptions::default(),
-            in_flight: false,
+            in_flight: None,
             ready: false,
-            probing: false,
             connected_at: None,
-            backoff,
-            failed_attempts: 0,
+            link,
             stats: SubscriberStats::default(),
             closed: false,
         })
@@ -117,11 +116,10 @@ impl RedisSubscriber {
                     ctx.add_stream(stream);
                 }
                 Err(e) => {
-                    act.failed_attempts += 1;
+                    let attempts = act.link.connect_failed();
                     log::warn!(
-                        "subscriber {}: cannot connect to redis (attempt {}): {e}",
-                        act.server_id,
-                        act.failed_attempts
+                        "subscriber {}: cannot connect to redis (attempt {attempts}): {e}",
+                        act.identity.server_id
                     );
                     ctx.stop();
                 }
@@ -132,14 +130,12 @@ impl RedisSubscriber {
     fn connected(&mut self, sink: PubSubSink, ctx: &mut Context<Self>) {
         log::info!(
             "subscriber {}: connected to redis after {} failed attempts; subscribing {} rooms",
-            self.server_id,
-            self.failed_attempts,
+            self.identity.server_id,
+            self.link.failed_attempts(),
             self.rooms.wanted()
         );
         self.sink = Some(sink);
         self.connected_at = Some(Instant::now());
-        self.failed_attempts = 0;
-        self.backoff.reset();
         self.rooms.reconnected();
         ctx.run_interval(self.config.probe_interval, Self::probe);
         self.flush(ctx);
@@ -148,14 +144,13 @@ impl RedisSubscriber {
     /// Sends what changed: one UNSUBSCRIBE and one SUBSCRIBE with every channel queued
     /// since the last command. One command at a time, so Redis sees them in order.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if self.in_flight {
+        if self.in_flight.is_some() {
             return;
         }
         let Some(mut sink) = self.sink.clone() else {
             return;
         };
         let Some(batch) = self.rooms.next_batch() else {
-            self.mark_ready();
             return;
         };
         let unsubscribe: Vec<String> = batch
@@ -168,7 +163,7 @@ impl RedisSubscriber {
             .iter()
             .map(|r| self.config.channel(r))
             .collect();
-        self.in_flight = true;
+        self.in_flight = Some(batch);
         let command = async move {
             if !unsubscribe.is_empty() {
                 sink.unsubscribe(&unsubscribe)
@@ -184,11 +179,15 @@ impl RedisSubscriber {
         };
         with_deadline(self.config.response_timeout, "SUBSCRIBE", command)
             .into_actor(self)
-            .map(move |result, act, ctx| {
-                act.in_flight = false;
+            .map(|result, act, ctx| {
+                let Some(batch) = act.in_flight.take() else {
+                    return;
+                };
                 match result {
                     Ok(()) => {
                         act.rooms.confirmed(batch);
+                        act.link.prove();
+                        act.mark_ready();
                         act.flush(ctx);
                     }
                     Err(e) => {
@@ -200,6 +199,8 @@ impl RedisSubscriber {
             .spawn(ctx);
     }
 
+    /// The first batch after a connect carries every room wanted then: once it is
+    /// confirmed the link is ready, whatever churn follows.
     fn mark_ready(&mut self) {
         if !self.ready {
             self.ready = true;
@@ -209,7 +210,7 @@ impl RedisSubscriber {
                 .unwrap_or(0);
             log::info!(
                 "subscriber {}: {} rooms subscribed, {took} ms after connecting",
-                self.server_id,
+                self.identity.server_id,
                 self.rooms.held()
             );
         }
@@ -218,11 +219,10 @@ impl RedisSubscriber {
     /// PINGs Redis on the pub/sub connection: a paused or wedged Redis keeps the
     /// socket open but never answers, and only a probe tells.
     fn probe(&mut self, ctx: &mut Context<Self>) {
-        self.rooms.prune();
-        let Some(mut sink) = self.sink.clone().filter(|_| !self.probing) else {
+        let Some(mut sink) = self.sink.clone().filter(|_| !self.link.probing) else {
             return;
         };
-        self.probing = true;
+        self.link.probing = true;
         let ping = async move {
             sink.ping::<redis::Value>()
                 .await
@@ -231,7 +231,7 @@ impl RedisSubscriber {
         with_deadline(self.config.probe_timeout, "PING", ping)
             .into_actor(self)
             .map(|result, act, ctx| {
-                act.probing = false;
+                act.link.probing = false;
                 if let Err(e) = result {
                     act.lose_link(&format!("probe failed: {e}"), ctx);
                 }
@@ -244,7 +244,7 @@ impl RedisSubscriber {
             self.stats.links_lost += 1;
             log::warn!(
                 "subscriber {}: redis link lost ({why}); messages published until it is back are lost; reconnecting",
-                self.server_id
+                self.identity.server_id
             );
         }
         ctx.stop();
@@ -253,7 +253,7 @@ impl RedisSubscriber {
     /// Whether a message with our own `serverId` is really ours: on `system:events`
     /// a different `instanceId` means a duplicate server id, which the peers must see.
     fn is_own_echo(&self, event: &Event) -> bool {
-        if event.server_id() != Some(&*self.server_id) {
+        if event.server_id() != Some(&*self.identity.server_id) {
             return false;
         }
         if event.room().as_str() != SYSTEM_EVENTS {
@@ -267,8 +267,30 @@ impl RedisSubscriber {
         match event.data::<Announce>() {
             Ok(Announce {
                 instance_id: Some(id),
-            }) => *id == *self.instance_id,
+            }) => *id == *self.identity.instance_id,
             _ => true,
+        }
+    }
+
+    /// Hands a valid event to the broker, or drops and counts it when the broker is
+    /// too far behind.
+    fn forward(&mut self, event: Event) {
+        let room = event.room().clone();
+        match self.inbound.try_send(Arc::new(event)) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                self.stats.dropped_events += 1;
+                let dropped = self.stats.dropped_events;
+                if dropped <= 10 || dropped.is_power_of_two() {
+                    log::error!(
+                        "subscriber {}: the broker is overloaded; dropped an event in {room} ({dropped} so far)",
+                        self.identity.server_id
+                    );
+                }
+            }
+            Err(TrySendError::Closed(_)) => {
+                log::debug!("subscriber {}: the broker is gone", self.identity.server_id);
+            }
         }
     }
 }
@@ -280,25 +302,31 @@ impl Actor for RedisSubscriber {
         if self.closed {
             return;
         }
-        if self.failed_attempts == 0 {
-            self.connect(ctx);
-        } else {
-            let delay = self.backoff.next_delay();
-            ctx.run_later(delay, Self::connect);
+        // Abandoned confirmations (their subscribe timed out at the broker) are
+        // dropped on a timer that runs connected or not.
+        ctx.run_interval(self.config.probe_interval, |act, _| act.rooms.prune());
+        match self.link.connect_delay() {
+            None => self.connect(ctx),
+            Some(delay) => {
+                ctx.run_later(delay, Self::connect);
+            }
         }
     }
 }
 
 impl Supervised for RedisSubscriber {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
-        // Nothing is held while the link is down: a subscribe now waits for the
-        // resubscribe instead of being answered from a stale confirmation.
+        // A batch cut off in flight keeps its confirmations owed, and nothing is held
+        // while the link is down: a subscribe now waits for the resubscribe instead of
+        // being answered from a stale confirmation.
+        if let Some(batch) = self.in_flight.take() {
+            self.rooms.failed(batch);
+        }
         self.rooms.reconnected();
         self.sink = None;
         self.ready = false;
-        self.in_flight = false;
-        self.probing = false;
         self.connected_at = None;
+        self.link.lost();
     }
 }
 
@@ -307,32 +335,17 @@ impl StreamHandler<Msg> for RedisSubscriber {
         let Some(room) = self.config.room(msg.get_channel_name()) else {
             log::debug!(
                 "subscriber {}: message on foreign channel {}",
-                self.server_id,
+                self.identity.server_id,
                 msg.get_channel_name()
             );
             return;
         };
-        match Event::parse(
-            room.clone(),
-            Bytes::copy_from_slice(msg.get_payload_bytes()),
-        ) {
+        let payload = Bytes::copy_from_slice(msg.get_payload_bytes());
+        match Event::parse(room.clone(), payload) {
             Ok(event) if self.is_own_echo(&event) => self.stats.record_echo(),
             Ok(event) => {
                 self.stats.record_received(room.as_str(), true);
-                // The broker's mailbox is bounded: an event that finds it full is
-                // dropped and counted rather than queued without limit.
-                if let Err(SendError::Full(_)) = self.broker.try_send(Inbound {
-                    event: Arc::new(event),
-                }) {
-                    self.stats.dropped_events += 1;
-                    let dropped = self.stats.dropped_events;
-                    if dropped <= 10 || dropped.is_power_of_two() {
-                        log::error!(
-                            "subscriber {}: the broker is overloaded; dropped an event in {room} ({dropped} so far)",
-                            self.server_id
-                        );
-                    }
-                }
+                self.forward(event);
             }
             Err(e) => {
                 self.stats.record_received(room.as_str(), false);
@@ -342,7 +355,7 @@ impl StreamHandler<Msg> for RedisSubscriber {
                 if failed <= 10 || failed.is_power_of_two() {
                     log::warn!(
                         "subscriber {}: skipped an invalid event in {room} ({failed} so far): {e}",
-                        self.server_id
+                        self.identity.server_id
                     );
                 }
             }
@@ -383,7 +396,7 @@ impl Handler<GetLinkStatus> for RedisSubscriber {
     fn handle(&mut self, _: GetLinkStatus, _ctx: &mut Context<Self>) -> LinkStatus {
         LinkStatus {
             ready: self.ready && self.sink.is_some(),
-            failed_attempts: self.failed_attempts,
+            failed_attempts: self.link.failed_attempts(),
             channels: self.rooms.held(),
         }
     }
@@ -412,7 +425,6 @@ impl Handler<Shutdown> for RedisSubscriber {
         self.closed = true;
         self.rooms.clear();
         let sink = self.sink.take();
-        let deadline = self.config.response_timeout;
         let unsubscribe = async move {
             if let Some(mut sink) = sink {
                 let all: &[&str] = &[];
@@ -423,13 +435,13 @@ impl Handler<Shutdown> for RedisSubscriber {
             Ok(())
         };
         Box::pin(
-            with_deadline(deadline, "UNSUBSCRIBE", unsubscribe)
+            with_deadline(self.config.response_timeout, "UNSUBSCRIBE", unsubscribe)
                 .into_actor(self)
                 .map(|result, act, ctx| {
                     if let Err(e) = result {
                         log::warn!(
                             "subscriber {}: unsubscribe at shutdown failed: {e}",
-                            act.server_id
+                            act.identity.server_id
                         );
                     }
                     ctx.stop();

@@ -45,6 +45,9 @@ pub enum Want {
 impl Subscriptions {
     /// The broker wants `room`.
     pub fn want(&mut self, room: Room) -> Want {
+        if let Some(owed) = self.owed.get_mut(&room) {
+            owed.retain(|tx| !tx.is_closed());
+        }
         self.wanted.insert(room.clone());
         self.to_unsubscribe.remove(&room);
         if self.confirmed.contains(&room) {
