@@ -12,7 +12,7 @@
 //! # then, on 8082: {"op":"subscribe","room":"leaderboard:updates"}
 //! ```
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use actix_web::{App, HttpServer};
@@ -144,11 +144,25 @@ async fn main() -> std::io::Result<()> {
         .await
         .map_err(std::io::Error::other)?;
 
+    // The app's own routes would go in this App beside Switchboard's.
     let configure = switchboard.configure();
-    log::info!("example app on http://{}:{}", config.host, config.port);
-    HttpServer::new(move || App::new().configure(configure.clone()))
+    let server = HttpServer::new(move || App::new().configure(configure.clone()))
         .on_connect(Switchboard::on_connect)
+        .disable_signals()
+        .shutdown_timeout(1)
         .bind((config.host.as_str(), config.port))?
-        .run()
-        .await
+        .run();
+    log::info!("example app on http://{}:{}", config.host, config.port);
+    let handle = server.handle();
+    let serving = actix_web::rt::spawn(server);
+
+    // Ctrl-C: the drain (server_stopped, every session closed with 1001, Redis
+    // released), then the HTTP server flushes and stops.
+    tokio::signal::ctrl_c().await?;
+    handle.pause().await;
+    switchboard
+        .shutdown(Instant::now() + config.shutdown_timeout / 2)
+        .await;
+    handle.stop(true).await;
+    serving.await.map_err(std::io::Error::other)?
 }

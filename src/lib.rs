@@ -11,16 +11,21 @@
 //!
 //! - `config.rs`: [`Config`] from the environment (PROTOCOL.md §4), with its
 //!   sub-configs; loaded once in `main`.
-//! - `server.rs`: [`Switchboard`] (starts the broker and the peers and mounts the
-//!   routes into any Actix `App` with [`Switchboard::configure`]) and [`run`] (the
-//!   whole server on a listener, until a shutdown future resolves, then a drain).
+//! - `server.rs`: [`Switchboard`] (starts the broker and the peers, mounts the routes
+//!   into any Actix `App` with [`Switchboard::configure`], drains with
+//!   [`Switchboard::shutdown`]), the [`State`] the routes and sessions share (with its
+//!   [`ConnectionCounters`]), and [`serve`] / [`run`] (the whole server on a listener
+//!   until a shutdown future resolves, then the drain).
 //! - `http.rs`: `POST /publish/{room}`, `GET /health`, `GET /health/live`,
 //!   `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
-//! - `session.rs`: [`Session`], one actor per WebSocket client. Accepts `Delivery`
-//!   and `Evicted` from the broker and the client's frames as a stream.
+//! - `session.rs`: [`Session`], one actor per WebSocket client, with its [`Access`].
+//!   Accepts `Delivery` and `Evicted` from the broker and the client's frames as a
+//!   stream. Its rooms are a pure state machine, `SessionRooms` (`rooms.rs`).
 //! - `wire.rs`: client frames parsed into [`wire::ClientOp`]; server frames encoded.
 //! - `outbound.rs`: the bounded per-connection queue and the response body that
-//!   drains it; `inbound.rs`: client frames off the request payload, size-checked.
+//!   drains it; `inbound.rs`: client frames off the request payload, size-checked;
+//!   `socket.rs`: resetting a connection whose client stopped reading (by the
+//!   [`ConnectionSocket`] recorded at accept).
 //! - `auth.rs`: [`Authenticator`] (HS256 JWTs) and the [`Grant`] a token gives, with
 //!   its room [`Pattern`]s; `rate.rs`: the per-connection [`PublishBudget`].
 //! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.

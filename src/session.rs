@@ -51,7 +51,7 @@ struct Fragments {
 }
 
 /// One WebSocket client. Parses its frames, subscribes and publishes through the
-/// broker, and writes events to the bounded [`Outbound`] queue. A client that does
+/// broker, and writes events to the bounded `Outbound` queue. A client that does
 /// not keep up is closed with 1013 and counted; one silent for the client timeout is
 /// dropped; on shutdown every session closes with 1001. Leaves the broker in
 /// `stopping()`, whatever the reason.

@@ -125,13 +125,6 @@ pub fn new_event(
     event: &RawValue,
     limit: usize,
 ) -> Result<(Room, NewEvent), Error> {
-    #[derive(Deserialize)]
-    struct Body {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        data: Option<Box<RawValue>>,
-    }
     let room = room(room_name)?;
     if room.is_system() {
         return Err(Error::NotAllowed(format!("{room} belongs to the servers")));
@@ -140,15 +133,7 @@ pub fn new_event(
     if size > limit {
         return Err(Error::TooLarge { size, limit });
     }
-    let body: Body = serde_json::from_str(event.get()).map_err(|e| {
-        Error::BadFrame(format!(
-            "an event is {{\"type\": string, \"data\": any}}: {e}"
-        ))
-    })?;
-    let data = body
-        .data
-        .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
-    let event = NewEvent::from_raw(body.kind, data).map_err(|e| Error::BadFrame(e.to_string()))?;
+    let event = NewEvent::from_json(event.get()).map_err(|e| Error::BadFrame(e.to_string()))?;
     Ok((room, event))
 }
 

@@ -31,6 +31,27 @@ impl NewEvent {
         NewEvent::from_raw(kind.into(), data)
     }
 
+    /// An event from its JSON, `{"type": "...", "data": ...}`: `type` a non-empty
+    /// string, `data` any JSON (absent means `null`); other fields are dropped.
+    pub fn from_json(json: &str) -> Result<NewEvent, Error> {
+        #[derive(Deserialize)]
+        struct Body {
+            #[serde(rename = "type")]
+            kind: String,
+            #[serde(default)]
+            data: Option<Box<RawValue>>,
+        }
+        let body: Body = serde_json::from_str(json).map_err(|e| {
+            Error::InvalidEvent(format!(
+                "an event is {{\"type\": string, \"data\": any}}: {e}"
+            ))
+        })?;
+        let data = body
+            .data
+            .unwrap_or_else(|| RawValue::from_string("null".into()).expect("null is JSON"));
+        NewEvent::from_raw(body.kind, data)
+    }
+
     /// An event from a type and `data` that is already JSON.
     pub fn from_raw(kind: String, data: Box<RawValue>) -> Result<NewEvent, Error> {
         if kind.is_empty() {

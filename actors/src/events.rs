@@ -7,7 +7,7 @@
 //! PROTOCOL.md §1. Other rooms and event types stay open through [`NewEvent`].
 
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use serde_json::{value::RawValue, Map, Value};
+use serde_json::{Map, Value};
 
 use crate::{Error, NewEvent, Room};
 
@@ -26,20 +26,8 @@ pub trait Channel {
 
 /// Turns a typed event into the `{type, data}` the broker publishes.
 pub fn new_event<E: Serialize>(event: &E) -> Result<NewEvent, Error> {
-    #[derive(Deserialize)]
-    struct Parts {
-        #[serde(rename = "type")]
-        kind: String,
-        data: Option<Box<RawValue>>,
-    }
     let json = serde_json::to_string(event).map_err(|e| Error::InvalidEvent(e.to_string()))?;
-    let parts: Parts = serde_json::from_str(&json)
-        .map_err(|e| Error::InvalidEvent(format!("not a {{type, data}} event: {e}")))?;
-    let data = match parts.data {
-        Some(data) => data,
-        None => RawValue::from_string("null".into()).expect("null is JSON"),
-    };
-    NewEvent::from_raw(parts.kind, data)
+    NewEvent::from_json(&json)
 }
 
 /// `leaderboard:updates`: ranking changes.

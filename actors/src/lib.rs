@@ -10,32 +10,34 @@
 //!
 //! - [`Broker`] (`broker.rs`): the hub, reached through its `Addr`. Accepts [`Publish`],
 //!   [`Subscribe`], [`Unsubscribe`], [`UnsubscribeAll`], [`Leave`], [`GetHealth`],
-//!   [`GetStats`], [`ResetStats`], [`Shutdown`], and [`Inbound`] from the subscriber.
-//!   Delivers [`Delivery`] (and [`Evicted`]) to recipients.
+//!   [`GetStats`], [`ResetStats`], [`Shutdown`]; takes events from Redis off a bounded
+//!   channel ([`INBOUND_CAPACITY`]). Delivers [`Delivery`] (and [`Evicted`]) to
+//!   recipients. Its backplane (`backplane.rs`, [`BackplaneConfig`]) is the two Redis
+//!   link actors, or nothing on the memory backplane (one server, no Redis).
 //! - [`RedisPublisher`] (`publisher.rs`): owns the publishing connection. Accepts
 //!   [`PublishEvent`] (publish with retry), [`GetLinkStatus`], [`GetPublisherStats`],
 //!   [`ResetStats`], [`Shutdown`]. Supervised: restarts and reconnects with [`Backoff`].
 //! - [`RedisSubscriber`] (`subscriber.rs`): owns the pub/sub connection. Accepts
 //!   [`WatchRoom`], [`UnwatchRoom`], [`GetLinkStatus`], [`GetSubscriberStats`],
 //!   [`ResetStats`], [`Shutdown`]; streams Redis messages in, checks them, suppresses
-//!   echoes, sends [`Inbound`] to the broker. Supervised: on restart it subscribes
-//!   every room still wanted.
-//! - [`Peers`] (`peers.rs`): announces this server on `system:events` and tracks the
-//!   other live servers. Accepts [`Delivery`] (as a recipient of `system:events`),
-//!   [`GetPeers`], [`AnnounceStop`].
+//!   echoes and hands the rest to the broker. Supervised: on restart it subscribes
+//!   every room still wanted. Its room bookkeeping is a pure type, `Subscriptions`
+//!   (`subscriptions.rs`); what both links share (settings, status, reconnect state)
+//!   is in `link.rs` ([`RedisConfig`], [`LinkStatus`]).
+//! - [`Peers`] (`peers.rs`, [`PeersConfig`]): announces this server on `system:events`
+//!   and tracks the other live servers. Accepts [`Delivery`] and [`Evicted`] (as a
+//!   recipient of `system:events`), [`GetPeers`], [`AnnounceStop`]. Reads the
+//!   [`ConnectionGauge`] the sessions keep.
 //! - [`PubSub`] (`handle.rs`): a cloneable handle whose async methods mirror the seed's
 //!   API (`publish`, `subscribe`, `unsubscribe`, `health_status`, ...), as messages to
 //!   the broker; [`PubSub::global`] is the seed's process-wide singleton.
 //! - [`events`] (`events.rs`): the seed's four channels ([`events::LeaderboardUpdates`],
 //!   [`events::MatchEvents`], [`events::PlayerNotifications`], [`events::SystemEvents`])
 //!   and their event enums, so a wrong event for a channel does not compile.
-//! - Values: [`Room`] (`room.rs`), [`Event`] and [`NewEvent`] (`event.rs`, the
-//!   envelope, encoded once), [`PublisherStats`] and [`SubscriberStats`] (`stats.rs`),
-//!   [`Backoff`] (`backoff.rs`), [`Error`] (`error.rs`), the link settings
-//!   [`RedisConfig`] (`link.rs`).
-//!
-//! The memory backplane (one server, no Redis) is a mode of the broker:
-//! [`BackplaneConfig::Memory`].
+//! - `messages.rs`: the broker's messages and what they answer ([`HealthStatus`],
+//!   [`Stats`]). Values: [`Room`] (`room.rs`), [`Event`] and [`NewEvent`] (`event.rs`,
+//!   the envelope, encoded once), [`PublisherStats`] and [`SubscriberStats`]
+//!   (`stats.rs`), [`Backoff`] (`backoff.rs`), [`Error`] (`error.rs`).
 
 mod backoff;
 mod backplane;

@@ -19,7 +19,7 @@ use crate::{
 /// The broker tells it which rooms are wanted ([`WatchRoom`], [`UnwatchRoom`]); the
 /// subscriber makes Redis agree, batching the channels that changed while a command
 /// was in flight into one SUBSCRIBE, and answers a `WatchRoom` only once a SUBSCRIBE
-/// sent after it was confirmed (see [`Subscriptions`]).
+/// sent after it was confirmed (see `Subscriptions`).
 ///
 /// Supervised: when the stream of messages ends, a command fails or a PING probe goes
 /// unanswered, the actor stops; its [`Supervisor`] restarts it, it reconnects (at once
