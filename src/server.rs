@@ -255,7 +255,10 @@ pub async fn serve(
     switchboard.shutdown(deadline).await;
     handle.stop(true).await;
     if let Err(e) = serving.await {
-        log::warn!("{}: the HTTP server task failed: {e}", config.broker.server_id);
+        log::warn!(
+            "{}: the HTTP server task failed: {e}",
+            config.broker.server_id
+        );
     }
     log::info!("{}: stopped", config.broker.server_id);
     Ok(())
