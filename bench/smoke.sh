@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 cargo build --quiet -p switchboard -p switchboard-loadgen
-bin=target/debug
+bin="${CARGO_TARGET_DIR:-target}/debug"
 start_redis redis_port
 export REDIS_URL="redis://127.0.0.1:$redis_port" RUST_LOG=warn LIMIT_PUBLISH_RATE=0
 start_server a a_pid "$bin/switchboard"

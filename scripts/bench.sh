@@ -18,7 +18,7 @@ rm -f "$results"/*.json "$results"/*.txt "$results"/*.svg
 
 echo "== build (release)"
 cargo build --release -p switchboard -p switchboard-loadgen
-bin=target/release
+bin="${CARGO_TARGET_DIR:-target}/release"
 loadgen="$bin/switchboard-loadgen"
 
 echo "== Socket.IO peer (npm)"

@@ -1,0 +1,242 @@
+//! What a session does with each client op: `auth`, `subscribe`, `unsubscribe`,
+//! `publish`, `ping`, and the broker's answers to them.
+
+use std::{
+    future::Future,
+    time::{Duration, Instant},
+};
+
+use actix::prelude::*;
+use serde_json::value::RawValue;
+use switchboard_actors::{now_ms, Error as ActorError, Publish, Room, Subscribe, Unsubscribe};
+
+use super::{close, Access, Session};
+use crate::{
+    rate::Spend,
+    rooms::{Answer, Join, Reference},
+    wire::{self, ClientOp, Reply},
+    Error, Grant,
+};
+
+impl Session {
+    /// Checks a token from an `auth` frame; a bad one closes the session (1008).
+    fn authenticate(&mut self, token: &str, reference: Option<&RawValue>, ctx: &mut Context<Self>) {
+        let Some(authenticator) = self.state.session.security.jwt.as_ref() else {
+            self.reply(Reply::Authenticated { sub: None }, reference, ctx);
+            return;
+        };
+        match authenticator.verify(token) {
+            Ok(grant) => {
+                self.reply(
+                    Reply::Authenticated {
+                        sub: Some(&grant.sub),
+                    },
+                    reference,
+                    ctx,
+                );
+                self.grant(grant, ctx);
+            }
+            Err(e) => {
+                log::info!(
+                    "session on {}: authentication refused: {e}",
+                    self.state.server_id
+                );
+                self.close(close::POLICY, &e.to_string(), false, ctx);
+            }
+        }
+    }
+
+    /// Takes a grant and arms the timer that closes the session when it expires.
+    pub(super) fn grant(&mut self, grant: Grant, ctx: &mut Context<Self>) {
+        if let Some(timer) = self.expiry.take() {
+            ctx.cancel_future(timer);
+        }
+        let left = grant.expires_at_ms.saturating_sub(now_ms());
+        self.expiry = Some(ctx.run_later(Duration::from_millis(left), |act, ctx| {
+            log::info!("session on {}: token expired", act.state.server_id);
+            act.close(close::POLICY, "token expired", false, ctx);
+        }));
+        self.access = Access::Granted(grant);
+    }
+
+    /// Whether the session's access allows `check` (always, with authentication off).
+    fn allowed(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
+        match &self.access {
+            Access::Open => true,
+            Access::Pending => false,
+            Access::Granted(grant) => check(grant),
+        }
+    }
+
+    pub(super) fn dispatch(
+        &mut self,
+        op: ClientOp,
+        reference: Option<Box<RawValue>>,
+        ctx: &mut Context<Self>,
+    ) {
+        let result = match op {
+            ClientOp::Subscribe { room } => self.subscribe(&room, reference.clone(), ctx),
+            ClientOp::Unsubscribe { room } => self.unsubscribe(&room, reference.as_deref(), ctx),
+            ClientOp::Publish { room, event } => {
+                self.publish(&room, &event, reference.clone(), ctx)
+            }
+            ClientOp::Ping => {
+                self.reply(Reply::Pong, reference.as_deref(), ctx);
+                Ok(())
+            }
+            ClientOp::Auth { token } => {
+                self.authenticate(&token, reference.as_deref(), ctx);
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            self.refuse(&error, reference.as_deref(), ctx);
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        name: &str,
+        reference: Reference,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
+        let room = wire::room(name)?;
+        if !self.allowed(|grant| grant.may_subscribe(&room)) {
+            return Err(Error::NotAllowed(format!(
+                "this token may not subscribe to {room}"
+            )));
+        }
+        let attempt = match self.rooms.subscribe(&room, reference)? {
+            Join::Joined(reference) => {
+                self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
+                return Ok(());
+            }
+            Join::Waiting => return Ok(()),
+            Join::Ask(attempt) => attempt,
+        };
+        let request = self.state.broker.send(Subscribe {
+            room: room.clone(),
+            recipient: ctx.address().recipient(),
+            on_evicted: Some(ctx.address().recipient()),
+        });
+        answer(request)
+            .into_actor(self)
+            .map(move |result, act, ctx| act.joined(room, attempt, result, ctx))
+            .spawn(ctx);
+        Ok(())
+    }
+
+    /// The broker answered a subscribe: reply to every frame waiting for it.
+    fn joined(
+        &mut self,
+        room: Room,
+        attempt: u64,
+        result: Result<(), ActorError>,
+        ctx: &mut Context<Self>,
+    ) {
+        match self.rooms.answered(&room, attempt, result.is_ok()) {
+            Answer::Reply(waiting) => {
+                for reference in waiting {
+                    match &result {
+                        Ok(()) => self.reply(
+                            Reply::Subscribed {
+                                room: room.as_str(),
+                            },
+                            reference.as_deref(),
+                            ctx,
+                        ),
+                        Err(e) => self.refuse(
+                            &Error::SubscribeFailed(e.to_string()),
+                            reference.as_deref(),
+                            ctx,
+                        ),
+                    }
+                }
+            }
+            Answer::Leave => self.leave_room(room, ctx),
+            Answer::Nothing => {}
+        }
+    }
+
+    fn unsubscribe(
+        &mut self,
+        name: &str,
+        reference: Option<&RawValue>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
+        let room = wire::room(name)?;
+        let cut_short =
+            Error::SubscribeFailed("unsubscribed before the subscription was confirmed".into());
+        for waiting in self.rooms.unsubscribe(&room) {
+            self.refuse(&cut_short, waiting.as_deref(), ctx);
+        }
+        self.leave_room(room, ctx);
+        self.reply(Reply::Unsubscribed { room: name }, reference, ctx);
+        Ok(())
+    }
+
+    fn leave_room(&self, room: Room, ctx: &mut Context<Self>) {
+        self.state.broker.do_send(Unsubscribe {
+            room,
+            recipient: ctx.address().recipient(),
+        });
+    }
+
+    fn publish(
+        &mut self,
+        name: &str,
+        event: &RawValue,
+        reference: Option<Box<RawValue>>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
+        match self.budget.spend(Instant::now()) {
+            Spend::Allowed => {}
+            Spend::Refused => {
+                return Err(Error::RateLimited(self.state.session.limits.publish_rate))
+            }
+            Spend::Exhausted => {
+                log::warn!(
+                    "session on {}: publish rate limit exceeded 100 times in a row; closing",
+                    self.state.server_id
+                );
+                self.close(close::POLICY, "publish rate limit", false, ctx);
+                return Ok(());
+            }
+        }
+        let (room, event) = wire::new_event(name, event, self.state.session.limits.event_bytes)?;
+        if !self.allowed(|grant| grant.may_publish(&room)) {
+            return Err(Error::NotAllowed(format!(
+                "this token may not publish in {room}"
+            )));
+        }
+        let request = self.state.broker.send(Publish {
+            room: room.clone(),
+            event,
+        });
+        answer(request)
+            .into_actor(self)
+            .map(move |result, act, ctx| match result {
+                Ok(()) => act.reply(
+                    Reply::Published {
+                        room: room.as_str(),
+                    },
+                    reference.as_deref(),
+                    ctx,
+                ),
+                Err(e) => act.refuse(
+                    &Error::PublishFailed(e.to_string()),
+                    reference.as_deref(),
+                    ctx,
+                ),
+            })
+            .spawn(ctx);
+        Ok(())
+    }
+}
+
+/// A broker request's answer; a broker that is gone means the server is stopping.
+async fn answer(
+    request: impl Future<Output = Result<Result<(), ActorError>, MailboxError>>,
+) -> Result<(), ActorError> {
+    request.await?
+}
