@@ -88,7 +88,7 @@ stop_pid "$bare_b_pid"
 
 echo "== scenario 4: publish path into Redis, beside redis-benchmark"
 timeout 120 "$loadgen" publish-path --redis-url "redis://127.0.0.1:$sb_redis" --duration 5 \
-  --concurrency 256 --out "$results/s4-publish-path.json"
+  --concurrency 1024 --out "$results/s4-publish-path.json"
 redis_bench_cmd=(redis-benchmark -p "$sb_redis" -n 200000 -P 16 -q PUBLISH ch hello)
 echo "${redis_bench_cmd[*]}" >"$results/s4-redis-benchmark-command.txt"
 timeout 120 "${redis_bench_cmd[@]}" | tr '\r' '\n' | grep -a 'requests per second' | tail -1 \

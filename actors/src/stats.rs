@@ -114,12 +114,17 @@ impl SubscriberStats {
 }
 
 fn room_entry<'a, T: Default>(map: &'a mut BTreeMap<String, T>, room: &str) -> &'a mut T {
+    // Looked up by `&str` first: the common case, a room already counted, allocates
+    // nothing.
     let key = if map.contains_key(room) || map.len() < MAX_ROOMS_IN_STATS {
         room
     } else {
         OTHER_ROOMS
     };
-    map.entry(key.to_owned()).or_default()
+    if !map.contains_key(key) {
+        map.insert(key.to_owned(), T::default());
+    }
+    map.get_mut(key).expect("inserted above")
 }
 
 #[cfg(test)]
