@@ -6,19 +6,13 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{
-    now_ms, u64_at, unique_prefix, wait_until, RedisServer, Server, ServerBuilder, WsClient,
-};
+use support::{now_ms, u64_at, unique_prefix, wait_until, RedisServer, Server, WsClient};
 
 const EVENT_TIMEOUT: Duration = Duration::from_secs(5);
 const SETTLE: Duration = Duration::from_secs(3);
 
 async fn server(redis: &RedisServer, prefix: &str, id: &str) -> Server {
-    ServerBuilder::new()
-        .redis(redis, prefix)
-        .id(id)
-        .spawn()
-        .await
+    support::server::on_redis(redis, prefix, id).await
 }
 
 /// Checks an envelope published by a Switchboard server: `type`, `data`, the

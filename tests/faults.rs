@@ -25,11 +25,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 const PEER_HEARTBEAT: Duration = Duration::from_millis(200);
 
 async fn server(redis: &RedisServer, prefix: &str, id: &str) -> Server {
-    ServerBuilder::new()
-        .redis(redis, prefix)
-        .id(id)
-        .spawn()
-        .await
+    support::server::on_redis(redis, prefix, id).await
 }
 
 /// Waits until `/health` answers `status`; returns how long that took.

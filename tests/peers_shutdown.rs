@@ -13,11 +13,7 @@ const DISCOVERY: Duration = Duration::from_secs(3);
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn server(redis: &RedisServer, prefix: &str, id: &str) -> Server {
-    ServerBuilder::new()
-        .redis(redis, prefix)
-        .id(id)
-        .spawn()
-        .await
+    support::server::on_redis(redis, prefix, id).await
 }
 
 async fn wait_lists(server: &Server, peer: &str) {

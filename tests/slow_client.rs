@@ -81,27 +81,12 @@ async fn a_client_that_stops_reading_is_closed_with_1013_and_others_get_everythi
     steady.assert_alive().await;
     assert_eq!(slow_consumer_closes(&a).await, 1);
 
-    let code = read_until_close(&mut slow, Duration::from_secs(10)).await;
+    let code = slow.read_until_close(Duration::from_secs(10)).await;
     assert_eq!(
         code,
         Some(1013),
         "the slow client's connection ended without close 1013"
     );
-}
-
-/// Drains a raw connection to its close frame: its code, or `None` at end of stream.
-async fn read_until_close(raw: &mut RawWs, timeout: Duration) -> Option<u16> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match raw.read_frame(left).await {
-            RawFrame::Eof => return None,
-            frame @ RawFrame::Frame {
-                opcode: OP_CLOSE, ..
-            } => return frame.close_code(),
-            RawFrame::Frame { .. } => continue,
-        }
-    }
 }
 
 const HEARTBEAT: Duration = Duration::from_millis(300);

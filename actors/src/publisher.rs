@@ -335,6 +335,12 @@ impl Actor for RedisPublisher {
                 ctx.run_later(delay, Self::connect);
             }
         }
+        // Publishes queued when the link was lost: without a connection now, they
+        // take the retry path.
+        if !self.queue.is_empty() {
+            self.flush_scheduled = true;
+            ctx.notify(Flush);
+        }
     }
 }
 
@@ -343,6 +349,8 @@ impl Supervised for RedisPublisher {
         self.conn = None;
         self.link.lost();
         self.generation += 1;
+        // A `Flush` notified before the restart is gone with the old context.
+        self.flush_scheduled = false;
     }
 }
 
@@ -435,6 +443,9 @@ impl Handler<Shutdown> for RedisPublisher {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.closed = true;
         self.conn = None;
+        for pending in self.queue.drain(..) {
+            let _ = pending.reply.send(Err(Error::ShuttingDown));
+        }
         ctx.stop();
     }
 }

@@ -408,3 +408,12 @@ pub fn body_json(body: &[u8]) -> Value {
     serde_json::from_slice(body)
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()))
 }
+
+/// A server on `redis` with the channel prefix `prefix`: the setup most tests share.
+pub async fn on_redis(redis: &RedisServer, prefix: &str, id: &str) -> Server {
+    ServerBuilder::new()
+        .redis(redis, prefix)
+        .id(id)
+        .spawn()
+        .await
+}
