@@ -161,6 +161,8 @@ pub struct Config {
     pub session: SessionConfig,
     /// How long a graceful shutdown may take.
     pub shutdown_timeout: Duration,
+    /// HTTP worker threads (`HTTP_WORKERS`; default: one per core).
+    pub http_workers: usize,
 }
 
 impl Config {
@@ -228,6 +230,7 @@ impl Config {
             peers,
             session,
             shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", Self::DEFAULT_SHUTDOWN_TIMEOUT)?,
+            http_workers: env.number("HTTP_WORKERS", default_workers() as u64, 1, 256)? as usize,
         })
     }
 }
@@ -379,6 +382,12 @@ fn redis_client(env: &Env<'_>) -> Result<Option<redis::Client>, ConfigError> {
     Ok(Some(client))
 }
 
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
 fn default_server_id() -> String {
     let secs = switchboard_actors::now_ms() / 1000;
     format!("server_{}_{secs}", std::process::id())
@@ -511,6 +520,7 @@ mod tests {
             ("AUTH_JWT_AUDIENCE", "app"),
             ("AUTH_TIMEOUT_MS", "0"),
             ("CLIENT_TIMEOUT_MS", "5000"),
+            ("HTTP_WORKERS", "0"),
         ] {
             let mut vars = vec![(name, value)];
             if name == "PUBLISH_RETRIES" {

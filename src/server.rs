@@ -245,6 +245,7 @@ pub async fn serve(
     let configure = switchboard.configure();
     let server = HttpServer::new(move || App::new().configure(configure.clone()))
         .on_connect(Switchboard::on_connect)
+        .workers(config.http_workers)
         .disable_signals()
         .shutdown_timeout(1)
         .listen(listener)?
