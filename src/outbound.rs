@@ -28,9 +28,14 @@ const OP_CLOSE: u8 = 0x8;
 const OP_PING: u8 = 0x9;
 const OP_PONG: u8 = 0xA;
 
-/// The queue is over one of its limits: the client does not keep up.
+/// Why a frame was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Overflow;
+pub enum Overflow {
+    /// The queue is over one of its limits: the client does not keep up.
+    Backlog,
+    /// The frame alone is larger than the whole byte limit: no client could take it.
+    FrameTooLarge,
+}
 
 /// The session's end of the queue. Session and body live on the same HTTP worker
 /// thread, so they share the queue through `Rc<RefCell>`: no lock, no atomics.
@@ -155,8 +160,11 @@ impl Outbound {
             return Ok(());
         }
         let size = payload.len() + header_len(payload.len());
+        if size > queue.max_bytes {
+            return Err(Overflow::FrameTooLarge);
+        }
         if queue.frames + 1 > queue.max_frames || queue.bytes + size > queue.max_bytes {
-            return Err(Overflow);
+            return Err(Overflow::Backlog);
         }
         queue.append(opcode, payload);
         queue.wake();
@@ -309,10 +317,13 @@ mod tests {
         for _ in 0..3 {
             out.text("x".into()).unwrap();
         }
-        assert_eq!(out.text("x".into()), Err(Overflow));
+        assert_eq!(out.text("x".into()), Err(Overflow::Backlog));
         let (out, _body) = Outbound::new(10, 100, None);
         out.text("12345678".into()).unwrap();
-        assert_eq!(out.text("1".into()), Err(Overflow));
+        assert_eq!(out.text("1".into()), Err(Overflow::Backlog));
+        let (out, _body) = Outbound::new(10, 100, None);
+        assert_eq!(out.text("12345678901".into()), Err(Overflow::FrameTooLarge));
+        assert_eq!(out.backlog(), (0, 0), "nothing queued, nothing lost");
     }
 
     #[test]

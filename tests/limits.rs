@@ -141,3 +141,28 @@ async fn the_outbound_byte_limit_closes_a_slow_client_with_1013() {
         publisher.assert_alive().await;
     }
 }
+
+/// An event from Redis larger than a client's whole outbound budget cannot be sent
+/// to anyone: it is skipped, and nobody is closed for it.
+#[actix_web::test]
+async fn an_event_larger_than_the_outbound_limit_is_skipped_not_fatal() {
+    let redis = support::RedisServer::start().await;
+    let prefix = support::unique_prefix("huge");
+    let server = ServerBuilder::new()
+        .redis(&redis, &prefix)
+        .id("limits-huge")
+        .env("LIMIT_OUTBOUND_BYTES", "16384")
+        .spawn()
+        .await;
+    let mut c = WsClient::connect(&server).await;
+    c.subscribe("feed").await;
+    let huge = json!({"type": "huge", "data": "x".repeat(40_000)}).to_string();
+    redis.publish(&format!("{prefix}feed"), &huge).await;
+    let small = json!({"type": "small", "data": 1}).to_string();
+    redis.publish(&format!("{prefix}feed"), &small).await;
+    let next = c.recv_event("feed", REPLY_TIMEOUT).await;
+    assert_eq!(next["event"]["type"], "small", "{next}");
+    c.assert_alive().await;
+    let stats = server.stats().await;
+    assert_eq!(u64_at(&stats, "/connections/slowConsumerCloses"), 0);
+}

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use switchboard_actors::{Delivery, Evicted, Leave};
 
 use crate::{
-    outbound::Outbound,
+    outbound::{Outbound, Overflow},
     rate::PublishBudget,
     rooms::SessionRooms,
     wire::{self, ClientOp, Reply},
@@ -85,8 +85,16 @@ impl Session {
     }
 
     fn send(&mut self, text: ByteString, ctx: &mut Context<Self>) {
-        if self.out.text(text).is_err() {
-            self.slow_consumer(ctx);
+        let size = text.len();
+        match self.out.text(text) {
+            Ok(()) => {}
+            Err(Overflow::Backlog) => self.slow_consumer(ctx),
+            // Only an event from Redis can be this large (client events are held to
+            // LIMIT_EVENT_BYTES): it is skipped, and the client stays.
+            Err(Overflow::FrameTooLarge) => log::warn!(
+                "session on {}: skipped a frame of {size} bytes, over LIMIT_OUTBOUND_BYTES",
+                self.state.server_id
+            ),
         }
     }
 
