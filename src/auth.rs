@@ -177,23 +177,22 @@ impl Pattern {
 
     /// Whether `room` matches.
     pub fn matches(&self, room: &str) -> bool {
-        let parts: Vec<&str> = room.split(':').collect();
-        let fixed = self.segments.len();
-        let lengths_fit = if self.tail {
-            parts.len() > fixed
+        let mut parts = room.split(':');
+        let fixed_fit = self.segments.iter().all(|segment| match parts.next() {
+            Some(part) if !part.is_empty() => match segment {
+                Segment::Any => true,
+                Segment::Literal(literal) => literal == part,
+            },
+            _ => false,
+        });
+        // What is left: nothing, or with a trailing `**` one or more non-empty segments.
+        let mut rest = parts.peekable();
+        let rest_fit = if self.tail {
+            rest.peek().is_some() && rest.all(|part| !part.is_empty())
         } else {
-            parts.len() == fixed
+            rest.next().is_none()
         };
-        lengths_fit
-            && parts.iter().all(|p| !p.is_empty())
-            && self
-                .segments
-                .iter()
-                .zip(&parts)
-                .all(|(segment, part)| match segment {
-                    Segment::Any => true,
-                    Segment::Literal(literal) => literal == part,
-                })
+        fixed_fit && rest_fit
     }
 }
 
