@@ -48,14 +48,26 @@ pub struct OutboundBody {
     queue: Rc<RefCell<Queue>>,
 }
 
+/// One frame waiting for the socket: its header and its payload (shared, not copied),
+/// handed over as two parts.
+struct Frame {
+    header: Option<Bytes>,
+    payload: Bytes,
+}
+
+impl Frame {
+    /// Whether the socket has taken part of it already: then it must be finished, or
+    /// the stream would be cut in the middle of a frame.
+    fn started(&self) -> bool {
+        self.header.is_none()
+    }
+}
+
 struct Queue {
-    /// Frame headers and payloads, in order; payloads are shared, not copied.
-    parts: VecDeque<Bytes>,
+    /// Frames in order.
+    frames: VecDeque<Frame>,
+    /// Bytes of `frames` the socket has not taken.
     bytes: usize,
-    frames: usize,
-    /// Ends of frames, as part counts, so `frames` falls as frames are written.
-    frame_ends: VecDeque<usize>,
-    parts_taken: usize,
     max_bytes: usize,
     max_frames: usize,
     waker: Option<Waker>,
@@ -76,11 +88,8 @@ impl Outbound {
         socket: Option<RawFd>,
     ) -> (Outbound, OutboundBody) {
         let queue = Rc::new(RefCell::new(Queue {
-            parts: VecDeque::new(),
+            frames: VecDeque::new(),
             bytes: 0,
-            frames: 0,
-            frame_ends: VecDeque::new(),
-            parts_taken: 0,
             max_bytes,
             max_frames,
             waker: None,
@@ -139,7 +148,7 @@ impl Outbound {
     /// Bytes and frames the socket has not taken yet.
     pub fn backlog(&self) -> (usize, usize) {
         let queue = self.queue.borrow();
-        (queue.bytes, queue.frames)
+        (queue.bytes, queue.frames.len())
     }
 
     /// Resets the TCP connection if it is still open: for a client that stopped
@@ -163,7 +172,7 @@ impl Outbound {
         if size > queue.max_bytes {
             return Err(Overflow::FrameTooLarge);
         }
-        if queue.frames + 1 > queue.max_frames || queue.bytes + size > queue.max_bytes {
+        if queue.frames.len() + 1 > queue.max_frames || queue.bytes + size > queue.max_bytes {
             return Err(Overflow::Backlog);
         }
         queue.append(opcode, payload);
@@ -176,21 +185,17 @@ impl Queue {
     fn append(&mut self, opcode: u8, payload: Bytes) {
         let header = header(opcode, payload.len());
         self.bytes += header.len() + payload.len();
-        self.frames += 1;
-        self.parts.push_back(header);
-        if !payload.is_empty() {
-            self.parts.push_back(payload);
-        }
-        self.frame_ends
-            .push_back(self.parts_taken + self.parts.len());
+        self.frames.push_back(Frame {
+            header: Some(header),
+            payload,
+        });
     }
 
+    /// Drops every frame the socket has not started on.
     fn clear(&mut self) {
-        self.parts_taken += self.parts.len();
-        self.parts.clear();
-        self.frame_ends.clear();
-        self.bytes = 0;
-        self.frames = 0;
+        let keep = usize::from(self.frames.front().is_some_and(Frame::started));
+        self.frames.truncate(keep);
+        self.bytes = self.frames.iter().map(|f| f.payload.len()).sum();
     }
 
     fn wake(&mut self) {
@@ -199,25 +204,20 @@ impl Queue {
         }
     }
 
-    /// Takes the next part as it is: the HTTP layer copies it into its own write
-    /// buffer, so coalescing here would copy every byte twice.
+    /// Takes the next part as it is (a header, or a payload): the HTTP layer copies it
+    /// into its own write buffer, so coalescing here would copy every byte twice.
     fn take_part(&mut self) -> Option<Bytes> {
-        let part = self.parts.pop_front()?;
-        self.note_taken(part.len());
+        let front = self.frames.front_mut()?;
+        let part = match front.header.take() {
+            Some(header) if !front.payload.is_empty() => header,
+            Some(header) => {
+                self.frames.pop_front();
+                header
+            }
+            None => self.frames.pop_front().expect("front exists").payload,
+        };
+        self.bytes -= part.len();
         Some(part)
-    }
-
-    fn note_taken(&mut self, len: usize) {
-        self.parts_taken += 1;
-        self.bytes -= len;
-        while self
-            .frame_ends
-            .front()
-            .is_some_and(|end| *end <= self.parts_taken)
-        {
-            self.frame_ends.pop_front();
-            self.frames -= 1;
-        }
     }
 }
 
@@ -241,7 +241,8 @@ impl Drop for OutboundBody {
     fn drop(&mut self) {
         let mut queue = self.queue.borrow_mut();
         queue.body_gone = true;
-        queue.clear();
+        queue.frames.clear();
+        queue.bytes = 0;
     }
 }
 
@@ -338,6 +339,24 @@ mod tests {
         );
         let mut cx = Context::from_waker(noop_waker_ref());
         assert!(matches!(body.poll_next_unpin(&mut cx), Poll::Ready(None)));
+    }
+
+    #[test]
+    fn a_close_never_cuts_a_frame_the_socket_started() {
+        let (out, mut body) = Outbound::new(1000, 10, None);
+        out.text("first".into()).unwrap();
+        out.text("second".into()).unwrap();
+        let mut cx = Context::from_waker(noop_waker_ref());
+        // The socket takes the first frame's header only.
+        assert!(
+            matches!(body.poll_next_unpin(&mut cx), Poll::Ready(Some(Ok(h))) if h[..] == [0x81, 5])
+        );
+        out.close(1013, "slow", true);
+        assert_eq!(
+            drain(&mut body),
+            [&b"first"[..], &[0x88, 6, 0x03, 0xF5], b"slow"].concat(),
+            "the started frame is finished, the next one dropped, then the close"
+        );
     }
 
     #[test]

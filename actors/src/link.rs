@@ -139,10 +139,10 @@ impl LinkState {
         (self.failed_attempts > 0).then(|| self.backoff.next_delay())
     }
 
-    /// A connect failed; returns the number of failed attempts so far.
-    pub(crate) fn connect_failed(&mut self) -> u32 {
-        self.failed_attempts += 1;
-        self.failed_attempts
+    /// The number of this connect attempt, for a log line when it fails. (The
+    /// failure is counted by [`LinkState::lost`], when the actor restarts.)
+    pub(crate) fn attempt(&self) -> u32 {
+        self.failed_attempts + 1
     }
 
     /// The link did real work: the next loss reconnects at once.
@@ -181,6 +181,24 @@ pub(crate) async fn with_deadline<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_failed_attempt_counts_once_and_a_proven_link_reconnects_at_once() {
+        let config = RedisConfig::new(redis::Client::open("redis://127.0.0.1:1").unwrap());
+        let mut link = LinkState::new(&config);
+        assert_eq!(link.connect_delay(), None, "the first connect is immediate");
+        assert_eq!(link.attempt(), 1);
+        link.lost(); // the connect failed, the actor restarts
+        assert_eq!(link.failed_attempts(), 1);
+        assert!(link.connect_delay().is_some(), "a failed attempt backs off");
+        link.lost(); // connected, but lost before doing any work
+        assert_eq!(link.failed_attempts(), 2);
+        link.prove();
+        assert_eq!(link.failed_attempts(), 0);
+        link.lost(); // a proven link is lost
+        assert_eq!(link.failed_attempts(), 0);
+        assert_eq!(link.connect_delay(), None, "reconnect at once after a proven link");
+    }
 
     #[test]
     fn prefix_maps_rooms_to_channels_and_back() {

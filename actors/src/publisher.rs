@@ -130,7 +130,7 @@ impl RedisPublisher {
             .map(|result, act, ctx| match result {
                 Ok(conn) => act.connected(conn, ctx),
                 Err(e) => {
-                    let attempts = act.link.connect_failed();
+                    let attempts = act.link.attempt();
                     log::warn!("publisher: cannot connect to redis (attempt {attempts}): {e}");
                     ctx.stop();
                 }
@@ -213,6 +213,10 @@ impl RedisPublisher {
     }
 
     fn enqueue(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        if self.closed {
+            let _ = pending.reply.send(Err(Error::ShuttingDown));
+            return;
+        }
         self.queue.push(pending);
         if !self.flush_scheduled {
             self.flush_scheduled = true;
@@ -239,6 +243,13 @@ impl RedisPublisher {
             None => batch
                 .into_iter()
                 .for_each(|pending| self.not_sent(pending, ctx)),
+        }
+    }
+
+    /// Answers every queued publish with `error`.
+    fn answer_all(&mut self, error: Error) {
+        for pending in self.queue.drain(..) {
+            let _ = pending.reply.send(Err(error.clone()));
         }
     }
 
@@ -307,18 +318,16 @@ impl RedisPublisher {
                 addr.do_send(LinkLost { generation, why });
             }
         }
+        // Counted before anyone is answered, so a caller that reads `/stats` right
+        // after its answer sees its publish.
         let outcomes = batch
-            .into_iter()
-            .map(|pending| {
-                let _ = pending.reply.send(result.clone());
-                (
-                    pending.event.room().clone(),
-                    result.is_ok(),
-                    pending.retries,
-                )
-            })
+            .iter()
+            .map(|p| (p.event.room().clone(), result.is_ok(), p.retries))
             .collect();
         addr.do_send(PipelineEnded { outcomes });
+        for pending in batch {
+            let _ = pending.reply.send(result.clone());
+        }
     }
 }
 
@@ -327,6 +336,8 @@ impl Actor for RedisPublisher {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         if self.closed {
+            // Publishes that reached the mailbox behind `Shutdown`.
+            self.answer_all(Error::ShuttingDown);
             return;
         }
         match self.link.connect_delay() {
@@ -443,9 +454,7 @@ impl Handler<Shutdown> for RedisPublisher {
     fn handle(&mut self, _: Shutdown, ctx: &mut Context<Self>) {
         self.closed = true;
         self.conn = None;
-        for pending in self.queue.drain(..) {
-            let _ = pending.reply.send(Err(Error::ShuttingDown));
-        }
+        self.answer_all(Error::ShuttingDown);
         ctx.stop();
     }
 }

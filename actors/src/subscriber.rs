@@ -116,7 +116,7 @@ impl RedisSubscriber {
                     ctx.add_stream(stream);
                 }
                 Err(e) => {
-                    let attempts = act.link.connect_failed();
+                    let attempts = act.link.attempt();
                     log::warn!(
                         "subscriber {}: cannot connect to redis (attempt {attempts}): {e}",
                         act.identity.server_id

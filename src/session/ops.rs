@@ -136,6 +136,11 @@ impl Session {
     ) {
         match self.rooms.answered(&room, attempt, result.is_ok()) {
             Answer::Reply(waiting) => {
+                if result.is_err() {
+                    // An earlier attempt the client gave up on may have joined the
+                    // broker meanwhile: the session is in no room it was not told of.
+                    self.leave_room(room.clone(), ctx);
+                }
                 for reference in waiting {
                     match &result {
                         Ok(()) => self.reply(
