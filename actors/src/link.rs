@@ -197,7 +197,11 @@ mod tests {
         assert_eq!(link.failed_attempts(), 0);
         link.lost(); // a proven link is lost
         assert_eq!(link.failed_attempts(), 0);
-        assert_eq!(link.connect_delay(), None, "reconnect at once after a proven link");
+        assert_eq!(
+            link.connect_delay(),
+            None,
+            "reconnect at once after a proven link"
+        );
     }
 
     #[test]
