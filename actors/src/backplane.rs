@@ -3,7 +3,7 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use actix::{Addr, ResponseFuture};
+use actix::{Addr, Handler, Message, ResponseFuture};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -162,13 +162,7 @@ impl Backplane {
             Backplane::Redis {
                 publisher,
                 subscriber,
-            } => {
-                let (p, s) = (publisher.send(ResetStats), subscriber.send(ResetStats));
-                Box::pin(async move {
-                    let _ = p.await;
-                    let _ = s.await;
-                })
-            }
+            } => tell_both(publisher, subscriber, ResetStats),
             Backplane::Memory { stats, .. } => {
                 *stats = PublisherStats::default();
                 Box::pin(async {})
@@ -182,14 +176,28 @@ impl Backplane {
             Backplane::Redis {
                 publisher,
                 subscriber,
-            } => {
-                let (p, s) = (publisher.send(Shutdown), subscriber.send(Shutdown));
-                Box::pin(async move {
-                    let _ = s.await;
-                    let _ = p.await;
-                })
-            }
+            } => tell_both(publisher, subscriber, Shutdown),
             Backplane::Memory { .. } => Box::pin(async {}),
         }
     }
+}
+
+/// Sends `msg` to both links and waits for both; a link that is gone is logged.
+fn tell_both<M>(
+    publisher: &Addr<RedisPublisher>,
+    subscriber: &Addr<RedisSubscriber>,
+    msg: M,
+) -> ResponseFuture<()>
+where
+    M: Message<Result = ()> + Clone + Send + std::fmt::Debug + 'static,
+    RedisPublisher: Handler<M>,
+    RedisSubscriber: Handler<M>,
+{
+    let what = format!("{msg:?}");
+    let (p, s) = (publisher.send(msg.clone()), subscriber.send(msg));
+    Box::pin(async move {
+        if let (Err(e), _) | (_, Err(e)) = (s.await, p.await) {
+            log::warn!("backplane: {what} did not reach a Redis link: {e}");
+        }
+    })
 }

@@ -138,12 +138,12 @@ pub struct Stats {
 pub struct GetStats;
 
 /// Set every counter back to zero and every time back to `None`.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct ResetStats;
 
 /// Stop for good: release every subscription and close the Redis links. Sent by
 /// the server on SIGTERM after its `server_stopped` went out.
-#[derive(Debug, Message)]
+#[derive(Debug, Clone, Copy, Message)]
 #[rtype(result = "()")]
 pub struct Shutdown;
