@@ -268,3 +268,66 @@ async fn a_subscriber_cut_off_by_the_output_buffer_limit_reconnects_and_logs_the
     assert!(bulk < BURST, "the burst should have overrun the limit");
     assert!(logged, "no loss warning in the log:\n{}", a.stderr_tail());
 }
+
+/// An in-process service floods the publisher while Redis holds every write. The
+/// publisher keeps at most `MAX_QUEUED` publishes waiting and `MAX_QUEUED` sent and
+/// unanswered; past that a publish is refused at once (`Overloaded`, counted as
+/// failed) instead of piling up in memory. Every call is answered, and every one
+/// accepted succeeds once the pause ends.
+#[actix_web::test]
+async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bound() {
+    use switchboard_actors::{
+        BackplaneConfig, BrokerConfig, Error, PubSub, RedisConfig, MAX_QUEUED,
+    };
+    const EXTRA: usize = 20_000;
+    let redis = RedisServer::start().await;
+    let mut config = RedisConfig::new(redis::Client::open(redis.url()).unwrap());
+    config.channel_prefix = unique_prefix("flood");
+    let pubsub = PubSub::start(BrokerConfig::new(
+        "flood",
+        BackplaneConfig::Redis(Box::new(config)),
+    ));
+    wait_until(REPLY_TIMEOUT, "the publisher is ready", || async {
+        pubsub
+            .health_status()
+            .await
+            .is_ok_and(|h| h.publisher_ready)
+    })
+    .await;
+    pubsub.reset_stats().await.unwrap();
+
+    let _: () = redis
+        .query(redis::cmd("CLIENT").arg(&["PAUSE", "3000", "WRITE"]))
+        .await;
+    let total = 2 * MAX_QUEUED + EXTRA;
+    let started = Instant::now();
+    let results = join_all((0..total).map(|n| {
+        let pubsub = pubsub.clone();
+        async move { pubsub.publish_to("flood", "n", &n).await }
+    }))
+    .await;
+    let took = started.elapsed();
+    let accepted = results.iter().filter(|r| r.is_ok()).count();
+    let refused = results
+        .iter()
+        .filter(|r| matches!(r, Err(Error::Overloaded)))
+        .count();
+    let stats = pubsub.publisher_stats().await.unwrap();
+    eprintln!(
+        "flood: {total} publishes answered in {took:?}: {accepted} accepted, {refused} refused; \
+         stats: {} succeeded, {} failed",
+        stats.successful_publishes, stats.failed_publishes
+    );
+    assert_eq!(accepted + refused, total, "every other outcome is a bug");
+    // Waiting: MAX_QUEUED; sent: fewer than MAX_QUEUED before the last pipeline
+    // (at most 512) went.
+    let bound = 2 * MAX_QUEUED + 512;
+    assert!(
+        accepted <= bound,
+        "at most {bound} may wait: {accepted} accepted"
+    );
+    assert!(accepted >= MAX_QUEUED, "the queue's worth is accepted");
+    assert_eq!(stats.successful_publishes, accepted as u64);
+    assert_eq!(stats.failed_publishes, refused as u64);
+    pubsub.shutdown().await.unwrap();
+}

@@ -3,7 +3,10 @@
 
 use std::{collections::HashSet, sync::Arc};
 
-use actix::{Addr, Handler, Message, ResponseFuture};
+use actix::{
+    dev::{MessageResponse, OneshotSender},
+    Actor, Addr, Handler, Message, ResponseFuture,
+};
 use tokio::sync::mpsc;
 
 use crate::{
@@ -93,15 +96,12 @@ impl Backplane {
     }
 
     /// Sends an event to the other servers.
-    pub(crate) fn publish(&mut self, event: Arc<Event>) -> ResponseFuture<Result<(), Error>> {
+    pub(crate) fn publish(&mut self, event: Arc<Event>) -> Publishing {
         match self {
-            Backplane::Redis { publisher, .. } => {
-                let sent = publisher.send(PublishEvent { event });
-                Box::pin(async move { sent.await? })
-            }
+            Backplane::Redis { publisher, .. } => Publishing::Forward(publisher.clone(), event),
             Backplane::Memory { stats, .. } => {
                 stats.record(event.room().as_str(), true, 0);
-                Box::pin(async { Ok(()) })
+                Publishing::Done(Ok(()))
             }
         }
     }
@@ -200,4 +200,35 @@ where
             log::warn!("backplane: {what} did not reach a Redis link: {e}");
         }
     })
+}
+
+/// The broker's answer to a publish: known now, or the publisher's to give. The
+/// publisher gets the caller's own answer channel, so a publish through the broker
+/// spawns no task and waits on no channel of the broker's.
+pub enum Publishing {
+    /// The outcome, already known.
+    Done(Result<(), Error>),
+    /// Hand the event and the caller's answer channel to the Redis publisher.
+    Forward(Addr<RedisPublisher>, Arc<Event>),
+}
+
+impl<A, M> MessageResponse<A, M> for Publishing
+where
+    A: Actor,
+    M: Message<Result = Result<(), Error>>,
+{
+    fn handle(self, _ctx: &mut A::Context, tx: Option<OneshotSender<Result<(), Error>>>) {
+        match self {
+            Publishing::Done(outcome) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(outcome);
+                }
+            }
+            // A publisher that is gone drops `tx`: the caller sees a closed mailbox,
+            // which is shutting down.
+            Publishing::Forward(publisher, event) => {
+                publisher.do_send(PublishEvent { event, reply: tx })
+            }
+        }
+    }
 }

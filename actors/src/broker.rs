@@ -10,7 +10,7 @@ use actix::{dev::SendError, prelude::*};
 use tokio::sync::mpsc;
 
 use crate::{
-    backplane::{Backplane, BackplaneConfig},
+    backplane::{Backplane, BackplaneConfig, Publishing},
     subscriber::SubscriberIdentity,
     Delivery, Error, Event, EvictReason, Evicted, GetHealth, GetStats, HealthStatus, Leave,
     Publish, ResetStats, Room, Shutdown, Stats, Subscribe, Unsubscribe, UnsubscribeAll,
@@ -224,11 +224,11 @@ impl Actor for Broker {
 }
 
 impl Handler<Publish> for Broker {
-    type Result = ResponseFuture<Result<(), Error>>;
+    type Result = Publishing;
 
-    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Publishing {
         if self.closed {
-            return Box::pin(async { Err(Error::ShuttingDown) });
+            return Publishing::Done(Err(Error::ShuttingDown));
         }
         let event = Arc::new(Event::encode(msg.room, &msg.event, &self.server_id));
         self.deliver(event.clone());

@@ -29,6 +29,10 @@ pub enum Error {
     /// A deadline passed; what was sent may or may not have been applied.
     #[error("timed out after {0} ms: {1}")]
     Timeout(u64, &'static str),
+    /// The publisher's queue is full ([`MAX_QUEUED`](crate::publisher::MAX_QUEUED)
+    /// publishes waiting); nothing was sent.
+    #[error("too many publishes waiting for redis")]
+    Overloaded,
     /// The broker or a link actor is gone (the system is shutting down).
     #[error("switchboard is shutting down")]
     ShuttingDown,

@@ -56,7 +56,7 @@ mod subscriber;
 mod subscriptions;
 
 pub use backoff::Backoff;
-pub use backplane::BackplaneConfig;
+pub use backplane::{BackplaneConfig, Publishing};
 pub use broker::{new_instance_id, Broker, BrokerConfig, INBOUND_CAPACITY};
 pub use error::Error;
 pub use event::{now_ms, Event, NewEvent};
@@ -64,7 +64,7 @@ pub use handle::PubSub;
 pub use link::{GetLinkStatus, LinkStatus, RedisConfig};
 pub use messages::*;
 pub use peers::{AnnounceStop, ConnectionGauge, GetPeers, PeerInfo, PeerList, Peers, PeersConfig};
-pub use publisher::{GetPublisherStats, PublishEvent, RedisPublisher};
+pub use publisher::{GetPublisherStats, PublishEvent, RedisPublisher, Reply, MAX_QUEUED};
 pub use room::{Room, SYSTEM_EVENTS, SYSTEM_PREFIX};
 pub use stats::{
     PublishCounts, PublisherStats, ReceiveCounts, SubscriberStats, MAX_ROOMS_IN_STATS, OTHER_ROOMS,

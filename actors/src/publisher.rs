@@ -1,10 +1,9 @@
 //! The `RedisPublisher` actor: owns the publishing connection.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
-use actix::prelude::*;
+use actix::{dev::OneshotSender, prelude::*};
 use redis::{aio::MultiplexedConnection, ErrorKind, ProtocolVersion, PushInfo, PushKind};
-use tokio::sync::oneshot;
 
 use crate::{
     link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig},
@@ -30,32 +29,76 @@ pub struct RedisPublisher {
     /// Bumped on every restart, so a late report about an old connection is ignored.
     generation: u64,
     link: LinkState,
-    /// Publishes waiting for the next pipeline. Bounded by the callers: each waits
-    /// for its answer, and the broker's `send` waits when this mailbox is full.
+    /// Publishes waiting for the next pipeline, at most [`MAX_QUEUED`].
     queue: Vec<Pending>,
+    /// Publishes refused since the queue last had room (logged once per episode).
+    refused: u64,
     /// A [`Flush`] is on its way: publishes arriving meanwhile join its pipeline.
     flush_scheduled: bool,
+    /// Pipelines of this connection sent and not yet answered.
+    in_flight: usize,
+    /// Publishes in those pipelines (and in older connections' unanswered ones).
+    in_flight_publishes: usize,
+    /// The timer that sends a held queue after [`MAX_HOLD`].
+    hold: Option<SpawnHandle>,
     stats: PublisherStats,
     closed: bool,
 }
+
+/// Where a publish's outcome goes: the publishing caller's own answer channel,
+/// handed through the broker, so a publish costs no task or channel of its own here.
+pub type Reply = OneshotSender<Result<(), Error>>;
 
 /// One publish on its way, with the caller's answer.
 struct Pending {
     event: Arc<Event>,
     /// Retries made so far (attempts that found no connection).
     retries: u32,
-    reply: oneshot::Sender<Result<(), Error>>,
+    reply: Option<Reply>,
+}
+
+impl Pending {
+    fn answer(self, outcome: Result<(), Error>) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(outcome);
+        }
+    }
 }
 
 /// The most PUBLISH commands in one pipeline.
 const MAX_PIPELINE: usize = 512;
 
-/// Publish one encoded event on its room's channel (sent by the broker).
+/// Pipelines out at once before the queue waits for one to end. A publish that
+/// finds nothing in flight goes at once; under load the queue grows during one
+/// round trip into the next pipeline, so the fixed cost of a pipeline (a task, a
+/// write, a read, waking the connection) is shared by hundreds of publishes. With
+/// no limit pipelines averaged 128 publishes and the publish path ran at 750k
+/// events/s; with one in flight they average about 490 and it runs at 850-900k
+/// (`switchboard-loadgen publish-path --concurrency 1024`).
+const MAX_IN_FLIGHT: usize = 1;
+
+/// The longest a queued publish waits for a pipeline to end before it is sent
+/// anyway (while fewer than [`MAX_QUEUED`] are unanswered): a stalled Redis delays
+/// the queue by this, not by the response deadline, so every publish still gets its
+/// own full deadline.
+const MAX_HOLD: Duration = Duration::from_millis(1);
+
+/// The most publishes waiting for a pipeline (or for a retry), and the most sent
+/// and unanswered. Past it a publish is refused at once with [`Error::Overloaded`]:
+/// a stalled Redis costs at most twice this many events in memory. In practice the
+/// callers bound the queue first (each waits for its answer); this is the guard
+/// against a flood from in-process services.
+pub const MAX_QUEUED: usize = 65_536;
+
+/// Publish one encoded event on its room's channel, answering `reply` (sent by the
+/// broker, which passes the publishing caller's answer channel along).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), Error>")]
+#[rtype(result = "()")]
 pub struct PublishEvent {
     /// The event; its JSON goes to Redis as is.
     pub event: Arc<Event>,
+    /// Gets the outcome; `None` when nobody waits for it.
+    pub reply: Option<Reply>,
 }
 
 /// Ask the publisher for its statistics.
@@ -77,6 +120,8 @@ struct Retry(Pending);
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PipelineEnded {
+    /// The connection it ran on (see [`RedisPublisher::generation`]).
+    generation: u64,
     /// Each publish's room, whether Redis took it, and its retries.
     outcomes: Vec<(Room, bool, u32)>,
 }
@@ -92,20 +137,24 @@ struct LinkLost {
 }
 
 impl RedisPublisher {
-    /// Starts the publisher under a supervisor, on an arbiter (thread) of its own:
-    /// encoding and fan-out on the broker's thread and Redis I/O here then use both
-    /// cores (the publish path ran 21 % faster so). The thread lives as long as the
-    /// actix system; dropping the `Arbiter` handle does not stop it.
+    /// Starts the publisher under a supervisor, on the caller's arbiter (the
+    /// broker's thread). On an arbiter of its own the publish path swung between
+    /// 400k and 850k events/s with the placement of three busy threads (broker,
+    /// publisher, redis-server) on two cores; here it runs at 850-900k every time,
+    /// and an event crosses one thread fewer on its way to Redis.
     pub fn start(config: Arc<RedisConfig>) -> Addr<RedisPublisher> {
         let link = LinkState::new(&config);
-        let arbiter = actix::Arbiter::new();
-        Supervisor::start_in_arbiter(&arbiter.handle(), move |_| RedisPublisher {
+        Supervisor::start(move |_| RedisPublisher {
             config,
             conn: None,
             generation: 0,
             link,
             queue: Vec::new(),
+            refused: 0,
             flush_scheduled: false,
+            in_flight: 0,
+            in_flight_publishes: 0,
+            hold: None,
             stats: PublisherStats::default(),
             closed: false,
         })
@@ -214,13 +263,40 @@ impl RedisPublisher {
 
     fn enqueue(&mut self, pending: Pending, ctx: &mut Context<Self>) {
         if self.closed {
-            let _ = pending.reply.send(Err(Error::ShuttingDown));
+            pending.answer(Err(Error::ShuttingDown));
             return;
         }
+        if self.queue.len() >= MAX_QUEUED {
+            self.refuse(pending);
+            return;
+        }
+        if self.refused > 0 && self.queue.len() < MAX_QUEUED / 2 {
+            log::warn!("publisher: queue has room again; refused {}", self.refused);
+            self.refused = 0;
+        }
         self.queue.push(pending);
-        if !self.flush_scheduled {
+        self.schedule_flush(ctx);
+    }
+
+    /// Arranges for the queue to be sent: at once while fewer than [`MAX_IN_FLIGHT`]
+    /// pipelines are out (or there is no connection, for the retry path), else when
+    /// one of them ends or after [`MAX_HOLD`], whichever comes first.
+    fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() || self.flush_scheduled {
+            return;
+        }
+        if self.in_flight < MAX_IN_FLIGHT || self.conn.is_none() {
             self.flush_scheduled = true;
             ctx.notify(Flush);
+        } else if self.hold.is_none() {
+            self.hold = Some(ctx.run_later(MAX_HOLD, |act, ctx| {
+                act.hold = None;
+                // Past the bound the queue waits for a pipeline to end (each has
+                // its deadline) and then fills up to its own limit.
+                if act.in_flight_publishes < MAX_QUEUED {
+                    act.flush(ctx);
+                }
+            }));
         }
     }
 
@@ -228,28 +304,42 @@ impl RedisPublisher {
     /// connection: one write, one round trip, one answer for all of them. Without a
     /// connection each publish is retried after its delay, or fails.
     fn flush(&mut self, ctx: &mut Context<Self>) {
+        if let Some(hold) = self.hold.take() {
+            ctx.cancel_future(hold);
+        }
         let take = self.queue.len().min(MAX_PIPELINE);
         let batch: Vec<Pending> = self.queue.drain(..take).collect();
-        if !self.queue.is_empty() {
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
-        }
         match self.conn.clone() {
-            Some(conn) => {
+            Some(conn) if !batch.is_empty() => {
                 let pipeline = self.pipeline(&batch);
                 let (addr, generation) = (ctx.address(), self.generation);
+                self.in_flight += 1;
+                self.in_flight_publishes += batch.len();
                 actix::spawn(Self::send_pipeline(conn, pipeline, batch, addr, generation));
             }
-            None => batch
+            _ => batch
                 .into_iter()
                 .for_each(|pending| self.not_sent(pending, ctx)),
         }
+        self.schedule_flush(ctx);
+    }
+
+    /// Refuses a publish because the queue is full: counted as failed, logged once
+    /// per episode.
+    fn refuse(&mut self, pending: Pending) {
+        if self.refused == 0 {
+            log::warn!("publisher: {MAX_QUEUED} publishes queued; refusing more until it drains");
+        }
+        self.refused += 1;
+        self.stats
+            .record(pending.event.room().as_str(), false, pending.retries);
+        pending.answer(Err(Error::Overloaded));
     }
 
     /// Answers every queued publish with `error`.
     fn answer_all(&mut self, error: Error) {
         for pending in self.queue.drain(..) {
-            let _ = pending.reply.send(Err(error.clone()));
+            pending.answer(Err(error.clone()));
         }
     }
 
@@ -276,7 +366,7 @@ impl RedisPublisher {
             );
             self.stats
                 .record(pending.event.room().as_str(), false, pending.retries);
-            let _ = pending.reply.send(Err(error));
+            pending.answer(Err(error));
             return;
         }
         let delay = self
@@ -324,9 +414,12 @@ impl RedisPublisher {
             .iter()
             .map(|p| (p.event.room().clone(), result.is_ok(), p.retries))
             .collect();
-        addr.do_send(PipelineEnded { outcomes });
+        addr.do_send(PipelineEnded {
+            generation,
+            outcomes,
+        });
         for pending in batch {
-            let _ = pending.reply.send(result.clone());
+            pending.answer(result.clone());
         }
     }
 }
@@ -348,10 +441,7 @@ impl Actor for RedisPublisher {
         }
         // Publishes queued when the link was lost: without a connection now, they
         // take the retry path.
-        if !self.queue.is_empty() {
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
-        }
+        self.schedule_flush(ctx);
     }
 }
 
@@ -360,26 +450,27 @@ impl Supervised for RedisPublisher {
         self.conn = None;
         self.link.lost();
         self.generation += 1;
-        // A `Flush` notified before the restart is gone with the old context.
+        // A `Flush` notified or a hold timer set before the restart is gone with the
+        // old context, and the old connection's pipelines no longer hold the queue.
         self.flush_scheduled = false;
+        self.hold = None;
+        self.in_flight = 0;
     }
 }
 
 impl Handler<PublishEvent> for RedisPublisher {
-    type Result = ResponseFuture<Result<(), Error>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: PublishEvent, ctx: &mut Context<Self>) -> Self::Result {
-        let (reply, answer) = oneshot::channel();
+    /// Queues the publish; its answer goes straight to `msg.reply` when its pipeline
+    /// ends. (Dropped unanswered only when the actor stops for good, which the
+    /// caller sees as a closed mailbox: shutting down.)
+    fn handle(&mut self, msg: PublishEvent, ctx: &mut Context<Self>) {
         let pending = Pending {
             event: msg.event,
             retries: 0,
-            reply,
+            reply: msg.reply,
         };
         self.enqueue(pending, ctx);
-        Box::pin(async move {
-            // Dropped unanswered only when the actor stops for good.
-            answer.await.unwrap_or(Err(Error::ShuttingDown))
-        })
     }
 }
 
@@ -403,10 +494,15 @@ impl Handler<Retry> for RedisPublisher {
 impl Handler<PipelineEnded> for RedisPublisher {
     type Result = ();
 
-    fn handle(&mut self, msg: PipelineEnded, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: PipelineEnded, ctx: &mut Context<Self>) {
+        self.in_flight_publishes = self.in_flight_publishes.saturating_sub(msg.outcomes.len());
         for (room, succeeded, retries) in msg.outcomes {
             self.stats.record(room.as_str(), succeeded, retries);
         }
+        if msg.generation == self.generation {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
+        self.schedule_flush(ctx);
     }
 }
 
