@@ -55,6 +55,7 @@ const phaseTable = (sb, io, label) => {
     ["p99.9 ms", (r) => r.latency_us.p999, ms],
     ["max ms", (r) => r.latency_us.max, ms],
     ["cross-server p99 ms", (r) => r.cross_server_latency_us.p99, ms],
+    ["load generator's send lag p99 ms", (r) => (r.send_lag_us ? r.send_lag_us.p99 : null), ms],
     ["lost / dup / reordered", null],
     ["server CPU % (node A / B)", null],
   ];
@@ -68,6 +69,7 @@ const phaseTable = (sb, io, label) => {
     } else {
       const a = sb ? f(sb) : null;
       const b = io ? f(io) : null;
+      if (a == null && b == null) continue;
       p(`| ${name} | ${a == null ? "n/a" : fmt(a)} | ${b == null ? "n/a" : fmt(b)} | ${ratio(a, b)} |`);
     }
   }
@@ -81,9 +83,14 @@ p("## 1. Latency: 1,000 subscribers over 100 rooms, two servers");
 p();
 p("10 publishers (5 per server) publish round-robin over the rooms; each room's 10");
 p("subscribers alternate between the servers, so half of all deliveries cross Redis.");
+p("The issue asks for 1k and 10k publishes/s; 5k shows where the tail bends. The");
+p("load generator's *send lag* is how late it sent publishes against its timetable");
+p("(a timerfd per publisher): it is inside every latency figure, and it is not the");
+p("server's.");
 p();
 let s1target = null;
-for (const rate of [1000, 10000]) {
+let s1knee = null;
+for (const rate of [1000, 5000, 10000]) {
   const find = (r) => (r ? r.phases.find((ph) => ph.offered_publishes_per_s === rate) : null);
   const sb = find(s1sb);
   const io = find(s1io);
@@ -91,6 +98,7 @@ for (const rate of [1000, 10000]) {
   p();
   phaseTable(sb, io, `${num(rate)} pub/s`);
   if (rate === 10000 && sb) s1target = sb;
+  if (sb && sb.cross_server_latency_us.p99 <= 2000) s1knee = rate;
 }
 const clean = (runs) =>
   runs.filter(Boolean).every((r) => (r.phases || []).every((ph) => ph.lost === 0 && ph.duplicated === 0 && ph.reordered === 0));
@@ -174,7 +182,7 @@ p();
 p("| target | figure | |");
 p("| --- | --- | --- |");
 const x1 = s1target ? s1target.cross_server_latency_us.p99 : null;
-p(`| cross-server p99 ≤ 2 ms at 10k publishes/s | ${x1 == null ? "n/a" : ms(x1) + " ms"} | ${verdict(x1 != null && x1 <= 2000)} |`);
+p(`| cross-server p99 ≤ 2 ms at 10k publishes/s | ${x1 == null ? "n/a" : ms(x1) + " ms"}${s1knee ? ` (≤ 2 ms up to ${num(s1knee)}/s)` : ""} | ${verdict(x1 != null && x1 <= 2000)} |`);
 const f1 = fan[1000];
 const fr = f1.sb && f1.io && f1.io.max_sustained_deliveries_per_s
   ? f1.sb.max_sustained_deliveries_per_s / f1.io.max_sustained_deliveries_per_s

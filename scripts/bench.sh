@@ -62,9 +62,9 @@ run() {
 
 for system in switchboard socketio; do
   run s1-latency "$system" --clients 1000 --rooms 100 --publishers 10 --workers 2 \
-    --rates 1000,10000 --duration "$duration" --drain 5
+    --rates 1000,5000,10000 --duration "$duration" --drain 5
   run s2-fanout-1000 "$system" --clients 1000 --rooms 1 --publishers 2 --workers 2 \
-    --ramp 20,1.25,18 --duration "$ramp_secs" --drain 3
+    --ramp 20,1.25,21 --duration "$ramp_secs" --drain 3
   run s2-fanout-5000 "$system" --clients 5000 --rooms 1 --publishers 2 --workers 2 \
     --ramp 4,1.25,18 --duration "$ramp_secs" --drain 3
 done

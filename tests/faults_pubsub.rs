@@ -270,12 +270,14 @@ async fn a_subscriber_cut_off_by_the_output_buffer_limit_reconnects_and_logs_the
 }
 
 /// An in-process service floods the publisher while Redis holds every write. The
-/// publisher keeps at most `MAX_QUEUED` publishes waiting and `MAX_QUEUED` sent and
-/// unanswered; past that a publish is refused at once (`Overloaded`, counted as
-/// failed) instead of piling up in memory. Every call is answered, and every one
-/// accepted succeeds once the pause ends.
+/// publisher keeps at most `MAX_QUEUED` publishes waiting and sends pipelines only
+/// while fewer than `MAX_QUEUED` are unanswered; past that a publish is refused at
+/// once (`Overloaded`, counted as failed) instead of piling up in memory. The first
+/// wave fills the queue, which then drains into pipelines that Redis holds; the
+/// second finds both bounds reached. Every call is answered, and every one accepted
+/// succeeds once the pause ends.
 #[actix_web::test]
-async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bound() {
+async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bounds() {
     use switchboard_actors::{
         BackplaneConfig, BrokerConfig, Error, PubSub, RedisConfig, MAX_QUEUED,
     };
@@ -283,6 +285,10 @@ async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bound()
     let redis = RedisServer::start().await;
     let mut config = RedisConfig::new(redis::Client::open(redis.url()).unwrap());
     config.channel_prefix = unique_prefix("flood");
+    // The probe's PING queues behind the held publishes, and the held pipelines
+    // must outlive the pause: the link is not dead.
+    config.probe_timeout = Duration::from_secs(30);
+    config.response_timeout = Duration::from_secs(30);
     let pubsub = PubSub::start(BrokerConfig::new(
         "flood",
         BackplaneConfig::Redis(Box::new(config)),
@@ -295,39 +301,73 @@ async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bound()
     })
     .await;
     pubsub.reset_stats().await.unwrap();
+    let flood = |from: usize, count: usize| {
+        let pubsub = pubsub.clone();
+        async move {
+            let results = join_all((from..from + count).map(|n| {
+                let pubsub = pubsub.clone();
+                async move { pubsub.publish_to("flood", "n", &n).await }
+            }));
+            let results = results.await;
+            let accepted = results.iter().filter(|r| r.is_ok()).count();
+            let refused = results
+                .iter()
+                .filter(|r| matches!(r, Err(Error::Overloaded)))
+                .count();
+            assert_eq!(accepted + refused, count, "every other outcome is a bug");
+            (accepted, refused)
+        }
+    };
 
     let _: () = redis
-        .query(redis::cmd("CLIENT").arg(&["PAUSE", "3000", "WRITE"]))
+        .query(redis::cmd("CLIENT").arg(&["PAUSE", "6000", "WRITE"]))
         .await;
-    let total = 2 * MAX_QUEUED + EXTRA;
     let started = Instant::now();
-    let results = join_all((0..total).map(|n| {
-        let pubsub = pubsub.clone();
-        async move { pubsub.publish_to("flood", "n", &n).await }
-    }))
+    let first = actix_web::rt::spawn(flood(0, MAX_QUEUED));
+    // The whole first wave waits, then goes out in pipelines that Redis holds.
+    wait_until(Duration::from_secs(5), "the first wave is sent", || async {
+        let stats = pubsub.publisher_stats().await.unwrap();
+        stats.unanswered == MAX_QUEUED as u64 && stats.waiting == 0
+    })
     .await;
-    let took = started.elapsed();
-    let accepted = results.iter().filter(|r| r.is_ok()).count();
-    let refused = results
-        .iter()
-        .filter(|r| matches!(r, Err(Error::Overloaded)))
-        .count();
+    let sent_after = started.elapsed();
+    let second = actix_web::rt::spawn(flood(MAX_QUEUED, MAX_QUEUED + EXTRA));
+    // Refusals are answered at once; the accepted wait for the pause to end.
+    wait_until(
+        Duration::from_secs(5),
+        "the second wave is taken",
+        || async {
+            let stats = pubsub.publisher_stats().await.unwrap();
+            stats.waiting == MAX_QUEUED as u64 && stats.failed_publishes == EXTRA as u64
+        },
+    )
+    .await;
     let stats = pubsub.publisher_stats().await.unwrap();
     eprintln!(
-        "flood: {total} publishes answered in {took:?}: {accepted} accepted, {refused} refused; \
-         stats: {} succeeded, {} failed",
+        "flood: first wave sent {sent_after:?} after the pause; second wave taken after \
+         {:?}: waiting {}, unanswered {}, refused {}",
+        started.elapsed(),
+        stats.waiting,
+        stats.unanswered,
+        stats.failed_publishes
+    );
+    assert_eq!(
+        stats.unanswered, MAX_QUEUED as u64,
+        "nothing more is sent while MAX_QUEUED are unanswered"
+    );
+
+    let (accepted2, refused2) = second.await.unwrap();
+    assert_eq!((accepted2, refused2), (MAX_QUEUED, EXTRA));
+    let (accepted1, refused1) = first.await.unwrap();
+    let took = started.elapsed();
+    let stats = pubsub.publisher_stats().await.unwrap();
+    eprintln!(
+        "flood: all answered {took:?} after the pause; stats: {} succeeded, {} failed",
         stats.successful_publishes, stats.failed_publishes
     );
-    assert_eq!(accepted + refused, total, "every other outcome is a bug");
-    // Waiting: MAX_QUEUED; sent: fewer than MAX_QUEUED before the last pipeline
-    // (at most 512) went.
-    let bound = 2 * MAX_QUEUED + 512;
-    assert!(
-        accepted <= bound,
-        "at most {bound} may wait: {accepted} accepted"
-    );
-    assert!(accepted >= MAX_QUEUED, "the queue's worth is accepted");
-    assert_eq!(stats.successful_publishes, accepted as u64);
-    assert_eq!(stats.failed_publishes, refused as u64);
+    assert_eq!((accepted1, refused1), (MAX_QUEUED, 0));
+    assert_eq!(stats.successful_publishes, 2 * MAX_QUEUED as u64);
+    assert_eq!(stats.failed_publishes, EXTRA as u64);
+    assert_eq!((stats.waiting, stats.unanswered), (0, 0));
     pubsub.shutdown().await.unwrap();
 }

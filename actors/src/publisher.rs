@@ -1,6 +1,6 @@
 //! The `RedisPublisher` actor: owns the publishing connection.
 
-use std::{sync::Arc, time::Duration};
+use std::{collections::VecDeque, sync::Arc, time::Duration};
 
 use actix::{dev::OneshotSender, prelude::*};
 use redis::{aio::MultiplexedConnection, ErrorKind, ProtocolVersion, PushInfo, PushKind};
@@ -30,15 +30,13 @@ pub struct RedisPublisher {
     generation: u64,
     link: LinkState,
     /// Publishes waiting for the next pipeline, at most [`MAX_QUEUED`].
-    queue: Vec<Pending>,
+    queue: VecDeque<Pending>,
     /// Publishes refused since the queue last had room (logged once per episode).
     refused: u64,
     /// A [`Flush`] is on its way: publishes arriving meanwhile join its pipeline.
     flush_scheduled: bool,
-    /// Pipelines of this connection sent and not yet answered.
-    in_flight: usize,
-    /// Publishes in those pipelines (and in older connections' unanswered ones).
-    in_flight_publishes: usize,
+    /// What is out and what waits: decides when the queue may go.
+    flow: Flow,
     /// The timer that sends a held queue after [`MAX_HOLD`].
     hold: Option<SpawnHandle>,
     stats: PublisherStats,
@@ -68,27 +66,98 @@ impl Pending {
 /// The most PUBLISH commands in one pipeline.
 const MAX_PIPELINE: usize = 512;
 
-/// Pipelines out at once before the queue waits for one to end. A publish that
-/// finds nothing in flight goes at once; under load the queue grows during one
-/// round trip into the next pipeline, so the fixed cost of a pipeline (a task, a
+/// Pipelines out at once before the queue is held (for one to end, or for
+/// [`MAX_HOLD`]). A publish that finds nothing in flight goes at once; under load
+/// the queue grows during one round trip into the next pipeline, so the fixed cost of a pipeline (a task, a
 /// write, a read, waking the connection) is shared by hundreds of publishes. With
 /// no limit pipelines averaged 128 publishes and the publish path ran at 750k
 /// events/s; with one in flight they average about 490 and it runs at 850-900k
 /// (`switchboard-loadgen publish-path --concurrency 1024`).
 const MAX_IN_FLIGHT: usize = 1;
 
-/// The longest a queued publish waits for a pipeline to end before it is sent
-/// anyway (while fewer than [`MAX_QUEUED`] are unanswered): a stalled Redis delays
-/// the queue by this, not by the response deadline, so every publish still gets its
-/// own full deadline.
+/// The longest a held queue waits for a pipeline to end before it is sent anyway
+/// (while fewer than [`MAX_QUEUED`] are unanswered): a stalled Redis delays the
+/// queue by this, not by the response deadline, so every publish still gets its own
+/// full deadline.
 const MAX_HOLD: Duration = Duration::from_millis(1);
 
-/// The most publishes waiting for a pipeline (or for a retry), and the most sent
-/// and unanswered. Past it a publish is refused at once with [`Error::Overloaded`]:
-/// a stalled Redis costs at most twice this many events in memory. In practice the
-/// callers bound the queue first (each waits for its answer); this is the guard
-/// against a flood from in-process services.
+/// The most publishes waiting (queued, or between retries): past it a new publish
+/// is refused at once with [`Error::Overloaded`]. Also the most sent and unanswered
+/// before another pipeline goes (so at most one pipeline more than this). A stalled
+/// Redis thus holds about twice this many events in memory, plus what the publisher's
+/// mailbox got since it last ran (it shares the broker's thread, and the broker's
+/// bounded mailbox is what pushes back on callers). In practice the callers bound
+/// the queue first (each waits for its answer); this is the guard against a flood
+/// from in-process services.
 pub const MAX_QUEUED: usize = 65_536;
+
+/// The publisher's flow control: what is out and what waits, and so whether the
+/// queue may go now. Kept apart from the actor so its rules have unit tests.
+#[derive(Debug, Default)]
+struct Flow {
+    /// Pipelines sent on the current connection and not answered.
+    pipelines: usize,
+    /// Publishes sent and not answered, on any connection.
+    unanswered: usize,
+    /// Publishes between retries (in a timer, not in the queue).
+    retrying: usize,
+}
+
+/// What to do with a queue that is not empty.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Send a pipeline now (or, without a connection, start the retries).
+    Now,
+    /// Wait for the pipeline out to end, or for [`MAX_HOLD`].
+    Hold,
+    /// [`MAX_QUEUED`] are unanswered: wait for a pipeline to end.
+    Wait,
+}
+
+impl Flow {
+    /// Whether a new publish finds room among the `queued` ones and the retrying.
+    fn has_room(&self, queued: usize) -> bool {
+        queued + self.retrying < MAX_QUEUED
+    }
+
+    /// Whether a pipeline may go at all (the hold timer's question).
+    fn may_send(&self) -> bool {
+        self.unanswered < MAX_QUEUED
+    }
+
+    fn next(&self, connected: bool) -> Next {
+        if !connected {
+            Next::Now
+        } else if !self.may_send() {
+            Next::Wait
+        } else if self.pipelines < MAX_IN_FLIGHT {
+            Next::Now
+        } else {
+            Next::Hold
+        }
+    }
+
+    fn sent(&mut self, publishes: usize) {
+        self.pipelines += 1;
+        self.unanswered += publishes;
+    }
+
+    /// A pipeline of `publishes` ended, on the current connection or an old one.
+    fn ended(&mut self, publishes: usize, current_connection: bool) {
+        debug_assert!(self.unanswered >= publishes, "{self:?} less {publishes}");
+        self.unanswered = self.unanswered.saturating_sub(publishes);
+        if current_connection {
+            debug_assert!(self.pipelines > 0, "{self:?}");
+            self.pipelines = self.pipelines.saturating_sub(1);
+        }
+    }
+
+    /// A new connection: the old one's pipelines no longer hold the queue (their
+    /// publishes still count as unanswered until they end).
+    fn reconnecting(&mut self) {
+        self.pipelines = 0;
+    }
+}
 
 /// Publish one encoded event on its room's channel, answering `reply` (sent by the
 /// broker, which passes the publishing caller's answer channel along).
@@ -149,11 +218,10 @@ impl RedisPublisher {
             conn: None,
             generation: 0,
             link,
-            queue: Vec::new(),
+            queue: VecDeque::new(),
             refused: 0,
             flush_scheduled: false,
-            in_flight: 0,
-            in_flight_publishes: 0,
+            flow: Flow::default(),
             hold: None,
             stats: PublisherStats::default(),
             closed: false,
@@ -261,42 +329,48 @@ impl RedisPublisher {
         ctx.stop();
     }
 
+    /// Takes a new publish: queued, or refused when [`MAX_QUEUED`] are waiting.
+    fn accept(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        if !self.closed && !self.flow.has_room(self.queue.len()) {
+            self.refuse(pending);
+            return;
+        }
+        if self.refused > 0 && self.flow.has_room(self.queue.len() + MAX_QUEUED / 2) {
+            log::warn!("publisher: queue has room again; refused {}", self.refused);
+            self.refused = 0;
+        }
+        self.enqueue(pending, ctx);
+    }
+
     fn enqueue(&mut self, pending: Pending, ctx: &mut Context<Self>) {
         if self.closed {
             pending.answer(Err(Error::ShuttingDown));
             return;
         }
-        if self.queue.len() >= MAX_QUEUED {
-            self.refuse(pending);
-            return;
-        }
-        if self.refused > 0 && self.queue.len() < MAX_QUEUED / 2 {
-            log::warn!("publisher: queue has room again; refused {}", self.refused);
-            self.refused = 0;
-        }
-        self.queue.push(pending);
+        self.queue.push_back(pending);
         self.schedule_flush(ctx);
     }
 
-    /// Arranges for the queue to be sent: at once while fewer than [`MAX_IN_FLIGHT`]
-    /// pipelines are out (or there is no connection, for the retry path), else when
-    /// one of them ends or after [`MAX_HOLD`], whichever comes first.
+    /// Arranges for the queue to be sent (see [`Flow::next`]): at once, or when the
+    /// pipeline out ends or after [`MAX_HOLD`], whichever comes first, or when a
+    /// pipeline ends.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.queue.is_empty() || self.flush_scheduled {
             return;
         }
-        if self.in_flight < MAX_IN_FLIGHT || self.conn.is_none() {
-            self.flush_scheduled = true;
-            ctx.notify(Flush);
-        } else if self.hold.is_none() {
-            self.hold = Some(ctx.run_later(MAX_HOLD, |act, ctx| {
-                act.hold = None;
-                // Past the bound the queue waits for a pipeline to end (each has
-                // its deadline) and then fills up to its own limit.
-                if act.in_flight_publishes < MAX_QUEUED {
+        match self.flow.next(self.conn.is_some()) {
+            Next::Now => {
+                self.flush_scheduled = true;
+                ctx.notify(Flush);
+            }
+            Next::Hold if self.hold.is_none() => {
+                self.hold = Some(ctx.run_later(MAX_HOLD, |act, ctx| {
+                    act.hold = None;
                     act.flush(ctx);
-                }
-            }));
+                }));
+            }
+            // `PipelineEnded` calls again.
+            Next::Hold | Next::Wait => {}
         }
     }
 
@@ -307,19 +381,21 @@ impl RedisPublisher {
         if let Some(hold) = self.hold.take() {
             ctx.cancel_future(hold);
         }
-        let take = self.queue.len().min(MAX_PIPELINE);
-        let batch: Vec<Pending> = self.queue.drain(..take).collect();
         match self.conn.clone() {
-            Some(conn) if !batch.is_empty() => {
+            Some(conn) if self.flow.may_send() && !self.queue.is_empty() => {
+                let take = self.queue.len().min(MAX_PIPELINE);
+                let batch: Vec<Pending> = self.queue.drain(..take).collect();
                 let pipeline = self.pipeline(&batch);
                 let (addr, generation) = (ctx.address(), self.generation);
-                self.in_flight += 1;
-                self.in_flight_publishes += batch.len();
+                self.flow.sent(batch.len());
                 actix::spawn(Self::send_pipeline(conn, pipeline, batch, addr, generation));
             }
-            _ => batch
-                .into_iter()
-                .for_each(|pending| self.not_sent(pending, ctx)),
+            Some(_) => {}
+            None => {
+                for pending in std::mem::take(&mut self.queue) {
+                    self.not_sent(pending, ctx);
+                }
+            }
         }
         self.schedule_flush(ctx);
     }
@@ -374,6 +450,7 @@ impl RedisPublisher {
             .publish_retry_base
             .saturating_mul(1 << pending.retries.min(16));
         pending.retries += 1;
+        self.flow.retrying += 1;
         let addr = ctx.address();
         actix::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -454,7 +531,7 @@ impl Supervised for RedisPublisher {
         // old context, and the old connection's pipelines no longer hold the queue.
         self.flush_scheduled = false;
         self.hold = None;
-        self.in_flight = 0;
+        self.flow.reconnecting();
     }
 }
 
@@ -470,7 +547,7 @@ impl Handler<PublishEvent> for RedisPublisher {
             retries: 0,
             reply: msg.reply,
         };
-        self.enqueue(pending, ctx);
+        self.accept(pending, ctx);
     }
 }
 
@@ -487,6 +564,8 @@ impl Handler<Retry> for RedisPublisher {
     type Result = ();
 
     fn handle(&mut self, msg: Retry, ctx: &mut Context<Self>) {
+        // Already accepted: it moves from the retrying to the queue.
+        self.flow.retrying -= 1;
         self.enqueue(msg.0, ctx);
     }
 }
@@ -495,12 +574,10 @@ impl Handler<PipelineEnded> for RedisPublisher {
     type Result = ();
 
     fn handle(&mut self, msg: PipelineEnded, ctx: &mut Context<Self>) {
-        self.in_flight_publishes = self.in_flight_publishes.saturating_sub(msg.outcomes.len());
+        self.flow
+            .ended(msg.outcomes.len(), msg.generation == self.generation);
         for (room, succeeded, retries) in msg.outcomes {
             self.stats.record(room.as_str(), succeeded, retries);
-        }
-        if msg.generation == self.generation {
-            self.in_flight = self.in_flight.saturating_sub(1);
         }
         self.schedule_flush(ctx);
     }
@@ -532,7 +609,11 @@ impl Handler<GetPublisherStats> for RedisPublisher {
     type Result = MessageResult<GetPublisherStats>;
 
     fn handle(&mut self, _: GetPublisherStats, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.stats.clone())
+        MessageResult(PublisherStats {
+            waiting: (self.queue.len() + self.flow.retrying) as u64,
+            unanswered: self.flow.unanswered as u64,
+            ..self.stats.clone()
+        })
     }
 }
 
@@ -552,5 +633,65 @@ impl Handler<Shutdown> for RedisPublisher {
         self.conn = None;
         self.answer_all(Error::ShuttingDown);
         ctx.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_publish_goes_at_once_when_nothing_is_out_and_is_held_behind_a_pipeline() {
+        let mut flow = Flow::default();
+        assert_eq!(flow.next(true), Next::Now);
+        flow.sent(10);
+        assert_eq!(flow.next(true), Next::Hold);
+        flow.ended(10, true);
+        assert_eq!(flow.next(true), Next::Now);
+        assert_eq!(flow.unanswered, 0);
+    }
+
+    #[test]
+    fn without_a_connection_the_queue_takes_the_retry_path_at_once() {
+        let mut flow = Flow::default();
+        flow.sent(MAX_QUEUED);
+        assert_eq!(flow.next(false), Next::Now);
+    }
+
+    #[test]
+    fn with_max_queued_unanswered_nothing_is_sent_until_a_pipeline_ends() {
+        let mut flow = Flow::default();
+        for _ in 0..MAX_QUEUED / MAX_PIPELINE {
+            flow.sent(MAX_PIPELINE);
+        }
+        assert!(!flow.may_send(), "not even when the hold timer fires");
+        assert_eq!(flow.next(true), Next::Wait);
+        flow.ended(MAX_PIPELINE, true);
+        assert!(flow.may_send());
+        assert_eq!(flow.next(true), Next::Hold, "other pipelines are still out");
+    }
+
+    #[test]
+    fn an_old_connections_pipeline_frees_its_publishes_but_not_the_new_slot() {
+        let mut flow = Flow::default();
+        flow.sent(100);
+        flow.reconnecting();
+        assert_eq!(
+            flow.next(true),
+            Next::Now,
+            "the old connection's pipeline does not hold the new one's queue"
+        );
+        flow.sent(5);
+        flow.ended(100, false);
+        assert_eq!(flow.unanswered, 5);
+        assert_eq!(flow.next(true), Next::Hold, "the new pipeline is still out");
+    }
+
+    #[test]
+    fn publishes_between_retries_count_against_the_queue_bound() {
+        let mut flow = Flow::default();
+        assert!(flow.has_room(MAX_QUEUED - 1));
+        flow.retrying = 1;
+        assert!(!flow.has_room(MAX_QUEUED - 1));
     }
 }

@@ -49,6 +49,11 @@ pub struct PublisherStats {
     pub last_publish_time: Option<u64>,
     /// Per room.
     pub channel_stats: BTreeMap<String, PublishCounts>,
+    /// Publishes waiting now: queued for a pipeline or between retries (a gauge;
+    /// at most `MAX_QUEUED`, then new ones are refused).
+    pub waiting: u64,
+    /// Publishes sent to Redis and not answered yet (a gauge).
+    pub unanswered: u64,
 }
 
 impl PublisherStats {

@@ -329,9 +329,11 @@ fn merge_phase(
         .sum();
     let mut latency: Histogram<u64> = stats::histogram();
     let mut cross: Histogram<u64> = stats::histogram();
+    let mut send_lag: Histogram<u64> = stats::histogram();
     for report in reports {
         stats::add_pairs(&mut latency, &report.latency);
         stats::add_pairs(&mut cross, &report.cross_latency);
+        stats::add_pairs(&mut send_lag, &report.send_lag);
     }
     let sum = |f: fn(&WorkerReport) -> u64| reports.iter().map(f).sum::<u64>();
     let max = |f: fn(&WorkerReport) -> u64| reports.iter().map(f).max().unwrap_or(0);
@@ -354,6 +356,7 @@ fn merge_phase(
         deliveries_per_s: sum(|r| r.unique) as f64 / duration,
         latency_us: Latency::of(&latency),
         cross_server_latency_us: Latency::of(&cross),
+        send_lag_us: Latency::of(&send_lag),
         lost: sum(|r| r.lost),
         duplicated: sum(|r| r.duplicated),
         reordered: sum(|r| r.reordered),

@@ -10,7 +10,10 @@
 //!   address, recording publish-to-receive latency in an HDR histogram and every
 //!   (room, publisher) sequence in a bitset (lost, duplicated, reordered).
 //! - [`publisher`]: publishers on a fixed timetable, measured from the scheduled
-//!   time so that coordinated omission cannot flatter the numbers.
+//!   time so that coordinated omission cannot flatter the numbers; how late each
+//!   send left is recorded too (the loadgen's own share of every latency).
+//! - [`timer`]: sleeping to the microsecond on a timerfd (tokio's timer rounds up to
+//!   the millisecond, which showed up as latency).
 //! - [`proto`]: Switchboard frames and Socket.IO v5 / Engine.IO v4 framing.
 //! - [`client`]: connecting one client. WebSockets come from `tokio-tungstenite`: a
 //!   hand-written client would be smaller, but the handshake, masking and
@@ -41,6 +44,7 @@ mod publish_path;
 mod publisher;
 mod report;
 mod stats;
+mod timer;
 mod worker;
 
 use std::process::ExitCode;

@@ -6,7 +6,7 @@
 //! server or the network shows up as latency instead of as fewer samples
 //! (no coordinated omission).
 
-use std::{rc::Rc, sync::Arc, time::Duration};
+use std::{rc::Rc, sync::Arc};
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, Semaphore};
@@ -16,6 +16,7 @@ use crate::{
     client::{now_ns, Ws},
     proto::{Inbound, Probe},
     stats::PhaseCmd,
+    timer::PreciseTimer,
     worker::{connect_retrying, Shared},
 };
 
@@ -125,12 +126,25 @@ async fn run_phase(
     let mut k: u64 = 0;
     let scheduled = |k: u64| cmd.start_ns + (k as f64 * interval) as u64;
     let mut result = Ok(());
+    let mut timer = match PreciseTimer::new() {
+        Ok(timer) => timer,
+        Err(e) => {
+            eprintln!("loadgen: publisher {index}: no timer: {e}");
+            shared.publish_errors.set(shared.publish_errors.get() + 1);
+            return Err(WsError::Io(e));
+        }
+    };
     while scheduled(k) < end {
         let now = now_ns();
         let next = scheduled(k);
         if next > now {
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_nanos(next - now)) => {}
+                slept = timer.sleep_until_ns(next) => {
+                    if let Err(e) = slept {
+                        result = Err(WsError::Io(e));
+                        break;
+                    }
+                }
                 message = ws.next() => {
                     if !on_message(shared, ws, message).await {
                         result = Err(WsError::ConnectionClosed);
@@ -142,6 +156,13 @@ async fn run_phase(
         }
         let mut batch = 0;
         while batch < MAX_BATCH && scheduled(k) <= now && scheduled(k) < end {
+            // Each send's own lateness: a batch's later frames wait for the earlier.
+            let late = now_ns().saturating_sub(scheduled(k));
+            shared
+                .recorder
+                .borrow_mut()
+                .send_lag
+                .saturating_record((late / 1000).max(1));
             sequences[cursor] += 1;
             let probe = Probe {
                 p: index as u32,

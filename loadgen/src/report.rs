@@ -108,6 +108,10 @@ pub struct PhaseResult {
     pub latency_us: Latency,
     /// The same for deliveries whose publisher was on the other server.
     pub cross_server_latency_us: Latency,
+    /// How late the load generator itself sent each publish (actual minus
+    /// scheduled time), µs: part of every latency above, and not the server's.
+    #[serde(default)]
+    pub send_lag_us: Latency,
     /// Deliveries owed and never received.
     pub lost: u64,
     /// Deliveries received more than once.
@@ -255,7 +259,7 @@ fn ms(micros: u64) -> f64 {
 pub fn print_phase(p: &PhaseResult, header: bool) {
     if header {
         println!(
-            "{:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>6} {:>5} {:>5} {:>8} {:>11} sustained",
+            "{:>9} {:>11} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>6} {:>5} {:>5} {:>8} {:>11} sustained",
             "pub/s",
             "deliv/s",
             "p50 ms",
@@ -263,6 +267,8 @@ pub fn print_phase(p: &PhaseResult, header: bool) {
             "p99 ms",
             "p99.9 ms",
             "max ms",
+            "x-srv p99",
+            "send p99",
             "lost",
             "dup",
             "reord",
@@ -277,7 +283,7 @@ pub fn print_phase(p: &PhaseResult, header: bool) {
         .collect();
     let l = &p.latency_us;
     println!(
-        "{:>9.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>6} {:>5} {:>5} {:>8.0} {:>11} {}",
+        "{:>9.0} {:>11.0} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>6} {:>5} {:>5} {:>8.0} {:>11} {}",
         p.offered_publishes_per_s,
         p.deliveries_per_s,
         ms(l.p50),
@@ -285,6 +291,8 @@ pub fn print_phase(p: &PhaseResult, header: bool) {
         ms(l.p99),
         ms(l.p999),
         ms(l.max),
+        ms(p.cross_server_latency_us.p99),
+        ms(p.send_lag_us.p99),
         p.lost,
         p.duplicated,
         p.reordered,

@@ -180,6 +180,9 @@ pub struct WorkerReport {
     pub latency: Vec<(u64, u64)>,
     /// Latency of deliveries whose publisher was on another server.
     pub cross_latency: Vec<(u64, u64)>,
+    /// How late this worker's publishers sent, µs (actual minus scheduled time).
+    #[serde(default)]
+    pub send_lag: Vec<(u64, u64)>,
 }
 
 #[cfg(test)]

@@ -63,6 +63,8 @@ pub struct Shared {
 pub struct Recorder {
     latency: Histogram<u64>,
     cross: Histogram<u64>,
+    /// Actual minus scheduled send time of each publish, µs.
+    pub send_lag: Histogram<u64>,
     delivered: u64,
     stale: u64,
     last_ns: u64,
@@ -73,6 +75,7 @@ impl Recorder {
         Recorder {
             latency: stats::histogram(),
             cross: stats::histogram(),
+            send_lag: stats::histogram(),
             delivered: 0,
             stale: 0,
             last_ns: 0,
@@ -266,6 +269,7 @@ async fn report(
         last_delivery_ns: recorder.last_ns,
         latency: stats::to_pairs(&recorder.latency),
         cross_latency: stats::to_pairs(&recorder.cross),
+        send_lag: stats::to_pairs(&recorder.send_lag),
         ..WorkerReport::default()
     };
     for client in clients {
