@@ -84,18 +84,23 @@ async fn wait_ready(pubsub: &PubSub) -> Result<(), String> {
 
 /// Publishes `"hello"` events for `seconds` with `concurrency` in flight:
 /// (accepted, failed).
+///
+/// Unconstrained by tokio's cooperative budget: once this one task has used its
+/// budget, every answer it polls reports itself pending and wakes itself again, so
+/// `buffer_unordered` re-polled its whole set to get a few answers through. That is
+/// the load generator's cost, not the publish path's: with the budget, 8,192 in
+/// flight ran at 287k events/s and 65,536 at 35k; without it, 854k and 728k.
 async fn publish_for(pubsub: &PubSub, room: &str, concurrency: usize, seconds: f64) -> (u64, u64) {
     let deadline = Instant::now() + Duration::from_secs_f64(seconds);
     let outcomes = stream::iter(0u64..)
         .take_while(|_| std::future::ready(Instant::now() < deadline))
         .map(|_| pubsub.publish_to(room, "bench", &"hello"))
         .buffer_unordered(concurrency);
-    outcomes
-        .fold((0, 0), |(ok, failed), outcome| async move {
-            match outcome {
-                Ok(()) => (ok + 1, failed),
-                Err(_) => (ok, failed + 1),
-            }
-        })
-        .await
+    let tally = outcomes.fold((0, 0), |(ok, failed), outcome| async move {
+        match outcome {
+            Ok(()) => (ok + 1, failed),
+            Err(_) => (ok, failed + 1),
+        }
+    });
+    tokio::task::unconstrained(tally).await
 }
