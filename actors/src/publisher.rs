@@ -68,11 +68,11 @@ const MAX_PIPELINE: usize = 512;
 
 /// Pipelines out at once before the queue is held (for one to end, or for
 /// [`MAX_HOLD`]). A publish that finds nothing in flight goes at once; under load
-/// the queue grows during one round trip into the next pipeline, so the fixed cost of a pipeline (a task, a
-/// write, a read, waking the connection) is shared by hundreds of publishes. With
-/// no limit pipelines averaged 128 publishes and the publish path ran at 750k
-/// events/s; with one in flight they average about 490 and it runs at 850-900k
-/// (`switchboard-loadgen publish-path --concurrency 1024`).
+/// the queue grows during one round trip into the next pipeline, so the fixed cost
+/// of a pipeline (a task, a write, a read, waking the connection) is shared by
+/// hundreds of publishes. With no limit pipelines averaged 128 publishes and the
+/// publish path ran at 750k events/s; with one in flight they average about 490 and
+/// it runs at 850-900k (`switchboard-loadgen publish-path --concurrency 1024`).
 const MAX_IN_FLIGHT: usize = 1;
 
 /// The longest a held queue waits for a pipeline to end before it is sent anyway
@@ -115,9 +115,14 @@ enum Next {
 }
 
 impl Flow {
-    /// Whether a new publish finds room among the `queued` ones and the retrying.
+    /// Publishes waiting: the `queued` ones and those between retries.
+    fn waiting(&self, queued: usize) -> usize {
+        queued + self.retrying
+    }
+
+    /// Whether a new publish finds room among them.
     fn has_room(&self, queued: usize) -> bool {
-        queued + self.retrying < MAX_QUEUED
+        self.waiting(queued) < MAX_QUEUED
     }
 
     /// Whether a pipeline may go at all (the hold timer's question).
@@ -150,6 +155,17 @@ impl Flow {
             debug_assert!(self.pipelines > 0, "{self:?}");
             self.pipelines = self.pipelines.saturating_sub(1);
         }
+    }
+
+    /// A publish goes to wait out its retry delay.
+    fn retry_started(&mut self) {
+        self.retrying += 1;
+    }
+
+    /// A publish is back from its retry delay, for the queue.
+    fn retry_due(&mut self) {
+        debug_assert!(self.retrying > 0, "{self:?}");
+        self.retrying = self.retrying.saturating_sub(1);
     }
 
     /// A new connection: the old one's pipelines no longer hold the queue (their
@@ -335,7 +351,7 @@ impl RedisPublisher {
             self.refuse(pending);
             return;
         }
-        if self.refused > 0 && self.flow.has_room(self.queue.len() + MAX_QUEUED / 2) {
+        if self.refused > 0 && self.flow.waiting(self.queue.len()) < MAX_QUEUED / 2 {
             log::warn!("publisher: queue has room again; refused {}", self.refused);
             self.refused = 0;
         }
@@ -351,9 +367,9 @@ impl RedisPublisher {
         self.schedule_flush(ctx);
     }
 
-    /// Arranges for the queue to be sent (see [`Flow::next`]): at once, or when the
-    /// pipeline out ends or after [`MAX_HOLD`], whichever comes first, or when a
-    /// pipeline ends.
+    /// Arranges for the queue to be sent, as [`Flow::next`] says: at once; when the
+    /// pipeline out ends or after [`MAX_HOLD`], whichever comes first; or, with
+    /// [`MAX_QUEUED`] unanswered, when a pipeline ends.
     fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.queue.is_empty() || self.flush_scheduled {
             return;
@@ -450,7 +466,7 @@ impl RedisPublisher {
             .publish_retry_base
             .saturating_mul(1 << pending.retries.min(16));
         pending.retries += 1;
-        self.flow.retrying += 1;
+        self.flow.retry_started();
         let addr = ctx.address();
         actix::spawn(async move {
             tokio::time::sleep(delay).await;
@@ -565,7 +581,7 @@ impl Handler<Retry> for RedisPublisher {
 
     fn handle(&mut self, msg: Retry, ctx: &mut Context<Self>) {
         // Already accepted: it moves from the retrying to the queue.
-        self.flow.retrying -= 1;
+        self.flow.retry_due();
         self.enqueue(msg.0, ctx);
     }
 }
@@ -610,7 +626,7 @@ impl Handler<GetPublisherStats> for RedisPublisher {
 
     fn handle(&mut self, _: GetPublisherStats, _ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(PublisherStats {
-            waiting: (self.queue.len() + self.flow.retrying) as u64,
+            waiting: self.flow.waiting(self.queue.len()) as u64,
             unanswered: self.flow.unanswered as u64,
             ..self.stats.clone()
         })
@@ -691,7 +707,9 @@ mod tests {
     fn publishes_between_retries_count_against_the_queue_bound() {
         let mut flow = Flow::default();
         assert!(flow.has_room(MAX_QUEUED - 1));
-        flow.retrying = 1;
+        flow.retry_started();
         assert!(!flow.has_room(MAX_QUEUED - 1));
+        flow.retry_due();
+        assert!(flow.has_room(MAX_QUEUED - 1));
     }
 }
