@@ -97,7 +97,7 @@ async fn websocket(
     let limits = &state.session.limits;
     let socket = req.conn_data::<ConnectionSocket>().map(|s| s.0);
     let (out, body) = Outbound::new(limits.outbound_bytes, limits.outbound_frames, socket);
-    let frames = crate::inbound::InboundFrames::new(payload, limits.frame_bytes);
+    let frames = crate::inbound::InboundFrames::new(payload, limits.frame_bytes, out.parking());
     Session::create(|ctx| {
         ctx.add_stream(frames);
         Session::new(state.into_inner(), out, access)

@@ -7,6 +7,8 @@ use std::{
 };
 
 use actix_codec::Decoder;
+
+use crate::outbound::Parking;
 use actix_http::ws::{Codec, Frame, ProtocolError};
 use actix_web::error::PayloadError;
 use bytes::{Bytes, BytesMut};
@@ -18,23 +20,38 @@ use futures_util::Stream;
 /// its length with the limit, so a frame that declares 1 GiB would be buffered as it
 /// trickles in. This stream reads the declared length from the header first and
 /// fails with [`ProtocolError::Overflow`] before buffering such a frame.
-pub struct InboundFrames<S> {
-    payload: S,
+///
+/// When the session that reads it fails the connection, the payload is handed to
+/// [`Parking`] on drop instead of being dropped, so nothing more is read from the
+/// client (PROTOCOL.md §2).
+pub struct InboundFrames<S: 'static> {
+    /// Always `Some` until dropped.
+    payload: Option<S>,
     codec: Codec,
     buf: BytesMut,
     max_frame: usize,
     ended: bool,
+    parking: Parking,
 }
 
 impl<S> InboundFrames<S> {
     /// Frames from `payload`, none larger than `max_frame` bytes.
-    pub fn new(payload: S, max_frame: usize) -> Self {
+    pub fn new(payload: S, max_frame: usize, parking: Parking) -> Self {
         InboundFrames {
-            payload,
+            payload: Some(payload),
             codec: Codec::new().max_size(max_frame),
             buf: BytesMut::new(),
             max_frame,
             ended: false,
+            parking,
+        }
+    }
+}
+
+impl<S> Drop for InboundFrames<S> {
+    fn drop(&mut self) {
+        if let Some(payload) = self.payload.take() {
+            self.parking.park(Box::new(payload));
         }
     }
 }
@@ -59,10 +76,11 @@ where
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
+        let payload = this.payload.as_mut().expect("the payload lives until drop");
         // Read no further than one largest frame plus its header: the payload waits
         // in the HTTP layer's bounded buffer, not here.
         while !this.ended && this.buf.len() <= this.max_frame + 14 {
-            match Pin::new(&mut this.payload).poll_next(cx) {
+            match Pin::new(&mut *payload).poll_next(cx) {
                 Poll::Ready(Some(Ok(chunk))) => this.buf.extend_from_slice(&chunk),
                 Poll::Ready(Some(Err(e))) => {
                     this.ended = true;

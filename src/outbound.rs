@@ -11,17 +11,27 @@
 //! the client (1013) instead of buffering.
 
 use std::{
+    any::Any,
     cell::RefCell,
     collections::VecDeque,
+    future::Future,
     os::fd::RawFd,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
+    time::Duration,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
+use tokio::time::{Instant, Sleep};
+
+/// How long a failed connection stays open after its close frame was handed to the
+/// socket: the client's kernel has the close frame and the FIN after it by then, and
+/// the reset that ends the connection cannot destroy them (PROTOCOL.md §2: closed
+/// within 1 s of the failure).
+pub const FAIL_LINGER: Duration = Duration::from_millis(500);
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -46,6 +56,42 @@ pub struct Outbound {
 /// The HTTP response body: drains the queue as the socket takes bytes.
 pub struct OutboundBody {
     queue: Rc<RefCell<Queue>>,
+    /// Where a failed connection is in its last second.
+    failing: Failing,
+}
+
+/// Keeps the request payload of a failed connection alive, unread, until the
+/// connection ends: the HTTP layer stops reading a payload nobody reads (its buffer
+/// is bounded), but drains a dropped one at line rate into nothing.
+pub struct Parking {
+    queue: Rc<RefCell<Queue>>,
+}
+
+/// How the stream of frames ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Not yet: frames are accepted.
+    Open,
+    /// A close frame is queued; the body ends after it and the HTTP layer closes.
+    Close,
+    /// The server failed the connection (1002, 1007, 1008, 1009): after the close
+    /// frame the socket's write side is shut down and, [`FAIL_LINGER`] after the
+    /// failure, the connection is reset. Nothing more is read meanwhile.
+    Fail {
+        /// When the connection failed.
+        at: Instant,
+    },
+}
+
+/// The body's steps after a failure's close frame was taken.
+enum Failing {
+    /// Still writing frames.
+    No,
+    /// The close frame was taken; the HTTP layer writes it before it polls again.
+    Flushing,
+    /// The write side is shut down (the client reads the close frame, then the
+    /// end of the stream); waiting for the reset.
+    HalfClosed(Pin<Box<Sleep>>),
 }
 
 /// One frame waiting for the socket: its header and its payload (shared, not copied),
@@ -71,11 +117,13 @@ struct Queue {
     max_bytes: usize,
     max_frames: usize,
     waker: Option<Waker>,
-    /// A close frame is queued: nothing more is accepted and the body ends after it.
-    closing: bool,
+    /// Once a close frame is queued nothing more is accepted and the body ends after it.
+    ending: Ending,
     /// The HTTP layer dropped the body: the connection is gone.
     body_gone: bool,
     socket: Option<RawFd>,
+    /// A failed connection's request payload, kept unread until the connection ends.
+    parked: Option<Box<dyn Any>>,
 }
 
 impl Outbound {
@@ -93,16 +141,27 @@ impl Outbound {
             max_bytes,
             max_frames,
             waker: None,
-            closing: false,
+            ending: Ending::Open,
             body_gone: false,
             socket,
+            parked: None,
         }));
         (
             Outbound {
                 queue: queue.clone(),
             },
-            OutboundBody { queue },
+            OutboundBody {
+                queue,
+                failing: Failing::No,
+            },
         )
+    }
+
+    /// The handle that keeps the request payload alive if the connection fails.
+    pub fn parking(&self) -> Parking {
+        Parking {
+            queue: self.queue.clone(),
+        }
     }
 
     /// Queues a text frame.
@@ -124,8 +183,20 @@ impl Outbound {
     /// not yet taken by the socket are dropped first (a slow client gets its close
     /// frame next, not after a backlog it cannot read).
     pub fn close(&self, code: u16, reason: &str, drop_backlog: bool) {
+        self.end(code, reason, drop_backlog, Ending::Close);
+    }
+
+    /// Fails the connection (PROTOCOL.md §2): queues the close frame after what is
+    /// queued, reads nothing more (see [`Parking`]), shuts the write side down once
+    /// the close frame is out and resets the connection [`FAIL_LINGER`] from now.
+    pub fn fail(&self, code: u16, reason: &str) {
+        let at = Instant::now();
+        self.end(code, reason, false, Ending::Fail { at });
+    }
+
+    fn end(&self, code: u16, reason: &str, drop_backlog: bool, ending: Ending) {
         let mut queue = self.queue.borrow_mut();
-        if queue.closing {
+        if queue.ending != Ending::Open {
             return;
         }
         if drop_backlog {
@@ -141,7 +212,7 @@ impl Outbound {
         }
         payload.put_slice(&reason.as_bytes()[..end]);
         queue.append(OP_CLOSE, payload.freeze());
-        queue.closing = true;
+        queue.ending = ending;
         queue.wake();
     }
 
@@ -165,7 +236,7 @@ impl Outbound {
 
     fn push(&self, opcode: u8, payload: Bytes) -> Result<(), Overflow> {
         let mut queue = self.queue.borrow_mut();
-        if queue.closing || queue.body_gone {
+        if queue.ending != Ending::Open || queue.body_gone {
             return Ok(());
         }
         let size = payload.len() + header_len(payload.len());
@@ -221,17 +292,72 @@ impl Queue {
     }
 }
 
+impl Parking {
+    /// Keeps `payload` until the connection ends if the connection failed; otherwise
+    /// drops it (a normal close, or a connection already gone).
+    pub fn park(&self, payload: Box<dyn Any>) {
+        let mut queue = self.queue.borrow_mut();
+        if matches!(queue.ending, Ending::Fail { .. }) && !queue.body_gone {
+            queue.parked = Some(payload);
+        }
+    }
+}
+
+impl OutboundBody {
+    /// The last steps of a failed connection, once its close frame was taken. The
+    /// socket is touched only here, while the body is alive: the connection's file
+    /// descriptor cannot have been closed and reused.
+    fn linger(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
+        let socket = self.queue.borrow().socket;
+        loop {
+            match &mut self.failing {
+                Failing::No => {
+                    // The HTTP layer flushes what it took before it polls us again.
+                    self.failing = Failing::Flushing;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                Failing::Flushing => {
+                    let Some(fd) = socket else {
+                        return Poll::Ready(None);
+                    };
+                    crate::socket::shut_write(fd);
+                    let deadline = at + FAIL_LINGER;
+                    self.failing =
+                        Failing::HalfClosed(Box::pin(tokio::time::sleep_until(deadline)));
+                }
+                Failing::HalfClosed(sleep) => {
+                    std::task::ready!(sleep.as_mut().poll(cx));
+                    if let Some(fd) = socket {
+                        crate::socket::reset(fd);
+                    }
+                    // A dropped payload is drained: the reset socket reads as ended,
+                    // so the HTTP layer sees the connection gone and closes it.
+                    self.queue.borrow_mut().parked = None;
+                    return Poll::Ready(None);
+                }
+            }
+        }
+    }
+}
+
 impl Stream for OutboundBody {
     type Item = Result<Bytes, actix_web::Error>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut queue = self.queue.borrow_mut();
-        match queue.take_part() {
-            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
-            None if queue.closing => Poll::Ready(None),
-            None => {
+        if let Some(chunk) = queue.take_part() {
+            return Poll::Ready(Some(Ok(chunk)));
+        }
+        match queue.ending {
+            Ending::Open => {
                 queue.waker = Some(cx.waker().clone());
                 Poll::Pending
+            }
+            Ending::Close => Poll::Ready(None),
+            Ending::Fail { at } => {
+                drop(queue);
+                self.linger(at, cx).map(|end| end.map(Ok))
             }
         }
     }
@@ -243,6 +369,7 @@ impl Drop for OutboundBody {
         queue.body_gone = true;
         queue.frames.clear();
         queue.bytes = 0;
+        queue.parked = None;
     }
 }
 

@@ -26,3 +26,16 @@ pub fn reset(fd: RawFd) {
         log::debug!("socket: shutdown failed: {e}");
     }
 }
+
+/// Shuts the write side of a TCP connection down: the peer reads what was sent, then
+/// the end of the stream.
+///
+/// The caller guarantees `fd` is still the connection's socket, as for [`reset`].
+#[allow(unsafe_code)]
+pub fn shut_write(fd: RawFd) {
+    // SAFETY: as in `reset`.
+    let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+    if let Err(e) = socket2::SockRef::from(&fd).shutdown(std::net::Shutdown::Write) {
+        log::debug!("socket: shutdown of the write side failed: {e}");
+    }
+}

@@ -114,6 +114,13 @@ impl Session {
         ctx.stop();
     }
 
+    /// Fails the connection with `code` (1002, 1007, 1008 or 1009): nothing more of
+    /// the client is read, and its TCP connection ends within a second (PROTOCOL.md §2).
+    fn fail(&mut self, code: u16, reason: &str, ctx: &mut Context<Self>) {
+        self.out.fail(code, reason);
+        ctx.stop();
+    }
+
     fn slow_consumer(&mut self, ctx: &mut Context<Self>) {
         let (bytes, frames) = self.out.backlog();
         self.state.counters.slow_consumer_close();
@@ -140,7 +147,7 @@ impl Session {
 
     fn on_text(&mut self, bytes: Bytes, ctx: &mut Context<Self>) {
         let Ok(text) = ByteString::try_from(bytes) else {
-            self.close(close::INVALID_DATA, "text frame is not UTF-8", false, ctx);
+            self.fail(close::INVALID_DATA, "text frame is not UTF-8", ctx);
             return;
         };
         match wire::parse_frame(&text) {
@@ -148,11 +155,11 @@ impl Session {
                 if matches!(self.access, Access::Pending)
                     && !matches!(frame.op, ClientOp::Auth { .. }) =>
             {
-                self.close(close::POLICY, "authenticate first", false, ctx)
+                self.fail(close::POLICY, "authenticate first", ctx)
             }
             Ok(frame) => self.dispatch(frame.op, frame.reference, ctx),
             Err(_) if matches!(self.access, Access::Pending) => {
-                self.close(close::POLICY, "authenticate first", false, ctx)
+                self.fail(close::POLICY, "authenticate first", ctx)
             }
             Err((reference, error)) => self.refuse(&error, reference.as_deref(), ctx),
         }
@@ -172,10 +179,10 @@ impl Session {
                 buf: BytesMut::new(),
             }),
             (None, Some(fragments)) => fragments,
-            _ => return self.close(close::PROTOCOL, "unexpected continuation frame", false, ctx),
+            _ => return self.fail(close::PROTOCOL, "unexpected continuation frame", ctx),
         };
         if fragments.buf.len() + chunk.len() > limit {
-            return self.close(close::TOO_BIG, "message too big", false, ctx);
+            return self.fail(close::TOO_BIG, "message too big", ctx);
         }
         fragments.buf.extend_from_slice(&chunk);
         if last {
@@ -203,7 +210,7 @@ impl Actor for Session {
             Access::Pending => {
                 ctx.run_later(self.state.session.security.auth_timeout, |act, ctx| {
                     if matches!(act.access, Access::Pending) {
-                        act.close(close::POLICY, "authentication timeout", false, ctx);
+                        act.fail(close::POLICY, "authentication timeout", ctx);
                     }
                 });
             }
@@ -270,17 +277,17 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
         let frame = match frame {
             Ok(frame) => frame,
             Err(ProtocolError::Overflow) => {
-                return self.close(close::TOO_BIG, "message too big", false, ctx)
+                return self.fail(close::TOO_BIG, "message too big", ctx)
             }
             Err(e) => {
                 log::debug!("session on {}: protocol error: {e}", self.state.server_id);
-                return self.close(close::PROTOCOL, "protocol error", false, ctx);
+                return self.fail(close::PROTOCOL, "protocol error", ctx);
             }
         };
         match frame {
             Frame::Text(bytes) if self.fragments.is_none() => self.on_text(bytes, ctx),
             Frame::Binary(_) if matches!(self.access, Access::Pending) => {
-                self.close(close::POLICY, "authenticate first", false, ctx)
+                self.fail(close::POLICY, "authenticate first", ctx)
             }
             Frame::Binary(_) if self.fragments.is_none() => self.refuse(
                 &Error::BadFrame("binary frames are not supported".into()),
@@ -288,7 +295,7 @@ impl StreamHandler<Result<Frame, ProtocolError>> for Session {
                 ctx,
             ),
             Frame::Text(_) | Frame::Binary(_) => {
-                self.close(close::PROTOCOL, "expected a continuation frame", false, ctx)
+                self.fail(close::PROTOCOL, "expected a continuation frame", ctx)
             }
             Frame::Continuation(item) => self.on_fragment(item, ctx),
             Frame::Ping(payload) => {

@@ -41,7 +41,7 @@ impl Session {
                     "session on {}: authentication refused: {e}",
                     self.state.server_id
                 );
-                self.close(close::POLICY, &e.to_string(), false, ctx);
+                self.fail(close::POLICY, &e.to_string(), ctx);
             }
         }
     }
@@ -54,7 +54,7 @@ impl Session {
         let left = grant.expires_at_ms.saturating_sub(now_ms());
         self.expiry = Some(ctx.run_later(Duration::from_millis(left), |act, ctx| {
             log::info!("session on {}: token expired", act.state.server_id);
-            act.close(close::POLICY, "token expired", false, ctx);
+            act.fail(close::POLICY, "token expired", ctx);
         }));
         self.access = Access::Granted(grant);
     }
@@ -204,7 +204,7 @@ impl Session {
                     "session on {}: publish rate limit exceeded 100 times in a row; closing",
                     self.state.server_id
                 );
-                self.close(close::POLICY, "publish rate limit", false, ctx);
+                self.fail(close::POLICY, "publish rate limit", ctx);
                 return Ok(());
             }
         }

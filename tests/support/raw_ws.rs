@@ -236,17 +236,71 @@ impl RawWs {
         self.stream.write_all(bytes).await
     }
 
+    /// Writes `piece` again and again, as fast as the server takes it, while reading
+    /// what the server sends, until a write fails (the server reset the connection)
+    /// or `limit` passes. For a client that goes on sending after the server failed
+    /// its connection.
+    pub async fn flood(&mut self, piece: &[u8], limit: Duration) -> Flood {
+        let start = Instant::now();
+        let mut flood = Flood::default();
+        let (mut reader, mut writer) = self.stream.split();
+        let mut chunk = vec![0; 64 * 1024];
+        let stop = tokio::time::sleep(limit);
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                read = reader.read(&mut chunk), if flood.eof.is_none() => match read {
+                    Ok(0) | Err(_) => flood.eof = Some(start.elapsed()),
+                    Ok(n) => {
+                        self.buf.extend_from_slice(&chunk[..n]);
+                        while let Some(frame) = take_frame(&mut self.buf) {
+                            if let Some(code) = frame.close_code() {
+                                flood.close = Some((code, start.elapsed()));
+                            }
+                        }
+                    }
+                },
+                written = writer.write(piece) => match written {
+                    Ok(n) => flood.written += n as u64,
+                    Err(_) => {
+                        flood.write_failed = Some(start.elapsed());
+                        return flood;
+                    }
+                },
+                _ = &mut stop => return flood,
+            }
+        }
+    }
+
     /// Takes one whole frame off the front of the buffer, if one is there.
     fn parse_frame(&mut self) -> Option<RawFrame> {
-        let (header, len) = frame_header(&self.buf)?;
-        if self.buf.len() < header + len {
-            return None;
-        }
-        let opcode = self.buf[0] & 0x0f;
-        let payload = self.buf[header..header + len].to_vec();
-        self.buf.drain(..header + len);
-        Some(RawFrame::Frame { opcode, payload })
+        take_frame(&mut self.buf)
     }
+}
+
+/// What [`RawWs::flood`] saw. Times are from the start of the flood.
+#[derive(Debug, Default)]
+pub struct Flood {
+    /// Bytes the server's TCP stack took from the client.
+    pub written: u64,
+    /// The server's close code and when it arrived.
+    pub close: Option<(u16, Duration)>,
+    /// When the stream from the server ended (its FIN, or a reset).
+    pub eof: Option<Duration>,
+    /// When a write failed: the server had reset the connection.
+    pub write_failed: Option<Duration>,
+}
+
+/// Takes one whole frame off the front of `buf`, if one is there.
+fn take_frame(buf: &mut Vec<u8>) -> Option<RawFrame> {
+    let (header, len) = frame_header(buf)?;
+    if buf.len() < header + len {
+        return None;
+    }
+    let opcode = buf[0] & 0x0f;
+    let payload = buf[header..header + len].to_vec();
+    buf.drain(..header + len);
+    Some(RawFrame::Frame { opcode, payload })
 }
 
 /// The header length and payload length of the frame at the start of `buf`, once the
