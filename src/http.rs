@@ -34,14 +34,15 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
         .route("/stats/reset", web::post().to(reset_stats));
 }
 
-/// The bearer token of a request, if it has one.
+/// The bearer token of a request, if it has one. The scheme is case-insensitive
+/// (RFC 7235 §2.1): `bearer`, `BEARER` and `Bearer` all work.
 fn bearer(req: &HttpRequest) -> Option<&str> {
-    req.headers()
-        .get(header::AUTHORIZATION)?
-        .to_str()
-        .ok()?
-        .strip_prefix("Bearer ")
-        .map(str::trim)
+    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|token| !token.is_empty())
 }
 
 /// `SERVICE_TOKEN`, when set, guards the endpoints that change things.

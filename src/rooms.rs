@@ -113,6 +113,24 @@ impl SessionRooms {
         }
     }
 
+    /// Whether the session is in `room` or asked to join it: its events are delivered.
+    pub fn contains(&self, room: &Room) -> bool {
+        self.rooms.contains_key(room)
+    }
+
+    /// Leaves every room `keep` refuses (a narrower grant): returns each with the
+    /// subscribe frames still waiting for it.
+    pub fn retain(&mut self, keep: impl Fn(&Room) -> bool) -> Vec<(Room, Vec<Reference>)> {
+        let refused: Vec<Room> = self.rooms.keys().filter(|r| !keep(r)).cloned().collect();
+        refused
+            .into_iter()
+            .map(|room| {
+                let waiting = self.unsubscribe(&room);
+                (room, waiting)
+            })
+            .collect()
+    }
+
     /// An unsubscribe frame: returns the subscribe frames that were still waiting
     /// for the room (they get `subscribe_failed`).
     pub fn unsubscribe(&mut self, room: &Room) -> Vec<Reference> {
@@ -208,6 +226,22 @@ mod tests {
             Answer::Reply(_)
         ));
         ask(&mut rooms, "b");
+    }
+
+    #[test]
+    fn retain_leaves_refused_rooms_joined_or_joining() {
+        let mut rooms = SessionRooms::new(10);
+        let joined = ask(&mut rooms, "a:1");
+        rooms.answered(&room("a:1"), joined, true);
+        ask(&mut rooms, "b:1");
+        ask(&mut rooms, "b:2");
+        let mut left = rooms.retain(|r| r.as_str().starts_with("a:"));
+        left.sort_by(|x, y| x.0.as_str().cmp(y.0.as_str()));
+        let names: Vec<&str> = left.iter().map(|(r, _)| r.as_str()).collect();
+        assert_eq!(names, ["b:1", "b:2"]);
+        assert!(left.iter().all(|(_, waiting)| waiting.len() == 1));
+        assert!(rooms.contains(&room("a:1")));
+        assert!(!rooms.contains(&room("b:1")));
     }
 
     #[test]

@@ -150,6 +150,9 @@ pub enum Reply<'a> {
     Unsubscribed {
         /// The room.
         room: &'a str,
+        /// Why the server left it on its own; `None` for the client's `unsubscribe`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<LeaveReason>,
     },
     /// Redis accepted the event.
     Published {
@@ -163,6 +166,14 @@ pub enum Reply<'a> {
         /// The user.
         sub: Option<&'a str>,
     },
+}
+
+/// Why the server took a session out of a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// A fresh token does not allow the room (PROTOCOL.md §6).
+    NotAllowed,
 }
 
 #[derive(Serialize)]
@@ -199,8 +210,10 @@ pub fn error_frame(error: &Error, reference: Option<&RawValue>) -> ByteString {
 }
 
 /// The `event` frame of an event; computed once per event and shared by every session
-/// (see [`Event::wire_encoding`]).
-pub fn event_frame(event: &Event) -> ByteString {
+/// (see [`Event::wire_encoding`]). A frame over `max_bytes` (`LIMIT_OUTBOUND_BYTES`:
+/// no client could take it; only an event from Redis can be that large) is logged
+/// here, once per event and server; each session then skips it.
+pub fn event_frame(event: &Event, max_bytes: usize) -> ByteString {
     event.wire_encoding(|event| {
         // Room names need no JSON escaping (PROTOCOL.md §1 characters only), and the
         // envelope is JSON already: the frame is a concatenation, not a re-encoding.
@@ -211,6 +224,13 @@ pub fn event_frame(event: &Event) -> ByteString {
         frame.push_str(r#"","event":"#);
         frame.push_str(json);
         frame.push('}');
+        if frame.len() > max_bytes {
+            log::warn!(
+                "room {room}: an event of {} bytes from Redis is over LIMIT_OUTBOUND_BYTES \
+                 ({max_bytes}); no client can take it, it is skipped",
+                frame.len()
+            );
+        }
         frame.into()
     })
 }
@@ -320,7 +340,7 @@ mod tests {
             Bytes::from_static(raw.as_bytes()),
         )
         .unwrap();
-        let v: serde_json::Value = serde_json::from_str(&event_frame(&event)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&event_frame(&event, 1 << 20)).unwrap();
         assert_eq!(v["op"], "event");
         assert_eq!(v["room"], "m:1");
         assert_eq!(

@@ -143,7 +143,8 @@ async fn the_outbound_byte_limit_closes_a_slow_client_with_1013() {
 }
 
 /// An event from Redis larger than a client's whole outbound budget cannot be sent
-/// to anyone: it is skipped, and nobody is closed for it.
+/// to anyone: it is skipped, nobody is closed for it, and it is logged once, not once
+/// per subscriber.
 #[actix_web::test]
 async fn an_event_larger_than_the_outbound_limit_is_skipped_not_fatal() {
     let redis = support::RedisServer::start().await;
@@ -154,15 +155,27 @@ async fn an_event_larger_than_the_outbound_limit_is_skipped_not_fatal() {
         .env("LIMIT_OUTBOUND_BYTES", "16384")
         .spawn()
         .await;
-    let mut c = WsClient::connect(&server).await;
-    c.subscribe("feed").await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let mut c = WsClient::connect(&server).await;
+        c.subscribe("feed").await;
+        clients.push(c);
+    }
     let huge = json!({"type": "huge", "data": "x".repeat(40_000)}).to_string();
     redis.publish(&format!("{prefix}feed"), &huge).await;
     let small = json!({"type": "small", "data": 1}).to_string();
     redis.publish(&format!("{prefix}feed"), &small).await;
-    let next = c.recv_event("feed", REPLY_TIMEOUT).await;
-    assert_eq!(next["event"]["type"], "small", "{next}");
-    c.assert_alive().await;
+    for c in &mut clients {
+        let next = c.recv_event("feed", REPLY_TIMEOUT).await;
+        assert_eq!(next["event"]["type"], "small", "{next}");
+        c.assert_alive().await;
+    }
     let stats = server.stats().await;
     assert_eq!(u64_at(&stats, "/connections/slowConsumerCloses"), 0);
+    let log = server.stderr_tail();
+    let warnings = log.matches("over LIMIT_OUTBOUND_BYTES").count();
+    assert_eq!(
+        warnings, 1,
+        "one warning for one event, not one per subscriber:\n{log}"
+    );
 }

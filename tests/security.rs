@@ -136,11 +136,14 @@ async fn bad_tokens_close_1008_in_a_frame_and_401_in_the_header() {
         }
     }
     let good = token_with(SECRET, json!({"sub": "u", "exp": exp, "aud": ["x", "app"]}));
-    let bearer = format!("Bearer {good}");
-    assert_eq!(
-        upgrade_status(&server, &[("Authorization", &bearer)]).await,
-        101
-    );
+    for scheme in ["Bearer", "bearer"] {
+        let bearer = format!("{scheme} {good}");
+        assert_eq!(
+            upgrade_status(&server, &[("Authorization", &bearer)]).await,
+            101,
+            "scheme {scheme}"
+        );
+    }
 }
 
 #[actix_web::test]
@@ -189,6 +192,60 @@ async fn an_expiring_token_closes_the_session_unless_renewed() {
     eprintln!("expired session closed after {:?}", started.elapsed());
     renewed.assert_alive().await;
     renewed.subscribe("match:2").await;
+}
+
+/// A fresh token replaces the grant at once (PROTOCOL.md §6): rooms the new token
+/// does not allow are left, each with `unsubscribed` and reason `not_allowed`, and no
+/// event of them follows; another user's token closes the session with 1008.
+#[actix_web::test]
+async fn a_narrower_token_leaves_the_rooms_it_refuses_and_another_users_token_closes_1008() {
+    let server = secured(&[]).await;
+    let mut client = WsClient::connect(&server).await;
+    auth_frame(&mut client, &token("u1", 60, &["match:*", "chat:*"], &[])).await;
+    for room in ["match:1", "chat:1", "player:u1"] {
+        client.subscribe(room).await;
+    }
+    let narrower = auth_frame(&mut client, &token("u1", 60, &["match:*"], &[])).await;
+    assert_eq!(narrower["op"], "authenticated", "{narrower}");
+    let left = client
+        .recv_matching(REPLY_TIMEOUT, "unsubscribed from chat:1", |f| {
+            f["op"] == "unsubscribed"
+        })
+        .await;
+    assert_eq!(
+        left,
+        json!({"op": "unsubscribed", "room": "chat:1", "reason": "not_allowed"})
+    );
+    // Published in this order on one server: once the last one arrives, an event of
+    // chat:1 would have arrived before it.
+    for room in ["chat:1", "player:u1", "match:1"] {
+        let (status, body) = server
+            .post_json(
+                &format!("/publish/{room}"),
+                &json!({"type": "t", "data": room}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut seen = Vec::new();
+    while seen.last() != Some(&json!("match:1")) {
+        let frame = client.recv_json(REPLY_TIMEOUT).await;
+        assert_ne!(frame["room"], "chat:1", "an event of a room left: {frame}");
+        if frame["op"] == "event" {
+            seen.push(frame["room"].clone());
+        }
+    }
+    assert_eq!(seen, [json!("player:u1"), json!("match:1")]);
+    let refused = client
+        .request(json!({"op": "subscribe", "room": "chat:2"}))
+        .await;
+    assert_eq!(refused["code"], "not_allowed", "{refused}");
+
+    let mut other = WsClient::connect(&server).await;
+    auth_frame(&mut other, &token("u1", 60, &["match:*"], &[])).await;
+    other.send_json(&json!({"op": "auth", "token": token("u2", 60, &["match:*"], &[])}));
+    assert_eq!(other.recv_close(REPLY_TIMEOUT).await, Some(1008));
+    client.assert_alive().await;
 }
 
 #[actix_web::test]
@@ -260,13 +317,16 @@ async fn the_service_token_guards_the_http_endpoints_that_change_things() {
         .await
         .expect("POST");
     assert_eq!(wrong.status().as_u16(), 401);
-    let right = client
-        .post(&url)
-        .bearer_auth("svc-token-1")
-        .send_body(event)
-        .await
-        .expect("POST");
-    assert_eq!(right.status().as_u16(), 200);
+    // The scheme is case-insensitive (RFC 7235 §2.1).
+    for scheme in ["Bearer", "bearer", "BEARER"] {
+        let right = client
+            .post(&url)
+            .insert_header(("Authorization", format!("{scheme} svc-token-1")))
+            .send_body(event.clone())
+            .await
+            .expect("POST");
+        assert_eq!(right.status().as_u16(), 200, "scheme {scheme}");
+    }
     let (status, _) = server.get_json("/stats").await;
     assert_eq!(status, 200, "reading stays open");
 }

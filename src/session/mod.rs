@@ -90,9 +90,10 @@ impl Session {
             Ok(()) => {}
             Err(Overflow::Backlog) => self.slow_consumer(ctx),
             // Only an event from Redis can be this large (client events are held to
-            // LIMIT_EVENT_BYTES): it is skipped, and the client stays.
-            Err(Overflow::FrameTooLarge) => log::warn!(
-                "session on {}: skipped a frame of {size} bytes, over LIMIT_OUTBOUND_BYTES",
+            // LIMIT_EVENT_BYTES): it is skipped, and the client stays. Logged once per
+            // event where it is encoded (`wire::event_frame`), not once per client.
+            Err(Overflow::FrameTooLarge) => log::debug!(
+                "session on {}: skipped a frame of {size} bytes",
                 self.state.server_id
             ),
         }
@@ -258,8 +259,12 @@ impl Handler<Delivery> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Delivery, ctx: &mut Context<Self>) {
-        let frame = wire::event_frame(&msg.event);
-        self.send(frame, ctx);
+        // A delivery sent before the broker took our leave may still arrive: a room
+        // the session left gets no event after its `unsubscribed`.
+        if self.rooms.contains(msg.event.room()) {
+            let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
+            self.send(frame, ctx);
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use super::{close, Access, Session};
 use crate::{
     rate::Spend,
     rooms::{Answer, Join, Reference},
-    wire::{self, ClientOp, Reply},
+    wire::{self, ClientOp, LeaveReason, Reply},
     Error, Grant,
 };
 
@@ -26,6 +26,13 @@ impl Session {
             return;
         };
         match authenticator.verify(token) {
+            Ok(grant) if self.is_other_user(&grant) => {
+                log::info!(
+                    "session on {}: a fresh token is for another user; closing",
+                    self.state.server_id
+                );
+                self.fail(close::POLICY, "a token for another user", ctx);
+            }
             Ok(grant) => {
                 self.reply(
                     Reply::Authenticated {
@@ -46,7 +53,14 @@ impl Session {
         }
     }
 
-    /// Takes a grant and arms the timer that closes the session when it expires.
+    /// Whether `grant` is for another user than the session's current grant.
+    fn is_other_user(&self, grant: &Grant) -> bool {
+        matches!(&self.access, Access::Granted(current) if current.sub != grant.sub)
+    }
+
+    /// Takes a grant, arms the timer that closes the session when it expires, and
+    /// leaves every room it does not allow (PROTOCOL.md §6): a fresh token replaces
+    /// the old grant at once.
     pub(super) fn grant(&mut self, grant: Grant, ctx: &mut Context<Self>) {
         if let Some(timer) = self.expiry.take() {
             ctx.cancel_future(timer);
@@ -56,7 +70,20 @@ impl Session {
             log::info!("session on {}: token expired", act.state.server_id);
             act.fail(close::POLICY, "token expired", ctx);
         }));
+        let refused = self.rooms.retain(|room| grant.may_subscribe(room));
         self.access = Access::Granted(grant);
+        for (room, waiting) in refused {
+            let error = Error::NotAllowed(format!("this token may not subscribe to {room}"));
+            for reference in waiting {
+                self.refuse(&error, reference.as_deref(), ctx);
+            }
+            let reply = Reply::Unsubscribed {
+                room: room.as_str(),
+                reason: Some(LeaveReason::NotAllowed),
+            };
+            self.reply(reply, None, ctx);
+            self.leave_room(room, ctx);
+        }
     }
 
     /// Whether the session's access allows `check` (always, with authentication off).
@@ -176,7 +203,11 @@ impl Session {
             self.refuse(&cut_short, waiting.as_deref(), ctx);
         }
         self.leave_room(room, ctx);
-        self.reply(Reply::Unsubscribed { room: name }, reference, ctx);
+        let reply = Reply::Unsubscribed {
+            room: name,
+            reason: None,
+        };
+        self.reply(reply, reference, ctx);
         Ok(())
     }
 
