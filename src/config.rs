@@ -186,13 +186,17 @@ impl Config {
             None => default_server_id(),
         };
         // The Redis tunables are read (and checked) even on the memory backplane, so a
-        // bad value is reported whatever else is set.
+        // bad value is reported whatever else is set. The links are built around the
+        // real client: `RedisConfig::new` sets its connection options (TCP_NODELAY).
+        let client = redis_client(&env)?;
         let links = redis_config(
             &env,
-            redis::Client::open("redis://127.0.0.1").expect("a valid URL"),
+            client
+                .clone()
+                .unwrap_or_else(|| redis::Client::open("redis://127.0.0.1").expect("a valid URL")),
         )?;
-        let backplane = match redis_client(&env)? {
-            Some(client) => BackplaneConfig::Redis(Box::new(RedisConfig { client, ..links })),
+        let backplane = match client {
+            Some(_) => BackplaneConfig::Redis(Box::new(links)),
             None => BackplaneConfig::Memory,
         };
         let mut broker = BrokerConfig::new(server_id.clone(), backplane);
@@ -475,6 +479,33 @@ mod tests {
         };
         assert_eq!(redis.publish_retries, 1);
         assert_eq!(redis.channel_prefix, "t1:");
+    }
+
+    /// The links' client is the configured one, with the options `RedisConfig::new`
+    /// sets: TCP_NODELAY (without it a publish waits on Nagle against delayed ACKs).
+    #[test]
+    fn the_redis_client_keeps_its_connection_settings() {
+        for vars in [
+            &[("REDIS_URL", "redis://10.1.2.3:7777/2")][..],
+            &[
+                ("REDIS_HOST", "10.1.2.3"),
+                ("REDIS_PORT", "7777"),
+                ("REDIS_DB", "2"),
+            ][..],
+        ] {
+            let config = load(vars).unwrap();
+            let BackplaneConfig::Redis(redis) = config.broker.backplane else {
+                panic!("expected redis for {vars:?}");
+            };
+            let info = redis.client.get_connection_info();
+            assert!(info.tcp_settings().nodelay(), "TCP_NODELAY for {vars:?}");
+            assert_eq!(info.redis_settings().db(), 2, "{vars:?}");
+            assert!(
+                info.addr().to_string().contains("10.1.2.3:7777"),
+                "{vars:?}: {}",
+                info.addr()
+            );
+        }
     }
 
     #[test]
