@@ -35,6 +35,12 @@ pub struct Limits {
     pub publish_rate: u32,
     /// Publishes per connection at once.
     pub publish_burst: u32,
+    /// Publishes one connection may have waiting for their answer; past it a publish
+    /// is refused (`publish_failed`), so a pipelining client cannot queue without end.
+    pub connection_publishes_in_flight: usize,
+    /// Publishes this server's HTTP callers and sessions together may have waiting
+    /// for their answer (see `PublishGate`).
+    pub publishes_in_flight: usize,
 }
 
 impl Limits {
@@ -52,6 +58,11 @@ impl Limits {
     pub const DEFAULT_PUBLISH_RATE: u32 = 50;
     /// `LIMIT_PUBLISH_BURST`: 100.
     pub const DEFAULT_PUBLISH_BURST: u32 = 100;
+    /// `LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT`: 256 (more than a burst's worth).
+    pub const DEFAULT_CONNECTION_PUBLISHES_IN_FLIGHT: usize = 256;
+    /// `LIMIT_PUBLISHES_IN_FLIGHT`: 4,096, well under the publisher's own queue bound
+    /// (`MAX_QUEUED`), and at most 128 MiB of events of the largest size.
+    pub const DEFAULT_PUBLISHES_IN_FLIGHT: usize = 4096;
 }
 
 impl Default for Limits {
@@ -64,6 +75,8 @@ impl Default for Limits {
             subscriptions: Self::DEFAULT_SUBSCRIPTIONS,
             publish_rate: Self::DEFAULT_PUBLISH_RATE,
             publish_burst: Self::DEFAULT_PUBLISH_BURST,
+            connection_publishes_in_flight: Self::DEFAULT_CONNECTION_PUBLISHES_IN_FLIGHT,
+            publishes_in_flight: Self::DEFAULT_PUBLISHES_IN_FLIGHT,
         }
     }
 }
@@ -262,6 +275,16 @@ fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {
             1,
             1_000_000,
         )? as u32,
+        connection_publishes_in_flight: size(
+            "LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT",
+            Limits::DEFAULT_CONNECTION_PUBLISHES_IN_FLIGHT,
+        )?,
+        publishes_in_flight: env.number(
+            "LIMIT_PUBLISHES_IN_FLIGHT",
+            Limits::DEFAULT_PUBLISHES_IN_FLIGHT as u64,
+            1,
+            switchboard_actors::MAX_QUEUED as u64,
+        )? as usize,
     };
     Ok(limits)
 }

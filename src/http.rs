@@ -159,6 +159,10 @@ async fn publish(
         Ok(checked) => checked,
         Err(error) => return refusal(&error),
     };
+    let _admission = match state.publishes.admit(&state.server_id) {
+        Ok(admission) => admission,
+        Err(error) => return refusal(&error),
+    };
     match state.broker.send(Publish { room, event }).await {
         Ok(Ok(())) => HttpResponse::Ok().json(json!({"ok": true})),
         Ok(Err(e)) => refusal(&Error::PublishFailed(e.to_string())),
@@ -214,7 +218,7 @@ async fn stats(state: Data<State>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "publisher": stats.publisher,
         "subscriber": stats.subscriber,
-        "connections": state.counters.snapshot(),
+        "connections": state.counters.snapshot(&state.publishes),
     }))
 }
 
@@ -224,5 +228,6 @@ async fn reset_stats(req: HttpRequest, state: Data<State>) -> HttpResponse {
     }
     let _ = state.broker.send(ResetStats).await;
     state.counters.reset();
+    state.publishes.reset();
     HttpResponse::NoContent().finish()
 }

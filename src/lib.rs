@@ -13,12 +13,14 @@
 //!   sub-configs; loaded once in `main`.
 //! - `server.rs`: [`Switchboard`] (starts the broker and the peers, mounts the routes
 //!   into any Actix `App` with [`Switchboard::configure`], drains with
-//!   [`Switchboard::shutdown`]), the [`State`] the routes and sessions share (with its
-//!   [`ConnectionCounters`]), and [`serve`] / [`run`] (the whole server on a listener
-//!   until a shutdown future resolves, then the drain).
+//!   [`Switchboard::shutdown`]), and [`serve`] / [`run`] (the whole server on a
+//!   listener until a shutdown future resolves, then the drain).
+//! - `state.rs`: the [`State`] the routes and sessions share, with its
+//!   [`ConnectionCounters`] and the [`PublishGate`] that bounds publishes in flight.
 //! - `http.rs`: `POST /publish/{room}`, `GET /health`, `GET /health/live`,
 //!   `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
-//! - `session.rs`: [`Session`], one actor per WebSocket client, with its [`Access`].
+//! - `session/`: [`Session`], one actor per WebSocket client, with its [`Access`]
+//!   (`mod.rs`: frames, heartbeat, closing; `ops.rs`: what each client op does).
 //!   Accepts `Delivery` and `Evicted` from the broker and the client's frames as a
 //!   stream. Its rooms are a pure state machine, `SessionRooms` (`rooms.rs`).
 //! - `wire.rs`: client frames parsed into [`wire::ClientOp`]; server frames encoded.
@@ -41,12 +43,14 @@ mod rooms;
 mod server;
 mod session;
 mod socket;
+mod state;
 pub mod wire;
 
 pub use auth::{AuthError, Authenticator, Grant, Pattern};
 pub use config::{Config, ConfigError, Limits, Secret, SecurityConfig, SessionConfig};
 pub use error::{Error, ErrorCode};
 pub use rate::{PublishBudget, Spend};
-pub use server::{run, serve, ConnectionCounters, ConnectionSocket, State, Switchboard};
+pub use server::{run, serve, Switchboard};
 pub use session::{Access, Session};
+pub use state::{Admission, ConnectionCounters, ConnectionSocket, PublishGate, State};
 pub use switchboard_actors as actors;

@@ -4,90 +4,17 @@ use std::{
     any::Any,
     future::Future,
     net::TcpListener,
-    os::fd::{AsRawFd, RawFd},
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    os::fd::AsRawFd,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
 use actix::Addr;
 use actix_web::{dev::Extensions, web, App, HttpServer};
-use serde::Serialize;
-use switchboard_actors::{
-    AnnounceStop, BackplaneConfig, Broker, ConnectionGauge, GetHealth, Peers, Shutdown,
-};
+use switchboard_actors::{AnnounceStop, BackplaneConfig, Broker, GetHealth, Peers, Shutdown};
 use tokio::sync::watch;
 
-use crate::{Config, SessionConfig};
-
-/// What every request handler and session shares.
-pub struct State {
-    /// This server's id, for log lines.
-    pub server_id: String,
-    /// The hub.
-    pub broker: Addr<Broker>,
-    /// The peer tracker.
-    pub peers: Addr<Peers>,
-    /// Session settings and limits.
-    pub session: SessionConfig,
-    /// Connection counters for `/stats`.
-    pub counters: ConnectionCounters,
-    /// Turns true when the server shuts down; every session then closes with 1001.
-    pub shutdown: watch::Receiver<bool>,
-}
-
-/// `connections` in `/stats`. Atomics, not an actor: sessions on every worker thread
-/// count themselves, and nothing else depends on these numbers.
-#[derive(Debug, Default)]
-pub struct ConnectionCounters {
-    open: ConnectionGauge,
-    slow_consumer_closes: AtomicU64,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct ConnectionsSnapshot {
-    open: usize,
-    slow_consumer_closes: u64,
-}
-
-impl ConnectionCounters {
-    pub(crate) fn open(&self) {
-        self.open.open();
-    }
-
-    pub(crate) fn close(&self) {
-        self.open.close();
-    }
-
-    pub(crate) fn slow_consumer_close(&self) {
-        self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Open connections now.
-    pub fn open_now(&self) -> usize {
-        self.open.get()
-    }
-
-    pub(crate) fn snapshot(&self) -> impl Serialize {
-        ConnectionsSnapshot {
-            open: self.open.get(),
-            slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
-        }
-    }
-
-    /// Back to zero, but `open` (a gauge, not a counter) stays true.
-    pub(crate) fn reset(&self) {
-        self.slow_consumer_closes.store(0, Ordering::Relaxed);
-    }
-}
-
-/// A connection's socket, recorded when it is accepted (see [`Switchboard::on_connect`]),
-/// so a session can reset a client that never reads.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnectionSocket(pub RawFd);
+use crate::{Config, ConnectionCounters, ConnectionSocket, PublishGate, State};
 
 /// A running Switchboard: its broker, its peers, and what its routes share.
 #[derive(Clone)]
@@ -120,7 +47,7 @@ impl Switchboard {
         }
         let broker = Broker::start(config.broker.clone());
         let counters = ConnectionCounters::default();
-        let peers = Peers::start(config.peers.clone(), broker.clone(), counters.open.clone());
+        let peers = Peers::start(config.peers.clone(), broker.clone(), counters.gauge());
         let (shutdown, stopping) = watch::channel(false);
         let state = State {
             server_id: config.broker.server_id.clone(),
@@ -128,6 +55,7 @@ impl Switchboard {
             peers,
             session: config.session.clone(),
             counters,
+            publishes: Arc::new(PublishGate::new(config.session.limits.publishes_in_flight)),
             shutdown: stopping,
         };
         Switchboard {

@@ -61,6 +61,9 @@ pub struct Session {
     /// The timer that closes the session when its token expires.
     expiry: Option<SpawnHandle>,
     budget: PublishBudget,
+    /// Publishes sent to the broker and not answered yet (bounded by
+    /// `LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT`).
+    publishing: usize,
     rooms: SessionRooms,
     fragments: Option<Fragments>,
     last_heard: Instant,
@@ -78,6 +81,7 @@ impl Session {
             access,
             expiry: None,
             budget,
+            publishing: 0,
             rooms,
             fragments: None,
             last_heard: Instant::now(),

@@ -245,28 +245,51 @@ impl Session {
                 "this token may not publish in {room}"
             )));
         }
+        let limit = self.state.session.limits.connection_publishes_in_flight;
+        if self.publishing >= limit {
+            self.state.publishes.refuse(&self.state.server_id, || {
+                format!("a connection has {limit} publishes waiting (LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT)")
+            });
+            return Err(Error::PublishFailed(format!(
+                "overloaded: this connection has {limit} publishes waiting for their answer; \
+                 not published"
+            )));
+        }
+        let admission = self.state.publishes.admit(&self.state.server_id)?;
+        self.publishing += 1;
         let request = self.state.broker.send(Publish {
             room: room.clone(),
             event,
         });
         answer(request)
             .into_actor(self)
-            .map(move |result, act, ctx| match result {
-                Ok(()) => act.reply(
-                    Reply::Published {
-                        room: room.as_str(),
-                    },
-                    reference.as_deref(),
-                    ctx,
-                ),
-                Err(e) => act.refuse(
-                    &Error::PublishFailed(e.to_string()),
-                    reference.as_deref(),
-                    ctx,
-                ),
+            .map(move |result, act, ctx| {
+                drop(admission);
+                act.publishing -= 1;
+                act.published(&room, result, reference.as_deref(), ctx);
             })
             .spawn(ctx);
         Ok(())
+    }
+
+    /// The broker answered a publish.
+    fn published(
+        &mut self,
+        room: &Room,
+        result: Result<(), ActorError>,
+        reference: Option<&RawValue>,
+        ctx: &mut Context<Self>,
+    ) {
+        match result {
+            Ok(()) => self.reply(
+                Reply::Published {
+                    room: room.as_str(),
+                },
+                reference,
+                ctx,
+            ),
+            Err(e) => self.refuse(&Error::PublishFailed(e.to_string()), reference, ctx),
+        }
     }
 }
 

@@ -51,6 +51,8 @@ const SERVER_VARS: &[&str] = &[
     "LIMIT_EVENT_BYTES",
     "LIMIT_OUTBOUND_BYTES",
     "LIMIT_OUTBOUND_FRAMES",
+    "LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT",
+    "LIMIT_PUBLISHES_IN_FLIGHT",
 ];
 
 /// Short tunables so that outages, heartbeats and retries play out in well under a

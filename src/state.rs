@@ -1,0 +1,195 @@
+//! What the routes and the sessions of one server share: [`State`], with its
+//! [`ConnectionCounters`] and the [`PublishGate`] that bounds publishes in flight.
+
+use std::{
+    os::fd::RawFd,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+};
+
+use actix::Addr;
+use serde::Serialize;
+use switchboard_actors::{Broker, ConnectionGauge, Peers};
+use tokio::sync::watch;
+
+use crate::{Error, SessionConfig};
+
+/// What every request handler and session shares.
+pub struct State {
+    /// This server's id, for log lines.
+    pub server_id: String,
+    /// The hub.
+    pub broker: Addr<Broker>,
+    /// The peer tracker.
+    pub peers: Addr<Peers>,
+    /// Session settings and limits.
+    pub session: SessionConfig,
+    /// Connection counters for `/stats`.
+    pub counters: ConnectionCounters,
+    /// Publishes of this server's HTTP callers and sessions waiting for their answer.
+    pub publishes: Arc<PublishGate>,
+    /// Turns true when the server shuts down; every session then closes with 1001.
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// `connections` in `/stats`. Atomics, not an actor: sessions on every worker thread
+/// count themselves, and nothing else depends on these numbers.
+#[derive(Debug, Default)]
+pub struct ConnectionCounters {
+    open: ConnectionGauge,
+    slow_consumer_closes: AtomicU64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ConnectionsSnapshot {
+    open: usize,
+    slow_consumer_closes: u64,
+    publishes_in_flight: usize,
+    publishes_refused: u64,
+}
+
+impl ConnectionCounters {
+    pub(crate) fn open(&self) {
+        self.open.open();
+    }
+
+    pub(crate) fn close(&self) {
+        self.open.close();
+    }
+
+    pub(crate) fn slow_consumer_close(&self) {
+        self.slow_consumer_closes.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The open-connections gauge, shared with the peer tracker (it announces it).
+    pub fn gauge(&self) -> ConnectionGauge {
+        self.open.clone()
+    }
+
+    /// Open connections now.
+    pub fn open_now(&self) -> usize {
+        self.open.get()
+    }
+
+    pub(crate) fn snapshot(&self, publishes: &PublishGate) -> impl Serialize {
+        ConnectionsSnapshot {
+            open: self.open.get(),
+            slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
+            publishes_in_flight: publishes.in_flight.load(Ordering::Relaxed),
+            publishes_refused: publishes.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Back to zero, but `open` (a gauge, not a counter) stays true.
+    pub(crate) fn reset(&self) {
+        self.slow_consumer_closes.store(0, Ordering::Relaxed);
+    }
+}
+
+/// A connection's socket, recorded when it is accepted (see [`Switchboard::on_connect`]),
+/// so a session can reset a client that never reads.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionSocket(pub RawFd);
+
+/// Bounds the publishes waiting for their answer across one server's HTTP callers and
+/// sessions (`LIMIT_PUBLISHES_IN_FLIGHT`).
+///
+/// The broker's mailbox cannot do it: an actix sender that finds a bounded mailbox
+/// full is parked, but its message is queued all the same, so callers sharing one
+/// `Addr` queue without limit. Past the bound a publish is refused at once
+/// (`publish_failed`, HTTP 503, reaching nobody), counted in `/stats`
+/// `connections.publishesRefused` and logged once per episode. Atomics, not an actor:
+/// it is taken on every publish from every worker thread, and a message round trip
+/// would cost more than the publish it guards.
+#[derive(Debug)]
+pub struct PublishGate {
+    in_flight: AtomicUsize,
+    limit: usize,
+    refused: AtomicU64,
+    /// Whether the last publish was refused: the warning is logged on the first
+    /// refusal after an admission, not on every one.
+    saturated: AtomicBool,
+}
+
+/// A publish let through the [`PublishGate`]; its slot is freed when this is dropped
+/// (the publish was answered, or its caller went away).
+#[derive(Debug)]
+pub struct Admission(Arc<PublishGate>);
+
+impl PublishGate {
+    /// A gate letting `limit` publishes wait at once.
+    pub fn new(limit: usize) -> PublishGate {
+        PublishGate {
+            in_flight: AtomicUsize::new(0),
+            limit,
+            refused: AtomicU64::new(0),
+            saturated: AtomicBool::new(false),
+        }
+    }
+
+    /// Takes a slot, or refuses the publish when `limit` are waiting.
+    pub fn admit(self: &Arc<Self>, server_id: &str) -> Result<Admission, Error> {
+        let taken = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            });
+        if taken.is_ok() {
+            self.saturated.store(false, Ordering::Relaxed);
+            return Ok(Admission(self.clone()));
+        }
+        let limit = self.limit;
+        self.refuse(server_id, || {
+            format!("{limit} publishes of this server wait for Redis (LIMIT_PUBLISHES_IN_FLIGHT)")
+        });
+        Err(Error::PublishFailed(format!(
+            "overloaded: {limit} publishes of this server are waiting for Redis; not published"
+        )))
+    }
+
+    /// Counts a publish refused by a bound (this gate's, or a connection's), logging
+    /// the first refusal of an episode with `why`.
+    pub fn refuse(&self, server_id: &str, why: impl FnOnce() -> String) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        if !self.saturated.swap(true, Ordering::Relaxed) {
+            log::warn!("{server_id}: refusing publishes: {}", why());
+        }
+    }
+
+    /// Publishes waiting now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Back to zero for `POST /stats/reset` (the in-flight gauge stays true).
+    pub(crate) fn reset(&self) {
+        self.refused.store(0, Ordering::Relaxed);
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gate_admits_up_to_its_limit_and_frees_slots_on_drop() {
+        let gate = Arc::new(PublishGate::new(2));
+        let first = gate.admit("t").unwrap();
+        let _second = gate.admit("t").unwrap();
+        assert!(matches!(gate.admit("t"), Err(Error::PublishFailed(_))));
+        assert_eq!(gate.refused.load(Ordering::Relaxed), 1);
+        drop(first);
+        assert_eq!(gate.in_flight(), 1);
+        let _third = gate.admit("t").unwrap();
+        assert_eq!(gate.in_flight(), 2);
+    }
+}
