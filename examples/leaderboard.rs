@@ -22,7 +22,7 @@ use switchboard::{
             Channel, LeaderboardEvent, LeaderboardUpdate, LeaderboardUpdates, MatchData,
             MatchEvent, MatchEvents, RankChange,
         },
-        Delivery, PubSub,
+        Delivery, Evicted, PubSub,
     },
     Config, Switchboard,
 };
@@ -95,14 +95,39 @@ impl Actor for MatchService {
 }
 
 /// An in-process subscriber: gets every match event, from any server, typed.
-struct MatchLog;
+struct MatchLog {
+    pubsub: PubSub,
+}
 
 impl Actor for MatchLog {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        // The broker never waits for a recipient: the mailbox is how far it may lag.
+        // The broker never waits for a recipient: the mailbox is how far it may lag
+        // (actix's default is 16). Past it the broker drops the actor and says so.
         ctx.set_mailbox_capacity(1024);
+    }
+}
+
+/// The broker dropped this actor from its rooms: its mailbox was full, so it missed
+/// events. It says so and joins again (a real service would also reload its state).
+impl Handler<Evicted> for MatchLog {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
+        log::error!(
+            "match log: dropped by the broker ({:?}); events were missed",
+            msg.reason
+        );
+        let (pubsub, me) = (self.pubsub.clone(), ctx.address());
+        ctx.spawn(
+            async move {
+                if let Err(e) = pubsub.subscribe_actor(MatchEvents::ROOM, &me).await {
+                    log::error!("match log: cannot subscribe again: {e}");
+                }
+            }
+            .into_actor(self),
+        );
     }
 }
 
@@ -138,9 +163,12 @@ async fn main() -> std::io::Result<()> {
         round: 0,
     }
     .start();
-    let log = MatchLog.start();
+    let log = MatchLog {
+        pubsub: pubsub.clone(),
+    }
+    .start();
     pubsub
-        .subscribe(MatchEvents::ROOM, log.recipient())
+        .subscribe_actor(MatchEvents::ROOM, &log)
         .await
         .map_err(std::io::Error::other)?;
 

@@ -2,13 +2,13 @@
 
 use std::sync::OnceLock;
 
-use actix::{Addr, Recipient};
+use actix::{dev::ToEnvelope, Actor, Addr, Handler, Recipient};
 use serde::Serialize;
 
 use crate::{
     events::{self, Channel},
-    Broker, BrokerConfig, Delivery, Error, GetHealth, GetStats, HealthStatus, NewEvent, Publish,
-    PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats, Unsubscribe,
+    Broker, BrokerConfig, Delivery, Error, Evicted, GetHealth, GetStats, HealthStatus, NewEvent,
+    Publish, PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats, Unsubscribe,
     UnsubscribeAll,
 };
 
@@ -68,11 +68,41 @@ impl PubSub {
     }
 
     /// Subscribes `recipient` to `room`; returns once Redis confirmed the room.
+    ///
+    /// The broker never waits for a recipient: one whose mailbox is full when an event
+    /// comes is dropped from every room, and with this method nobody is told but the
+    /// log. Prefer [`PubSub::subscribe_actor`], which tells the actor, and give the
+    /// actor a mailbox sized for the bursts it must absorb (actix's default holds 16;
+    /// `ctx.set_mailbox_capacity(n)` in `started`).
     pub async fn subscribe(&self, room: &str, recipient: Recipient<Delivery>) -> Result<(), Error> {
+        self.subscribe_with(room, recipient, None).await
+    }
+
+    /// Subscribes an actor that handles both [`Delivery`] and [`Evicted`]: if its
+    /// mailbox is ever full when an event comes, the broker drops it from every room
+    /// and sends it [`Evicted`] (which does not count against the mailbox's capacity),
+    /// so it knows it missed events and can catch up and subscribe again.
+    pub async fn subscribe_actor<A>(&self, room: &str, actor: &Addr<A>) -> Result<(), Error>
+    where
+        A: Actor + Handler<Delivery> + Handler<Evicted>,
+        A::Context: ToEnvelope<A, Delivery> + ToEnvelope<A, Evicted>,
+    {
+        let (recipient, on_evicted) = (actor.clone().recipient(), actor.clone().recipient());
+        self.subscribe_with(room, recipient, Some(on_evicted)).await
+    }
+
+    /// Subscribes `recipient` to `room`; `on_evicted`, when given, is told if the
+    /// broker drops the recipient because its mailbox was full.
+    pub async fn subscribe_with(
+        &self,
+        room: &str,
+        recipient: Recipient<Delivery>,
+        on_evicted: Option<Recipient<Evicted>>,
+    ) -> Result<(), Error> {
         let subscribe = Subscribe {
             room: Room::new(room)?,
             recipient,
-            on_evicted: None,
+            on_evicted,
         };
         self.broker.send(subscribe).await?
     }
@@ -142,6 +172,69 @@ mod tests {
                 .0
                 .send(msg.event.decode::<MatchEvent>().expect("a match event"));
         }
+    }
+
+    /// A recipient that cannot keep up: its first delivery blocks its thread until
+    /// the test lets it go, so its small mailbox fills.
+    struct Stalled {
+        release: std::sync::mpsc::Receiver<()>,
+        seen: tokio::sync::mpsc::UnboundedSender<Option<crate::EvictReason>>,
+    }
+
+    impl Actor for Stalled {
+        type Context = Context<Self>;
+
+        fn started(&mut self, ctx: &mut Context<Self>) {
+            ctx.set_mailbox_capacity(4);
+        }
+    }
+
+    impl Handler<Delivery> for Stalled {
+        type Result = ();
+
+        fn handle(&mut self, _: Delivery, _ctx: &mut Context<Self>) {
+            // Only the first delivery waits (the channel stays open until released).
+            let _ = self.release.recv();
+            let _ = self.seen.send(None);
+        }
+    }
+
+    impl Handler<Evicted> for Stalled {
+        type Result = ();
+
+        fn handle(&mut self, msg: Evicted, _ctx: &mut Context<Self>) {
+            let _ = self.seen.send(Some(msg.reason));
+        }
+    }
+
+    /// Item 6 of the hardening issue: an in-process recipient dropped for a full
+    /// mailbox is told so, through the handle.
+    #[actix_rt::test]
+    async fn an_actor_dropped_for_a_full_mailbox_is_told_through_subscribe_actor() {
+        let pubsub = PubSub::start(BrokerConfig::new("evict", BackplaneConfig::Memory));
+        let (release_tx, release) = std::sync::mpsc::channel();
+        let (seen_tx, mut seen) = tokio::sync::mpsc::unbounded_channel();
+        let arbiter = actix::Arbiter::new();
+        let stalled = Stalled::start_in_arbiter(&arbiter.handle(), move |_| Stalled {
+            release,
+            seen: seen_tx,
+        });
+        pubsub.subscribe_actor("burst", &stalled).await.unwrap();
+        for n in 0..20 {
+            pubsub.publish_to("burst", "n", &n).await.unwrap();
+        }
+        drop(release_tx);
+        let mut evicted = None;
+        while evicted.is_none() {
+            evicted = seen.recv().await.expect("the recipient lives");
+        }
+        assert_eq!(evicted, Some(crate::EvictReason::MailboxFull));
+        assert_eq!(
+            pubsub.health_status().await.unwrap().active_subscriptions,
+            1,
+            "burst released; system:events stays"
+        );
+        arbiter.stop();
     }
 
     #[actix_rt::test]
