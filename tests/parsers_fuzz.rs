@@ -270,20 +270,45 @@ proptest! {
     }
 }
 
-/// Nesting far past serde_json's recursion limit is refused, not a stack overflow.
+/// Nesting far past serde_json's recursion limit overflows nothing: the parsers skip
+/// what they do not read without recursing, so deep JSON in `data` (bounded by the
+/// frame and event limits) is valid and passes through verbatim, and a deep document
+/// without the fields a parser needs is refused as such.
 #[test]
-fn deeply_nested_input_is_refused_without_overflowing_the_stack() {
+fn deeply_nested_input_passes_verbatim_or_is_refused_without_overflowing_the_stack() {
     for depth in [200, 10_000, 100_000] {
         let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
-        let frame =
-            format!(r#"{{"op":"publish","room":"r","event":{{"type":"t","data":{nested}}}}}"#);
-        let _ = parse_frame(&frame);
+        let event = format!(r#"{{"type":"t","data":{nested}}}"#);
+        let frame = format!(r#"{{"op":"publish","room":"r","event":{event}}}"#);
+        match parse_frame(&frame).map(|f| f.op) {
+            Ok(ClientOp::Publish { event: kept, .. }) => {
+                assert_eq!(kept.get(), event, "depth {depth}: the event changed")
+            }
+            other => panic!("depth {depth}: a deep event was not taken: {other:?}"),
+        }
         let ignored = format!(r#"{{"op":"ping","x":{nested}}}"#);
-        let _ = parse_frame(&ignored);
-        let envelope = format!(r#"{{"type":"t","data":{nested}}}"#);
-        let _ = Event::parse(room(), Bytes::from(envelope));
-        let objects = format!("{}{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
-        let _ = parse_frame(&objects);
-        let _ = Event::parse(room(), Bytes::from(objects));
+        assert!(
+            matches!(parse_frame(&ignored).map(|f| f.op), Ok(ClientOp::Ping)),
+            "depth {depth}: a deep unknown field is skipped"
+        );
+        let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+        match parse_frame(&objects) {
+            Err((_, error)) => assert_eq!(error.code(), ErrorCode::BadFrame, "depth {depth}"),
+            Ok(frame) => panic!(
+                "depth {depth}: a frame without op was taken: {:?}",
+                frame.op
+            ),
+        }
+        let parsed = Event::parse(room(), Bytes::from(event.clone()))
+            .unwrap_or_else(|e| panic!("depth {depth}: a deep envelope was refused: {e}"));
+        assert_eq!(
+            &**parsed.json(),
+            event,
+            "depth {depth}: the envelope changed"
+        );
+        assert!(
+            Event::parse(room(), Bytes::from(objects)).is_err(),
+            "depth {depth}: an envelope without type was taken"
+        );
     }
 }

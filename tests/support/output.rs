@@ -3,6 +3,7 @@
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
 use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
 
@@ -17,6 +18,8 @@ const TAIL_LINES: usize = 300;
 #[derive(Clone, Default)]
 pub struct Output {
     lines: Arc<Mutex<VecDeque<String>>>,
+    /// The reader threads, joined by [`Output::finish`] once the process is gone.
+    readers: Arc<Mutex<Vec<JoinHandle<()>>>>,
 }
 
 impl Output {
@@ -28,7 +31,7 @@ impl Output {
     ) -> oneshot::Receiver<u16> {
         let (port_tx, port_rx) = oneshot::channel();
         let lines = self.clone();
-        std::thread::spawn(move || {
+        let out_reader = std::thread::spawn(move || {
             let mut port_tx = Some(port_tx);
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(port) = listening_port(&line) {
@@ -40,12 +43,25 @@ impl Output {
             }
         });
         let lines = self.clone();
-        std::thread::spawn(move || {
+        let err_reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 lines.push(line);
             }
         });
+        self.readers
+            .lock()
+            .expect("readers lock")
+            .extend([out_reader, err_reader]);
         port_rx
+    }
+
+    /// Waits until the reader threads took the last lines: call it once the process
+    /// has exited (its pipes then close and the threads end).
+    pub fn finish(&self) {
+        let readers = std::mem::take(&mut *self.readers.lock().expect("readers lock"));
+        for reader in readers {
+            reader.join().expect("an output reader thread panicked");
+        }
     }
 
     fn push(&self, line: String) {

@@ -160,8 +160,12 @@ impl ServerBuilder {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
-        // Give the reader threads a moment to take the last lines from the pipes.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        if status.is_none() {
+            server.kill();
+        }
+        // The process is gone: its pipes are closed once the reader threads took
+        // their last lines.
+        server.output.finish();
         (status, server.stderr_tail())
     }
 
