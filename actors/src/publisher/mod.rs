@@ -14,7 +14,10 @@ use actix::{dev::OneshotSender, prelude::*};
 use redis::aio::MultiplexedConnection;
 
 pub use self::flow::MAX_QUEUED;
-use self::{flow::Flow, pipeline::Pending};
+use self::{
+    flow::Flow,
+    pipeline::{FlushState, Pending},
+};
 use crate::{
     link::{GetLinkStatus, LinkState, LinkStatus, RedisConfig},
     Error, Event, PublisherStats, ResetStats, Shutdown,
@@ -43,12 +46,10 @@ pub struct RedisPublisher {
     queue: VecDeque<Pending>,
     /// Publishes refused since the queue last had room (logged once per episode).
     refused: u64,
-    /// A `Flush` is on its way: publishes arriving meanwhile join its pipeline.
-    flush_scheduled: bool,
     /// What is out and what waits: decides when the queue may go.
     flow: Flow,
-    /// The timer that sends a held queue after `MAX_HOLD`.
-    hold: Option<SpawnHandle>,
+    /// Whether the queue's next pipeline is arranged: due, held, or not yet.
+    next_flush: FlushState,
     stats: PublisherStats,
     closed: bool,
 }
@@ -88,9 +89,8 @@ impl RedisPublisher {
             link,
             queue: VecDeque::new(),
             refused: 0,
-            flush_scheduled: false,
             flow: Flow::default(),
-            hold: None,
+            next_flush: FlushState::Unscheduled,
             stats: PublisherStats::default(),
             closed: false,
         })
@@ -125,8 +125,7 @@ impl Supervised for RedisPublisher {
         self.generation += 1;
         // A `Flush` notified or a hold timer set before the restart is gone with the
         // old context, and the old connection's pipelines no longer hold the queue.
-        self.flush_scheduled = false;
-        self.hold = None;
+        self.next_flush = FlushState::Unscheduled;
         self.flow.reconnecting();
     }
 }

@@ -32,6 +32,22 @@ impl Pending {
     }
 }
 
+/// Whether the queue's next pipeline is arranged, and how: one state, so the queue
+/// is never both due and held.
+#[derive(Debug, Default)]
+pub(super) enum FlushState {
+    /// Nothing is arranged: the next publish, or the next pipeline to end, asks
+    /// [`Flow::next`](super::flow::Flow::next).
+    #[default]
+    Unscheduled,
+    /// A [`Flush`] is in the mailbox: publishes arriving before it runs join its
+    /// pipeline.
+    Due,
+    /// A pipeline is out and the queue waits for it to end, or for this timer, which
+    /// sends the queue after [`MAX_HOLD`] anyway.
+    Held(SpawnHandle),
+}
+
 /// Send the queued publishes as one pipeline.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -75,26 +91,32 @@ impl RedisPublisher {
         self.schedule_flush(ctx);
     }
 
-    /// Arranges for the queue to be sent, as [`Flow::next`] says: at once; when the
-    /// pipeline out ends or after [`MAX_HOLD`], whichever comes first; or, with
-    /// [`MAX_QUEUED`] unanswered, when a pipeline ends.
+    /// Arranges for the queue to be sent, as [`Flow::next`](super::flow::Flow::next)
+    /// says: at once; when the pipeline out ends or after [`MAX_HOLD`], whichever
+    /// comes first; or, with [`MAX_QUEUED`] unanswered, when a pipeline ends.
     pub(super) fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
-        if self.queue.is_empty() || self.flush_scheduled {
+        if self.queue.is_empty() || matches!(self.next_flush, FlushState::Due) {
             return;
         }
-        match self.flow.next(self.conn.is_some()) {
-            Next::Now => {
-                self.flush_scheduled = true;
+        match (self.flow.next(self.conn.is_some()), &self.next_flush) {
+            (Next::Now, _) => {
+                // A held queue now goes with the `Flush`: its timer must not send it
+                // a second time.
+                let was = std::mem::replace(&mut self.next_flush, FlushState::Due);
+                if let FlushState::Held(timer) = was {
+                    ctx.cancel_future(timer);
+                }
                 ctx.notify(Flush);
             }
-            Next::Hold if self.hold.is_none() => {
-                self.hold = Some(ctx.run_later(MAX_HOLD, |act, ctx| {
-                    act.hold = None;
+            (Next::Hold, FlushState::Unscheduled) => {
+                let timer = ctx.run_later(MAX_HOLD, |act, ctx| {
+                    act.next_flush = FlushState::Unscheduled;
                     act.flush(ctx);
-                }));
+                });
+                self.next_flush = FlushState::Held(timer);
             }
-            // `PipelineEnded` calls again.
-            Next::Hold | Next::Wait => {}
+            // Held already, or waiting: `PipelineEnded` calls again.
+            (Next::Hold | Next::Wait, _) => {}
         }
     }
 
@@ -102,8 +124,9 @@ impl RedisPublisher {
     /// connection: one write, one round trip, one answer for all of them. Without a
     /// connection each publish is retried after its delay, or fails.
     fn flush(&mut self, ctx: &mut Context<Self>) {
-        if let Some(hold) = self.hold.take() {
-            ctx.cancel_future(hold);
+        // Whatever was arranged happens now.
+        if let FlushState::Held(timer) = std::mem::take(&mut self.next_flush) {
+            ctx.cancel_future(timer);
         }
         match self.conn.clone() {
             Some(conn) if self.flow.may_send() && !self.queue.is_empty() => {
@@ -229,7 +252,6 @@ impl Handler<Flush> for RedisPublisher {
     type Result = ();
 
     fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
-        self.flush_scheduled = false;
         self.flush(ctx);
     }
 }
