@@ -25,8 +25,10 @@
 //!   [`ResetStats`], [`Shutdown`]; streams Redis messages in, checks them, suppresses
 //!   echoes and hands the rest to the broker. Supervised: on restart it subscribes
 //!   every room still wanted. Its room bookkeeping is a pure type, `Subscriptions`
-//!   (`subscriptions.rs`); what both links share (settings, status, reconnect state)
-//!   is in `link.rs` ([`RedisConfig`], [`LinkStatus`]).
+//!   (`subscriptions.rs`).
+//! - `link.rs`: what both links share: settings ([`RedisConfig`]), status
+//!   ([`LinkStatus`]), reconnect state, and their lifecycle (the `RedisLink` trait:
+//!   connect at once or after the backoff, probe with PING, stop on a dead link).
 //! - [`Peers`] (`peers.rs`, [`PeersConfig`]): announces this server on `system:events`
 //!   and tracks the other live servers. Accepts [`Delivery`] and [`Evicted`] (as a
 //!   recipient of `system:events`), [`GetPeers`], [`AnnounceStop`]. Reads the

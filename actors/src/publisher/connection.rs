@@ -1,14 +1,14 @@
 //! The publisher's connection: opening it (RESP3 when Redis speaks it), probing it,
 //! and letting it go when it dies.
 
-use std::sync::Arc;
+use std::{future::Future, sync::Arc};
 
 use actix::prelude::*;
 use redis::{aio::MultiplexedConnection, ErrorKind, ProtocolVersion, PushInfo, PushKind};
 
 use super::RedisPublisher;
 use crate::{
-    link::{with_deadline, RedisConfig},
+    link::{LinkState, RedisConfig, RedisLink},
     Error,
 };
 
@@ -22,12 +22,29 @@ pub(super) struct LinkLost {
     pub(super) why: String,
 }
 
-impl RedisPublisher {
+impl RedisLink for RedisPublisher {
+    type Connection = MultiplexedConnection;
+
+    fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    fn link_state(&mut self) -> &mut LinkState {
+        &mut self.link
+    }
+
+    fn name(&self) -> String {
+        "publisher".into()
+    }
+
     /// Connects over RESP3 when Redis speaks it (6 and later), because only then does
     /// redis-rs report a closed connection at once (a `Disconnection` push), so a
     /// publish made after the link died is known not to have been sent, and is retried.
     /// On an older Redis, RESP2: failed commands and the PING probe find dead links.
-    pub(super) fn connect(&mut self, ctx: &mut Context<Self>) {
+    fn open(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = Result<MultiplexedConnection, Error>> + 'static {
         let (generation, addr) = (self.generation, ctx.address());
         let on_push = move |info: PushInfo| {
             if info.kind == PushKind::Disconnection {
@@ -36,54 +53,10 @@ impl RedisPublisher {
             }
             Ok::<(), std::convert::Infallible>(())
         };
-        let connect = Self::open(self.config.clone(), on_push);
-        with_deadline(self.config.response_timeout, "connect", connect)
-            .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok(conn) => act.connected(conn, ctx),
-                Err(e) => {
-                    let attempts = act.link.attempt();
-                    log::warn!("publisher: cannot connect to redis (attempt {attempts}): {e}");
-                    ctx.stop();
-                }
-            })
-            .spawn(ctx);
+        open_resp3_or_resp2(self.config.clone(), on_push)
     }
 
-    /// Opens the connection: RESP3 with `on_push`, or RESP2 when Redis is older.
-    async fn open(
-        config: Arc<RedisConfig>,
-        on_push: impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static,
-    ) -> Result<MultiplexedConnection, Error> {
-        let info = config.client.get_connection_info().clone();
-        let settings = info
-            .redis_settings()
-            .clone()
-            .set_protocol(ProtocolVersion::RESP3);
-        let pushing = config.connection_config().set_push_sender(on_push);
-        let first = match redis::Client::open(info.set_redis_settings(settings)) {
-            Ok(resp3) => {
-                resp3
-                    .get_multiplexed_async_connection_with_config(&pushing)
-                    .await
-            }
-            Err(e) => Err(e),
-        };
-        match first {
-            Err(e) if e.kind() == ErrorKind::RESP3NotSupported => {
-                log::info!("publisher: redis does not speak RESP3; using RESP2");
-                let plain = config.connection_config();
-                config
-                    .client
-                    .get_multiplexed_async_connection_with_config(&plain)
-                    .await
-            }
-            other => other,
-        }
-        .map_err(|e| Error::from_redis(&e))
-    }
-
-    fn connected(&mut self, conn: MultiplexedConnection, ctx: &mut Context<Self>) {
+    fn connected(&mut self, conn: MultiplexedConnection, _ctx: &mut Context<Self>) {
         log::info!(
             "publisher: connected to redis after {} failed attempts",
             self.link.failed_attempts()
@@ -91,38 +64,57 @@ impl RedisPublisher {
         self.conn = Some(conn);
         // The handshake was a real round trip: the link is proven.
         self.link.prove();
-        ctx.run_interval(self.config.probe_interval, Self::probe);
     }
 
-    /// PINGs Redis; no answer within the probe timeout means the link is dead.
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        let Some(mut conn) = self.conn.clone().filter(|_| !self.link.probing) else {
-            return;
-        };
-        self.link.probing = true;
-        let ping = async move {
+    fn ping(&self) -> Option<impl Future<Output = Result<(), Error>> + 'static> {
+        let mut conn = self.conn.clone()?;
+        Some(async move {
             redis::cmd("PING")
                 .query_async::<redis::Value>(&mut conn)
                 .await
+                .map(|_pong| ())
                 .map_err(|e| Error::from_redis(&e))
-        };
-        with_deadline(self.config.probe_timeout, "PING", ping)
-            .into_actor(self)
-            .map(|result, act, ctx| {
-                act.link.probing = false;
-                if let Err(e) = result {
-                    act.lose_link(&format!("probe failed: {e}"), ctx);
-                }
-            })
-            .spawn(ctx);
+        })
     }
 
-    fn lose_link(&mut self, why: &str, ctx: &mut Context<Self>) {
+    fn drop_connection(&mut self, why: &str) {
         if self.conn.take().is_some() {
             log::warn!("publisher: redis link lost ({why}); reconnecting");
         }
-        ctx.stop();
     }
+}
+
+/// Opens the connection: RESP3 with `on_push`, or RESP2 when Redis is older.
+async fn open_resp3_or_resp2(
+    config: Arc<RedisConfig>,
+    on_push: impl Fn(PushInfo) -> Result<(), std::convert::Infallible> + Send + Sync + 'static,
+) -> Result<MultiplexedConnection, Error> {
+    let info = config.client.get_connection_info().clone();
+    let settings = info
+        .redis_settings()
+        .clone()
+        .set_protocol(ProtocolVersion::RESP3);
+    let pushing = config.connection_config().set_push_sender(on_push);
+    let first = match redis::Client::open(info.set_redis_settings(settings)) {
+        Ok(resp3) => {
+            resp3
+                .get_multiplexed_async_connection_with_config(&pushing)
+                .await
+        }
+        Err(e) => Err(e),
+    };
+    match first {
+        Err(e) if e.kind() == ErrorKind::RESP3NotSupported => {
+            log::info!("publisher: redis does not speak RESP3; using RESP2");
+            let plain = config.connection_config();
+            config
+                .client
+                .get_multiplexed_async_connection_with_config(&plain)
+                .await
+        }
+        other => other,
+    }
+    .map_err(|e| Error::from_redis(&e))
 }
 
 impl Handler<LinkLost> for RedisPublisher {

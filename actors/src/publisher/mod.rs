@@ -19,7 +19,7 @@ use self::{
     pipeline::{FlushState, Pending},
 };
 use crate::{
-    link::{GetLinkStatus, LinkState, LinkStatus, RedisConfig},
+    link::{GetLinkStatus, LinkState, LinkStatus, RedisConfig, RedisLink},
     Error, Event, PublisherStats, ResetStats, Shutdown,
 };
 
@@ -106,12 +106,7 @@ impl Actor for RedisPublisher {
             self.answer_all(Error::ShuttingDown);
             return;
         }
-        match self.link.connect_delay() {
-            None => self.connect(ctx),
-            Some(delay) => {
-                ctx.run_later(delay, Self::connect);
-            }
-        }
+        self.connect_when_due(ctx);
         // Publishes queued when the link was lost: without a connection now, they
         // take the retry path.
         self.schedule_flush(ctx);
