@@ -139,8 +139,9 @@ impl RedisPublisher {
             }
             Some(_) => {}
             None => {
+                let error = Error::NotConnected("no connection to redis".into());
                 for pending in std::mem::take(&mut self.queue) {
-                    self.not_sent(pending, ctx);
+                    self.retry_or_fail(pending, &error, ctx);
                 }
             }
         }
@@ -176,12 +177,13 @@ impl RedisPublisher {
         pipeline
     }
 
-    /// A publish that found no connection cannot have reached Redis: it is retried
-    /// after 100, 200, 400 ms (from an independent timer, so the actor's restarts
-    /// while it reconnects do not lose it), then fails.
-    fn not_sent(&mut self, mut pending: Pending, ctx: &mut Context<Self>) {
-        if pending.retries >= self.config.publish_retries {
-            let error = Error::NotConnected("no connection to redis".into());
+    /// A publish whose attempt failed with `error`. When the error says the attempt
+    /// cannot have reached Redis ([`Error::is_retryable`]: it found no connection),
+    /// the publish is retried after 100, 200, 400 ms (from an independent timer, so
+    /// the actor's restarts while it reconnects do not lose it); otherwise, or once
+    /// its retries are spent, it fails with `error`.
+    fn retry_or_fail(&mut self, mut pending: Pending, error: &Error, ctx: &mut Context<Self>) {
+        if !error.is_retryable() || pending.retries >= self.config.publish_retries {
             log::warn!(
                 "publisher: publish to {} failed after {} retries: {error}",
                 pending.event.room(),
@@ -189,7 +191,7 @@ impl RedisPublisher {
             );
             self.stats
                 .record(pending.event.room().as_str(), false, pending.retries);
-            pending.answer(Err(error));
+            pending.answer(Err(error.clone()));
             return;
         }
         let delay = self
