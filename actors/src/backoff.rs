@@ -7,8 +7,9 @@ use std::time::Duration;
 /// Policy: the n-th delay (counting from 0) is `min(max, base * 2^n)`. With jitter on,
 /// the delay is drawn uniformly from `[d/2, d]` ("equal jitter"), so servers that lost
 /// Redis together do not reconnect in lockstep, yet no delay is ever shorter than half
-/// the nominal one. The reconnect loops use jitter; the publish retries (100, 200,
-/// 400 ms in the seed) do not, so their timing is the documented one.
+/// the nominal one. The link actors' reconnects use it. The publish retries (100,
+/// 200, 400 ms in the seed) are not jittered, so their timing is the documented one:
+/// the publisher doubles `publish_retry_base` itself.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
@@ -28,7 +29,9 @@ impl Backoff {
         }
     }
 
-    /// The same policy without jitter: exactly `base`, `2 * base`, ...
+    /// The same policy without jitter: exactly `base`, `2 * base`, ..., so the tests
+    /// can check the delays. (Every backoff in use is jittered.)
+    #[cfg(test)]
     pub fn without_jitter(mut self) -> Backoff {
         self.jitter = false;
         self

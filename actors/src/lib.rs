@@ -14,16 +14,21 @@
 //!   channel ([`INBOUND_CAPACITY`]). Delivers [`Delivery`] (and [`Evicted`]) to
 //!   recipients. Its backplane (`backplane.rs`, [`BackplaneConfig`]) is the two Redis
 //!   link actors, or nothing on the memory backplane (one server, no Redis).
-//! - [`RedisPublisher`] (`publisher.rs`): owns the publishing connection. Accepts
+//! - [`RedisPublisher`] (`publisher/`): owns the publishing connection. Accepts
 //!   [`PublishEvent`] (publish with retry), [`GetLinkStatus`], [`GetPublisherStats`],
 //!   [`ResetStats`], [`Shutdown`]. Supervised: restarts and reconnects with [`Backoff`].
+//!   The actor, its messages and statistics are in `publisher/mod.rs`; its connection
+//!   in `connection.rs`; its flow control, a pure type with the [`MAX_QUEUED`] bound,
+//!   in `flow.rs`; the queue sent in pipelines, with the retries, in `pipeline.rs`.
 //! - [`RedisSubscriber`] (`subscriber.rs`): owns the pub/sub connection. Accepts
 //!   [`WatchRoom`], [`UnwatchRoom`], [`GetLinkStatus`], [`GetSubscriberStats`],
 //!   [`ResetStats`], [`Shutdown`]; streams Redis messages in, checks them, suppresses
 //!   echoes and hands the rest to the broker. Supervised: on restart it subscribes
 //!   every room still wanted. Its room bookkeeping is a pure type, `Subscriptions`
-//!   (`subscriptions.rs`); what both links share (settings, status, reconnect state)
-//!   is in `link.rs` ([`RedisConfig`], [`LinkStatus`]).
+//!   (`subscriptions.rs`).
+//! - `link.rs`: what both links share: settings ([`RedisConfig`]), status
+//!   ([`LinkStatus`]), reconnect state, and their lifecycle (the `RedisLink` trait:
+//!   connect at once or after the backoff, probe with PING, stop on a dead link).
 //! - [`Peers`] (`peers.rs`, [`PeersConfig`]): announces this server on `system:events`
 //!   and tracks the other live servers. Accepts [`Delivery`] and [`Evicted`] (as a
 //!   recipient of `system:events`), [`GetPeers`], [`AnnounceStop`]. Reads the

@@ -1,9 +1,9 @@
-//! What the two Redis link actors share: their configuration, their status, and
-//! the mapping between rooms and Redis channels.
+//! What the two Redis link actors share: their configuration, their status, the
+//! mapping between rooms and Redis channels, and their lifecycle ([`RedisLink`]).
 
 use std::{future::Future, time::Duration};
 
-use actix::Message;
+use actix::{prelude::*, Message};
 
 use crate::{Backoff, Error, Room};
 
@@ -121,7 +121,7 @@ pub(crate) struct LinkState {
     failed_attempts: u32,
     proven: bool,
     /// A PING is in flight; the next probe tick skips.
-    pub(crate) probing: bool,
+    probing: bool,
 }
 
 impl LinkState {
@@ -164,6 +164,100 @@ impl LinkState {
     /// Failed connection attempts since the link was last proven.
     pub(crate) fn failed_attempts(&self) -> u32 {
         self.failed_attempts
+    }
+}
+
+/// A Redis link actor (the publisher, the subscriber): it owns one connection and
+/// replaces it by stopping, so that its [`Supervisor`] restarts it. Each link says how
+/// it opens, pings and lets go of its connection; the lifecycle around those is the
+/// same for both and lives here: when to connect (the [`LinkState`]), the deadlines,
+/// the probe, and that a dead link stops the actor.
+pub(crate) trait RedisLink: Actor<Context = Context<Self>> {
+    /// What a successful connect yields.
+    type Connection: 'static;
+
+    /// The link's settings.
+    fn config(&self) -> &RedisConfig;
+
+    /// The link's reconnect bookkeeping, kept in the actor so it survives restarts.
+    fn link_state(&mut self) -> &mut LinkState;
+
+    /// Names the link in log lines.
+    fn name(&self) -> String;
+
+    /// Opens a connection; [`RedisLink::connect`] adds the deadline.
+    fn open(
+        &mut self,
+        ctx: &mut Context<Self>,
+    ) -> impl Future<Output = Result<Self::Connection, Error>> + 'static;
+
+    /// Takes a new connection into use (it is probed from now on).
+    fn connected(&mut self, conn: Self::Connection, ctx: &mut Context<Self>);
+
+    /// A PING on the current connection; `None` without one.
+    fn ping(&self) -> Option<impl Future<Output = Result<(), Error>> + 'static>;
+
+    /// Lets go of the connection, lost for `why`; logs (and counts) the loss when
+    /// there was a connection to lose.
+    fn drop_connection(&mut self, why: &str);
+
+    /// Connects at once, or after the backoff delay when the link failed before it
+    /// was proven (see [`LinkState`]). Called from `started`, so on every restart.
+    fn connect_when_due(&mut self, ctx: &mut Context<Self>) {
+        match self.link_state().connect_delay() {
+            None => self.connect(ctx),
+            Some(delay) => {
+                ctx.run_later(delay, Self::connect);
+            }
+        }
+    }
+
+    /// One connect attempt, within the response deadline. A failed attempt stops the
+    /// actor: the restart counts it and tries again after the next delay.
+    fn connect(&mut self, ctx: &mut Context<Self>) {
+        let open = self.open(ctx);
+        with_deadline(self.config().response_timeout, "connect", open)
+            .into_actor(self)
+            .map(|result, act, ctx| match result {
+                Ok(conn) => {
+                    ctx.run_interval(act.config().probe_interval, Self::probe);
+                    act.connected(conn, ctx);
+                }
+                Err(e) => {
+                    let attempts = act.link_state().attempt();
+                    let name = act.name();
+                    log::warn!("{name}: cannot connect to redis (attempt {attempts}): {e}");
+                    ctx.stop();
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// PINGs Redis: a paused or wedged Redis keeps the socket open but never answers,
+    /// and only a probe tells. No answer within the probe timeout loses the link.
+    fn probe(&mut self, ctx: &mut Context<Self>) {
+        if self.link_state().probing {
+            return;
+        }
+        let Some(ping) = self.ping() else {
+            return;
+        };
+        self.link_state().probing = true;
+        with_deadline(self.config().probe_timeout, "PING", ping)
+            .into_actor(self)
+            .map(|result, act, ctx| {
+                act.link_state().probing = false;
+                if let Err(e) = result {
+                    act.lose_link(&format!("probe failed: {e}"), ctx);
+                }
+            })
+            .spawn(ctx);
+    }
+
+    /// The link is dead: the actor stops, and its supervisor restarts it to reconnect.
+    fn lose_link(&mut self, why: &str, ctx: &mut Context<Self>) {
+        self.drop_connection(why);
+        ctx.stop();
     }
 }
 

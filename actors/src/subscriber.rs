@@ -1,14 +1,17 @@
 //! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
 
-use std::{sync::Arc, time::Instant};
+use std::{future::Future, sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use redis::{aio::PubSubSink, Msg};
+use redis::{
+    aio::{PubSub, PubSubSink},
+    Msg,
+};
 use tokio::sync::mpsc::{self, error::TrySendError};
 
 use crate::{
-    link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig},
+    link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig, RedisLink},
     subscriptions::{Batch, Subscriptions, Want},
     Error, Event, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
 };
@@ -99,48 +102,6 @@ impl RedisSubscriber {
         })
     }
 
-    fn connect(&mut self, ctx: &mut Context<Self>) {
-        let client = self.config.client.clone();
-        let connect = async move {
-            client
-                .get_async_pubsub()
-                .await
-                .map_err(|e| Error::from_redis(&e))
-        };
-        with_deadline(self.config.response_timeout, "connect", connect)
-            .into_actor(self)
-            .map(|result, act, ctx| match result {
-                Ok(pubsub) => {
-                    let (sink, stream) = pubsub.split();
-                    act.connected(sink, ctx);
-                    ctx.add_stream(stream);
-                }
-                Err(e) => {
-                    let attempts = act.link.attempt();
-                    log::warn!(
-                        "subscriber {}: cannot connect to redis (attempt {attempts}): {e}",
-                        act.identity.server_id
-                    );
-                    ctx.stop();
-                }
-            })
-            .spawn(ctx);
-    }
-
-    fn connected(&mut self, sink: PubSubSink, ctx: &mut Context<Self>) {
-        log::info!(
-            "subscriber {}: connected to redis after {} failed attempts; subscribing {} rooms",
-            self.identity.server_id,
-            self.link.failed_attempts(),
-            self.rooms.wanted()
-        );
-        self.sink = Some(sink);
-        self.connected_at = Some(Instant::now());
-        self.rooms.reconnected();
-        ctx.run_interval(self.config.probe_interval, Self::probe);
-        self.flush(ctx);
-    }
-
     /// Sends what changed: one UNSUBSCRIBE and one SUBSCRIBE with every channel queued
     /// since the last command. One command at a time, so Redis sees them in order.
     fn flush(&mut self, ctx: &mut Context<Self>) {
@@ -216,40 +177,6 @@ impl RedisSubscriber {
         }
     }
 
-    /// PINGs Redis on the pub/sub connection: a paused or wedged Redis keeps the
-    /// socket open but never answers, and only a probe tells.
-    fn probe(&mut self, ctx: &mut Context<Self>) {
-        let Some(mut sink) = self.sink.clone().filter(|_| !self.link.probing) else {
-            return;
-        };
-        self.link.probing = true;
-        let ping = async move {
-            sink.ping::<redis::Value>()
-                .await
-                .map_err(|e| Error::from_redis(&e))
-        };
-        with_deadline(self.config.probe_timeout, "PING", ping)
-            .into_actor(self)
-            .map(|result, act, ctx| {
-                act.link.probing = false;
-                if let Err(e) = result {
-                    act.lose_link(&format!("probe failed: {e}"), ctx);
-                }
-            })
-            .spawn(ctx);
-    }
-
-    fn lose_link(&mut self, why: &str, ctx: &mut Context<Self>) {
-        if self.sink.take().is_some() {
-            self.stats.links_lost += 1;
-            log::warn!(
-                "subscriber {}: redis link lost ({why}); messages published until it is back are lost; reconnecting",
-                self.identity.server_id
-            );
-        }
-        ctx.stop();
-    }
-
     /// Whether a message with our own `serverId` is really ours: on `system:events`
     /// a different `instanceId` means a duplicate server id, which the peers must see.
     fn is_own_echo(&self, event: &Event) -> bool {
@@ -305,11 +232,72 @@ impl Actor for RedisSubscriber {
         // Abandoned confirmations (their subscribe timed out at the broker) are
         // dropped on a timer that runs connected or not.
         ctx.run_interval(self.config.probe_interval, |act, _| act.rooms.prune());
-        match self.link.connect_delay() {
-            None => self.connect(ctx),
-            Some(delay) => {
-                ctx.run_later(delay, Self::connect);
-            }
+        self.connect_when_due(ctx);
+    }
+}
+
+impl RedisLink for RedisSubscriber {
+    type Connection = PubSub;
+
+    fn config(&self) -> &RedisConfig {
+        &self.config
+    }
+
+    fn link_state(&mut self) -> &mut LinkState {
+        &mut self.link
+    }
+
+    fn name(&self) -> String {
+        format!("subscriber {}", self.identity.server_id)
+    }
+
+    fn open(
+        &mut self,
+        _ctx: &mut Context<Self>,
+    ) -> impl Future<Output = Result<PubSub, Error>> + 'static {
+        let client = self.config.client.clone();
+        async move {
+            client
+                .get_async_pubsub()
+                .await
+                .map_err(|e| Error::from_redis(&e))
+        }
+    }
+
+    /// Subscribes every room wanted; the link is proven by the first confirmed
+    /// SUBSCRIBE, not by the handshake.
+    fn connected(&mut self, pubsub: PubSub, ctx: &mut Context<Self>) {
+        let (sink, stream) = pubsub.split();
+        log::info!(
+            "subscriber {}: connected to redis after {} failed attempts; subscribing {} rooms",
+            self.identity.server_id,
+            self.link.failed_attempts(),
+            self.rooms.wanted()
+        );
+        self.sink = Some(sink);
+        self.connected_at = Some(Instant::now());
+        self.rooms.reconnected();
+        self.flush(ctx);
+        ctx.add_stream(stream);
+    }
+
+    fn ping(&self) -> Option<impl Future<Output = Result<(), Error>> + 'static> {
+        let mut sink = self.sink.clone()?;
+        Some(async move {
+            sink.ping::<redis::Value>()
+                .await
+                .map(|_pong| ())
+                .map_err(|e| Error::from_redis(&e))
+        })
+    }
+
+    fn drop_connection(&mut self, why: &str) {
+        if self.sink.take().is_some() {
+            self.stats.links_lost += 1;
+            log::warn!(
+                "subscriber {}: redis link lost ({why}); messages published until it is back are lost; reconnecting",
+                self.identity.server_id
+            );
         }
     }
 }

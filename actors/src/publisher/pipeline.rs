@@ -1,0 +1,282 @@
+//! Pipelining: publishes queue up and go to Redis in pipelines, one write and one
+//! round trip for many; a publish that found no connection is retried.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use redis::aio::MultiplexedConnection;
+
+use super::{
+    connection::LinkLost,
+    flow::{Next, MAX_HOLD, MAX_QUEUED},
+    RedisPublisher, Reply,
+};
+use crate::{Error, Event, Room};
+
+/// The most PUBLISH commands in one pipeline.
+pub(super) const MAX_PIPELINE: usize = 512;
+
+/// One publish on its way, with the caller's answer.
+pub(super) struct Pending {
+    pub(super) event: Arc<Event>,
+    /// Retries made so far (attempts that found no connection).
+    pub(super) retries: u32,
+    pub(super) reply: Option<Reply>,
+}
+
+impl Pending {
+    fn answer(self, outcome: Result<(), Error>) {
+        if let Some(reply) = self.reply {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+/// Whether the queue's next pipeline is arranged, and how: one state, so the queue
+/// is never both due and held.
+#[derive(Debug, Default)]
+pub(super) enum FlushState {
+    /// Nothing is arranged: the next publish, or the next pipeline to end, asks
+    /// [`Flow::next`](super::flow::Flow::next).
+    #[default]
+    Unscheduled,
+    /// A [`Flush`] is in the mailbox: publishes arriving before it runs join its
+    /// pipeline.
+    Due,
+    /// A pipeline is out and the queue waits for it to end, or for this timer, which
+    /// sends the queue after [`MAX_HOLD`] anyway.
+    Held(SpawnHandle),
+}
+
+/// Send the queued publishes as one pipeline.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Flush;
+
+/// A publish that found no connection, back for another attempt after its delay.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct Retry(Pending);
+
+/// A pipeline ended; the actor counts its publishes.
+#[derive(Message)]
+#[rtype(result = "()")]
+struct PipelineEnded {
+    /// The connection it ran on (see [`RedisPublisher::generation`]).
+    generation: u64,
+    /// Each publish's room, whether Redis took it, and its retries.
+    outcomes: Vec<(Room, bool, u32)>,
+}
+
+impl RedisPublisher {
+    /// Takes a new publish: queued, or refused when [`MAX_QUEUED`] are waiting.
+    pub(super) fn accept(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        if !self.closed && !self.flow.has_room(self.queue.len()) {
+            self.refuse(pending);
+            return;
+        }
+        if self.refused > 0 && self.flow.waiting(self.queue.len()) < MAX_QUEUED / 2 {
+            log::warn!("publisher: queue has room again; refused {}", self.refused);
+            self.refused = 0;
+        }
+        self.enqueue(pending, ctx);
+    }
+
+    fn enqueue(&mut self, pending: Pending, ctx: &mut Context<Self>) {
+        if self.closed {
+            pending.answer(Err(Error::ShuttingDown));
+            return;
+        }
+        self.queue.push_back(pending);
+        self.schedule_flush(ctx);
+    }
+
+    /// Arranges for the queue to be sent, as [`Flow::next`](super::flow::Flow::next)
+    /// says: at once; when the pipeline out ends or after [`MAX_HOLD`], whichever
+    /// comes first; or, with [`MAX_QUEUED`] unanswered, when a pipeline ends.
+    pub(super) fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
+        if self.queue.is_empty() || matches!(self.next_flush, FlushState::Due) {
+            return;
+        }
+        match (self.flow.next(self.conn.is_some()), &self.next_flush) {
+            (Next::Now, _) => {
+                // A held queue now goes with the `Flush`: its timer must not send it
+                // a second time.
+                let was = std::mem::replace(&mut self.next_flush, FlushState::Due);
+                if let FlushState::Held(timer) = was {
+                    ctx.cancel_future(timer);
+                }
+                ctx.notify(Flush);
+            }
+            (Next::Hold, FlushState::Unscheduled) => {
+                let timer = ctx.run_later(MAX_HOLD, |act, ctx| {
+                    act.next_flush = FlushState::Unscheduled;
+                    act.flush(ctx);
+                });
+                self.next_flush = FlushState::Held(timer);
+            }
+            // Held already, or waiting: `PipelineEnded` calls again.
+            (Next::Hold | Next::Wait, _) => {}
+        }
+    }
+
+    /// Sends up to [`MAX_PIPELINE`] queued publishes as one pipeline on the current
+    /// connection: one write, one round trip, one answer for all of them. Without a
+    /// connection each publish is retried after its delay, or fails.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        // Whatever was arranged happens now.
+        if let FlushState::Held(timer) = std::mem::take(&mut self.next_flush) {
+            ctx.cancel_future(timer);
+        }
+        match self.conn.clone() {
+            Some(conn) if self.flow.may_send() && !self.queue.is_empty() => {
+                let take = self.queue.len().min(MAX_PIPELINE);
+                let batch: Vec<Pending> = self.queue.drain(..take).collect();
+                let pipeline = self.pipeline(&batch);
+                let (addr, generation) = (ctx.address(), self.generation);
+                self.flow.sent(batch.len());
+                actix::spawn(Self::send_pipeline(conn, pipeline, batch, addr, generation));
+            }
+            Some(_) => {}
+            None => {
+                let error = Error::NotConnected("no connection to redis".into());
+                for pending in std::mem::take(&mut self.queue) {
+                    self.retry_or_fail(pending, &error, ctx);
+                }
+            }
+        }
+        self.schedule_flush(ctx);
+    }
+
+    /// Refuses a publish because the queue is full: counted as failed, logged once
+    /// per episode.
+    fn refuse(&mut self, pending: Pending) {
+        if self.refused == 0 {
+            log::warn!("publisher: {MAX_QUEUED} publishes queued; refusing more until it drains");
+        }
+        self.refused += 1;
+        self.stats
+            .record(pending.event.room().as_str(), false, pending.retries);
+        pending.answer(Err(Error::Overloaded));
+    }
+
+    /// Answers every queued publish with `error`.
+    pub(super) fn answer_all(&mut self, error: Error) {
+        for pending in self.queue.drain(..) {
+            pending.answer(Err(error.clone()));
+        }
+    }
+
+    fn pipeline(&self, batch: &[Pending]) -> redis::Pipeline {
+        let mut pipeline = redis::pipe();
+        for pending in batch {
+            let channel = self.config.channel(pending.event.room());
+            let payload: &str = pending.event.json();
+            pipeline.cmd("PUBLISH").arg(channel).arg(payload);
+        }
+        pipeline
+    }
+
+    /// A publish whose attempt failed with `error`. When the error says the attempt
+    /// cannot have reached Redis ([`Error::is_retryable`]: it found no connection),
+    /// the publish is retried after 100, 200, 400 ms (from an independent timer, so
+    /// the actor's restarts while it reconnects do not lose it); otherwise, or once
+    /// its retries are spent, it fails with `error`.
+    fn retry_or_fail(&mut self, mut pending: Pending, error: &Error, ctx: &mut Context<Self>) {
+        if !error.is_retryable() || pending.retries >= self.config.publish_retries {
+            log::warn!(
+                "publisher: publish to {} failed after {} retries: {error}",
+                pending.event.room(),
+                pending.retries
+            );
+            self.stats
+                .record(pending.event.room().as_str(), false, pending.retries);
+            pending.answer(Err(error.clone()));
+            return;
+        }
+        let delay = self
+            .config
+            .publish_retry_base
+            .saturating_mul(1 << pending.retries.min(16));
+        pending.retries += 1;
+        self.flow.retry_started();
+        let addr = ctx.address();
+        actix::spawn(async move {
+            tokio::time::sleep(delay).await;
+            addr.do_send(Retry(pending));
+        });
+    }
+
+    /// Runs one pipeline and answers every publish in it. Spawned on its own: the
+    /// answers do not depend on the actor surviving a restart meanwhile.
+    async fn send_pipeline(
+        mut conn: MultiplexedConnection,
+        pipeline: redis::Pipeline,
+        batch: Vec<Pending>,
+        addr: Addr<Self>,
+        generation: u64,
+    ) {
+        // The connection's response timeout (`REDIS_RESPONSE_TIMEOUT_MS`) is the
+        // deadline; a failure on an open connection may have reached Redis, so it is
+        // reported, never retried.
+        let result = pipeline
+            .query_async::<Vec<i64>>(&mut conn)
+            .await
+            .map(|_receivers| ())
+            .map_err(|e| Error::from_redis(&e));
+        if let Err(e) = &result {
+            log::warn!(
+                "publisher: a pipeline of {} publishes failed: {e}",
+                batch.len()
+            );
+            if e.is_link_failure() {
+                let why = e.to_string();
+                addr.do_send(LinkLost { generation, why });
+            }
+        }
+        // Counted before anyone is answered, so a caller that reads `/stats` right
+        // after its answer sees its publish.
+        let outcomes = batch
+            .iter()
+            .map(|p| (p.event.room().clone(), result.is_ok(), p.retries))
+            .collect();
+        addr.do_send(PipelineEnded {
+            generation,
+            outcomes,
+        });
+        for pending in batch {
+            pending.answer(result.clone());
+        }
+    }
+}
+
+impl Handler<Flush> for RedisPublisher {
+    type Result = ();
+
+    fn handle(&mut self, _: Flush, ctx: &mut Context<Self>) {
+        self.flush(ctx);
+    }
+}
+
+impl Handler<Retry> for RedisPublisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: Retry, ctx: &mut Context<Self>) {
+        // Already accepted: it moves from the retrying to the queue.
+        self.flow.retry_due();
+        self.enqueue(msg.0, ctx);
+    }
+}
+
+impl Handler<PipelineEnded> for RedisPublisher {
+    type Result = ();
+
+    fn handle(&mut self, msg: PipelineEnded, ctx: &mut Context<Self>) {
+        self.flow
+            .ended(msg.outcomes.len(), msg.generation == self.generation);
+        for (room, succeeded, retries) in msg.outcomes {
+            self.stats.record(room.as_str(), succeeded, retries);
+        }
+        self.schedule_flush(ctx);
+    }
+}
