@@ -29,5 +29,8 @@ cargo clippy --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --workspace --all-targets -- --test-threads "${TEST_THREADS:-4}"
 
+echo "== cargo test --doc (the README's Rust examples included)"
+cargo test --workspace --doc
+
 echo "== loadgen smoke (a few seconds of load on two servers)"
 bash bench/smoke.sh

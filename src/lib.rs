@@ -54,3 +54,9 @@ pub use server::{run, serve, Switchboard};
 pub use session::{Access, Session};
 pub use state::{Admission, ConnectionCounters, ConnectionSocket, PublishGate, State};
 pub use switchboard_actors as actors;
+
+/// The README's Rust examples, compiled as doctests so they cannot rot unseen
+/// (`cargo test --doc`).
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
