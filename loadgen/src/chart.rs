@@ -4,7 +4,7 @@
 
 use std::fmt::Write as _;
 
-use crate::report::RunResult;
+use crate::{args::ChartArgs, report::RunResult};
 
 const WIDTH: f64 = 760.0;
 const HEIGHT: f64 = 440.0;
@@ -23,15 +23,12 @@ struct Series {
 }
 
 /// Runs `chart --out file.svg result.json..`.
-pub fn run(argv: &[String]) -> Result<(), String> {
-    let (out, inputs) = match argv {
-        [flag, out, inputs @ ..] if flag == "--out" && !inputs.is_empty() => (out, inputs),
-        _ => return Err("usage: switchboard-loadgen chart --out chart.svg result.json..".into()),
-    };
+pub fn run(args: &ChartArgs) -> Result<(), String> {
     let mut series = Vec::new();
-    for input in inputs {
-        let text = std::fs::read_to_string(input).map_err(|e| format!("{input}: {e}"))?;
-        let result: RunResult = serde_json::from_str(&text).map_err(|e| format!("{input}: {e}"))?;
+    for input in &args.results {
+        let fail = |e: &dyn std::fmt::Display| format!("{}: {e}", input.display());
+        let text = std::fs::read_to_string(input).map_err(|e| fail(&e))?;
+        let result: RunResult = serde_json::from_str(&text).map_err(|e| fail(&e))?;
         let points = result
             .phases
             .iter()
@@ -50,7 +47,7 @@ pub fn run(argv: &[String]) -> Result<(), String> {
             points,
         });
     }
-    std::fs::write(out, svg(&series)).map_err(|e| format!("{out}: {e}"))
+    std::fs::write(&args.out, svg(&series)).map_err(|e| format!("{}: {e}", args.out.display()))
 }
 
 fn svg(series: &[Series]) -> String {

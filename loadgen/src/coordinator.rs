@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
@@ -14,7 +15,7 @@ use hdrhistogram::Histogram;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    args::Args,
+    args::RunArgs,
     client::now_ns,
     plan::Plan,
     proto::Protocol,
@@ -147,15 +148,11 @@ impl Workers {
     }
 }
 
-/// Runs the `run` subcommand.
-pub fn run(args: &Args, argv: &[String]) -> Result<(), String> {
-    let plan = Plan::from_args(args)?;
-    let pids: Vec<u32> = args.list("server-pids")?;
-    let duration: f64 = args.get("duration", 5.0)?;
-    let drain: f64 = args.get("drain", 5.0)?;
-    let hold: f64 = args.get("hold", 1.0)?;
-    let rates: Vec<f64> = args.list("rates")?;
-    let ramp: Vec<f64> = args.list("ramp")?;
+/// Runs the `run` subcommand; `argv` are its raw flags, for the workers.
+pub fn run(args: &RunArgs, argv: &[String]) -> Result<(), String> {
+    let plan = Plan::from_args(&args.plan)?;
+    let pids = &args.server_pids;
+    let (duration, drain) = (args.duration, args.drain);
     let before: Vec<Option<ProcSample>> = pids.iter().map(|p| sample(*p)).collect();
     let started = Instant::now();
     let mut workers = Workers::spawn(plan.workers, argv)?;
@@ -165,29 +162,25 @@ pub fn run(args: &Args, argv: &[String]) -> Result<(), String> {
         "loadgen: {} subscribed, {} publishers, {} failed in {:.1} s",
         connect.subscribed, connect.publishers, connect.failed, connect.seconds
     );
-    thread::sleep(Duration::from_secs_f64(hold));
-    let idle = idle_usage(&plan, &pids, &before);
+    thread::sleep(Duration::from_secs_f64(args.hold));
+    let idle = idle_usage(&plan, pids, &before);
     let mut phases = Vec::new();
-    let schedule: Box<dyn Iterator<Item = f64>> = match ramp.as_slice() {
-        [start, factor, steps] => {
-            let (start, factor) = (*start, *factor);
-            Box::new((0..*steps as i32).map(move |i| start * factor.powi(i)))
-        }
-        [] => Box::new(rates.into_iter()),
-        _ => return Err("--ramp takes start,factor,steps".into()),
+    let schedule: Box<dyn Iterator<Item = f64>> = match args.ramp {
+        Some(ramp) => Box::new(ramp.rates()),
+        None => Box::new(args.rates.iter().copied()),
     };
     for (id, rate) in schedule.enumerate() {
         let result = run_phase(
             &mut workers,
             &plan,
-            &pids,
+            pids,
             id as u32 + 1,
             rate,
             duration,
             drain,
         )?;
         report::print_phase(&result, phases.is_empty());
-        let stop = !ramp.is_empty() && !result.sustained;
+        let stop = args.ramp.is_some() && !result.sustained;
         phases.push(result);
         if stop {
             break;
@@ -198,7 +191,7 @@ pub fn run(args: &Args, argv: &[String]) -> Result<(), String> {
     if let Some(idle) = &result.idle {
         report::print_idle(idle);
     }
-    if let Some(path) = args.raw("out") {
+    if let Some(path) = &args.out {
         write_json(path, &result)?;
     }
     Ok(())
@@ -377,7 +370,7 @@ fn merge_phase(
 }
 
 /// Writes `value` as pretty JSON to `path`.
-pub fn write_json(path: &str, value: &impl Serialize) -> Result<(), String> {
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
     let json = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(path, json + "\n").map_err(|e| format!("write {path}: {e}"))
+    std::fs::write(path, json + "\n").map_err(|e| format!("write {}: {e}", path.display()))
 }

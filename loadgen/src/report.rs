@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    args::Args,
+    args::RunArgs,
     plan::Plan,
     stats::{Latency, Ready},
 };
@@ -220,7 +220,7 @@ pub struct RunResult {
 impl RunResult {
     /// Assembles the result.
     pub fn new(
-        args: &Args,
+        args: &RunArgs,
         argv: &[String],
         plan: &Plan,
         connect: Connect,
@@ -232,7 +232,7 @@ impl RunResult {
             .filter(|p| p.sustained)
             .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
         RunResult {
-            label: args.raw("label").unwrap_or("run").to_string(),
+            label: args.label.clone(),
             protocol: plan.protocol.name().to_string(),
             command: format!("switchboard-loadgen run {}", argv.join(" ")),
             clients: plan.clients,
