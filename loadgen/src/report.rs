@@ -215,6 +215,8 @@ pub struct RunResult {
     pub max_sustained_deliveries_per_s: Option<f64>,
     /// The publish rate of that phase.
     pub max_sustained_publishes_per_s: Option<f64>,
+    /// The p99 latency of that phase, µs: what the ceiling cost each delivery.
+    pub max_sustained_p99_us: Option<u64>,
 }
 
 impl RunResult {
@@ -245,6 +247,7 @@ impl RunResult {
             idle,
             max_sustained_deliveries_per_s: best.map(|p| p.deliveries_per_s),
             max_sustained_publishes_per_s: best.map(|p| p.offered_publishes_per_s),
+            max_sustained_p99_us: best.map(|p| p.latency_us.p99),
             phases,
         }
     }
