@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
 # The standard benchmark (issue 3), end to end on this machine: builds release
 # binaries, installs the Socket.IO peer (npm), starts Redis and two servers of each
-# kind, runs scenarios 1-4 and writes bench/results/*.json, bench/results/latency.svg
-# and docs/benchmarks.md. Every process it starts is killed on exit.
+# kind, runs scenarios 1-4 and writes docs/benchmarks.md and its chart. Every
+# process it starts is killed on exit.
 #
-#   scripts/bench.sh            # the full run (about 15 minutes)
+# Each run keeps its raw results in bench/results/RUN/ (RUN is the UTC start time):
+# compact JSON, one file per scenario and system, and manifest.json (command, commit,
+# machine). Commit that folder with the page: docs/benchmarks.md is generated from
+# it alone and names it. Console logs go to bench/results/RUN/log/ (not committed).
+#
+#   scripts/bench.sh                    # the full run (about 15 minutes)
 #   BENCH_DURATION=5 scripts/bench.sh   # shorter phases
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,9 +17,15 @@ source bench/lib.sh
 
 duration="${BENCH_DURATION:-10}"
 ramp_secs="${BENCH_RAMP_DURATION:-5}"
-results=bench/results
-mkdir -p "$results"
-rm -f "$results"/*.json "$results"/*.txt "$results"/*.svg
+run_id="${BENCH_RUN:-$(date -u +%Y-%m-%dT%H%MZ)}"
+results="bench/results/$run_id"
+logs="$results/log"
+if [ -e "$results" ]; then
+  echo "bench: $results exists; set BENCH_RUN to another name" >&2
+  exit 1
+fi
+mkdir -p "$logs"
+bench_command="scripts/bench.sh $* (BENCH_DURATION=$duration, BENCH_RAMP_DURATION=$ramp_secs)"
 
 echo "== build (release)"
 cargo build --release -p switchboard -p switchboard-loadgen
@@ -23,6 +34,7 @@ loadgen="$bin/switchboard-loadgen"
 
 echo "== Socket.IO peer (npm)"
 (cd bench/peers/socketio && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
+node bench/manifest.js "$run_id" "$bench_command" >"$results/manifest.json"
 
 export RUST_LOG=warn LIMIT_PUBLISH_RATE=0 LIMIT_PUBLISH_BURST=1000000
 
@@ -57,7 +69,7 @@ run() {
   echo "== $name ($system)"
   timeout 900 "$loadgen" run --protocol "$protocol" --servers "$servers" --server-pids "$pids" \
     --label "$system" --room-prefix "$name" --out "$results/$name-$system.json" "$@" \
-    | tee "$results/$name-$system.txt"
+    | tee "$logs/$name-$system.txt"
 }
 
 for system in switchboard socketio; do
@@ -82,7 +94,7 @@ start_server bare_b bare_b_pid "$bin/switchboard-bare-ws"
 echo "== s3-idle (bare actix-web-actors floor)"
 timeout 600 "$loadgen" run --servers "$bare_a,$bare_b" --server-pids "$bare_a_pid,$bare_b_pid" \
   --label bare-actix --room-prefix s3-idle --out "$results/s3-idle-bare.json" "${idle_flags[@]}" \
-  | tee "$results/s3-idle-bare.txt"
+  | tee "$logs/s3-idle-bare.txt"
 stop_pid "$bare_a_pid"
 stop_pid "$bare_b_pid"
 
@@ -90,14 +102,18 @@ echo "== scenario 4: publish path into Redis, beside redis-benchmark"
 timeout 120 "$loadgen" publish-path --redis-url "redis://127.0.0.1:$sb_redis" --duration 5 \
   --concurrency 1024 --out "$results/s4-publish-path.json"
 redis_bench_cmd=(redis-benchmark -p "$sb_redis" -n 200000 -P 16 -q PUBLISH ch hello)
-echo "${redis_bench_cmd[*]}" >"$results/s4-redis-benchmark-command.txt"
-timeout 120 "${redis_bench_cmd[@]}" | tr '\r' '\n' | grep -a 'requests per second' | tail -1 \
-  | tee "$results/s4-redis-benchmark.txt"
+timeout 120 "${redis_bench_cmd[@]}" | tr '\r' '\n' | tee "$logs/s4-redis-benchmark.txt"
+rps="$(grep -a -o '[0-9.]* requests per second' "$logs/s4-redis-benchmark.txt" | tail -1 | cut -d' ' -f1)"
+if [ -z "$rps" ]; then
+  echo "bench: no requests-per-second figure from redis-benchmark" >&2
+  exit 1
+fi
+printf '{"command":"%s","requests_per_s":%s}\n' "${redis_bench_cmd[*]}" "$rps" \
+  >"$results/s4-redis-benchmark.json"
 
 echo "== chart and docs/benchmarks.md"
-"$loadgen" chart --out "$results/latency.svg" \
+"$loadgen" chart --out docs/benchmarks-latency.svg \
   "$results/s2-fanout-1000-switchboard.json" "$results/s2-fanout-1000-socketio.json"
-cp "$results/latency.svg" docs/benchmarks-latency.svg
-node bench/summarize.js "$results" "scripts/bench.sh (BENCH_DURATION=$duration, BENCH_RAMP_DURATION=$ramp_secs)" \
-  >docs/benchmarks.md
-echo "bench: wrote docs/benchmarks.md"
+node bench/summarize.js "$results" >"$logs/benchmarks.md"
+mv "$logs/benchmarks.md" docs/benchmarks.md
+echo "bench: wrote docs/benchmarks.md from $results; commit both"

@@ -369,8 +369,9 @@ fn merge_phase(
     result
 }
 
-/// Writes `value` as pretty JSON to `path`.
+/// Writes `value` as compact JSON (one line) to `path`: results are committed with
+/// the page made from them, and a line per file keeps the diffs and the repo small.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
-    let json = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    let json = serde_json::to_string(value).map_err(|e| e.to_string())?;
     std::fs::write(path, json + "\n").map_err(|e| format!("write {}: {e}", path.display()))
 }
