@@ -3,14 +3,19 @@
 // from the run's manifest.json, every figure from a result file, and a missing file
 // is an error, not a placeholder. bench/notes.md is appended as hand-written analysis,
 // marked as such, and refused if it has a figure that does not cite a result file.
-// Usage: node bench/summarize.js bench/results/RUN
+// The soak section appears when the run has a soak (soak-switchboard.json), or when
+// --soak names another committed run that has one (a `scripts/bench.sh --soak-only`).
+// Usage: node bench/summarize.js bench/results/RUN [--soak bench/results/SOAK_RUN]
 "use strict";
 const fs = require("fs");
 const path = require("path");
 
-const [dir] = process.argv.slice(2);
-if (!dir || process.argv.length > 3) {
-  console.error("usage: node bench/summarize.js bench/results/RUN");
+const usage = "usage: node bench/summarize.js bench/results/RUN [--soak bench/results/SOAK_RUN]";
+const argv = process.argv.slice(2);
+const [dir] = argv;
+const soakDir = argv[1] === "--soak" ? argv[2] : argv.length === 1 ? dir : null;
+if (!dir || !soakDir || !(argv.length === 1 || argv.length === 3)) {
+  console.error(usage);
   process.exit(2);
 }
 const fail = (message) => {
@@ -19,10 +24,10 @@ const fail = (message) => {
 };
 // The files the page is made from, in the order read: listed at its top.
 const sources = [];
-const load = (name) => {
-  const file = path.join(dir, name);
+const load = (name, from = dir) => {
+  const file = path.join(from, name);
   if (!fs.existsSync(file)) fail(`${file} is missing: the page is made from a complete run only`);
-  sources.push(name);
+  sources.push({ from, name });
   try {
     return JSON.parse(fs.readFileSync(file, "utf8"));
   } catch (e) {
@@ -212,6 +217,47 @@ p("| --- | --- | --- |");
 p(`| ${num(s4 && s4.events_per_s)} | ${num(rbRate)} | ${times(s4 && rbRate ? s4.events_per_s / rbRate : null, "redis-benchmark")} |`);
 p();
 
+// The soak, when there is one.
+const soakFile = path.join(soakDir, "soak-switchboard.json");
+const soakAsked = soakDir !== dir;
+const soak = soakAsked || fs.existsSync(soakFile) ? load("soak-switchboard.json", soakDir) : null;
+const GROWTH_TARGET_KIB_PER_HOUR = 1024;
+let soakOk = null;
+if (soak) {
+  if (!soak.rss) fail(`${soakFile} has no RSS trace (it was not run with --rss-every)`);
+  const ph = soak.phases[0] || fail(`${soakFile} has no phase`);
+  const minutes = ph.duration_s / 60;
+  const chartFile = path.join(soakDir, "soak-rss.svg");
+  if (!fs.existsSync(chartFile)) fail(`${chartFile} is missing (bench.sh draws it after the soak)`);
+  const chart = path.relative(path.join(__dirname, "..", "docs"), path.resolve(chartFile));
+  p("## Soak: memory under steady load");
+  p();
+  p(`${soak.servers.length} Switchboard servers on one Redis, ${num(soak.clients)} subscribers in ${num(soak.rooms)} rooms, ` +
+    `${num(ph.offered_publishes_per_s)} events/s from ${num(soak.publishers)} publishers for ${minutes.toFixed(1)} minutes ` +
+    `(${num(ph.delivered)} deliveries; lost / dup / reordered ${ph.lost} / ${ph.duplicated} / ${ph.reordered}; ` +
+    `p50 ${ms(ph.latency_us.p50)} ms, p99 ${ms(ph.latency_us.p99)} ms). Each server's RSS was read from \`/proc\` every ` +
+    `${num(soak.rss.every_s)} s; growth is the least-squares slope of the readings after a ` +
+    `${(soak.rss.warmup_s / 60).toFixed(1)}-minute warm-up. Target: under 1 MiB per hour.`);
+  p();
+  p("| server | first RSS | RSS at the end of the warm-up | last RSS | readings after the warm-up | growth after the warm-up | |");
+  p("| --- | --- | --- | --- | --- | --- | --- |");
+  soakOk = true;
+  soak.rss.servers.forEach((server, i) => {
+    const after = server.samples.filter((x) => x.t_s >= soak.rss.warmup_s);
+    const first = server.samples[0];
+    const last = server.samples[server.samples.length - 1];
+    const g = server.growth_kib_per_hour;
+    const ok = g != null && g < GROWTH_TARGET_KIB_PER_HOUR;
+    soakOk = soakOk && ok;
+    const rss = (x) => (x ? `${num(x.rss_kib)} KiB` : "none");
+    p(`| ${i + 1} (pid ${server.pid}) | ${rss(first)} | ${rss(after[0])} | ${rss(last)} | ${after.length} | ` +
+      `${g == null ? "too few readings" : `${num(g)} KiB/hour`} | ${verdict(ok)} |`);
+  });
+  p();
+  p(`![RSS of each server over the soak](${chart})`);
+  p();
+}
+
 // Targets
 p("## Targets");
 p();
@@ -231,6 +277,9 @@ p(`| in-process publish ≥ ½ redis-benchmark | ${times(pr, "redis-benchmark")}
 const sbRuns = [s1sb, f1.sb, fan[5000].sb];
 const sbClean = sbRuns.every((r) => r && r.phases.every((ph) => ph.sustained || ph === r.phases[r.phases.length - 1]))
   && clean([s1sb]);
+if (soak) {
+  p(`| soak: RSS growth after the warm-up under 1 MiB/hour | ${soak.rss.servers.map((x) => (x.growth_kib_per_hour == null ? "n/a" : num(x.growth_kib_per_hour))).join(" / ")} KiB/hour | ${verdict(soakOk)} |`);
+}
 p(`| zero lost/dup/reordered without faults | ${sbClean ? "none in scenario 1 or in any sustained phase" : "see the tables"} | ${verdict(sbClean)} |`);
 p();
 p("Scenario 2's last phase of each ramp is the overload that ends it; losses there");
@@ -260,13 +309,16 @@ p();
 p(notes.replace(/^## /gm, "### "));
 p();
 
-const shown = path.relative(path.join(__dirname, ".."), path.resolve(dir));
+const repo = path.join(__dirname, "..");
+const shown = (d) => path.relative(repo, path.resolve(d));
 const header = [
   "# Benchmarks",
   "",
   `Generated by \`bench/summarize.js\` from the committed results of run \`${manifest.run}\`,`,
-  `in [\`${shown}/\`](../${shown}/), and from nothing else:`,
-  sources.map((f) => `\`${f}\``).join(", ") + ".",
+  `in [\`${shown(dir)}/\`](../${shown(dir)}/)` +
+    (soakAsked ? ` (the soak from [\`${shown(soakDir)}/\`](../${shown(soakDir)}/))` : "") +
+    ", and from nothing else:",
+  sources.map((f) => `\`${f.from === dir ? f.name : path.join(shown(f.from), f.name)}\``).join(", ") + ".",
   "The section marked hand-written is `bench/notes.md`.",
   "",
 ];

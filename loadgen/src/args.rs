@@ -92,6 +92,13 @@ pub struct RunArgs {
     /// Seconds between connecting and the first phase (the idle-memory sample).
     #[arg(long, default_value_t = 1.0)]
     pub hold: f64,
+    /// Sample each server's RSS every this many seconds while the phases run, into
+    /// the result's `rss` (the soak).
+    #[arg(long)]
+    pub rss_every: Option<f64>,
+    /// Seconds of the run left out of the RSS growth fit (the warm-up).
+    #[arg(long, default_value_t = 300.0)]
+    pub rss_warmup: f64,
     /// The result's label (in the JSON and on charts).
     #[arg(long, default_value = "run")]
     pub label: String,
@@ -140,6 +147,10 @@ pub struct ChartArgs {
     /// The SVG file to write.
     #[arg(long)]
     pub out: PathBuf,
+    /// Chart each server's RSS over time (from `--rss-every` results) instead of
+    /// latency against rate.
+    #[arg(long)]
+    pub rss: bool,
     /// `run` result files, one line colour each.
     #[arg(required = true)]
     pub results: Vec<PathBuf>,

@@ -17,6 +17,7 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::{
     args::RunArgs,
     client::now_ns,
+    memory::{sample, ProcSample, RssSampler},
     plan::Plan,
     proto::Protocol,
     report::{self, Idle, IdleNode, NodeUsage, PhaseResult, RunResult},
@@ -27,26 +28,6 @@ use crate::{
 const MAX_DRAIN_LAG_MS: f64 = 500.0;
 /// Sustained means a p99 under this.
 const MAX_P99_US: u64 = 250_000;
-
-/// A server process to sample from `/proc`.
-#[derive(Debug, Clone, Copy)]
-struct ProcSample {
-    rss_kib: u64,
-    cpu_ticks: u64,
-}
-
-fn sample(pid: u32) -> Option<ProcSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5); index 0 here is field 3.
-    let cpu_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ProcSample { rss_kib, cpu_ticks })
-}
 
 /// Clock ticks a second (`getconf CLK_TCK`; 100 on every Linux this runs on).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -169,6 +150,9 @@ pub fn run(args: &RunArgs, argv: &[String]) -> Result<(), String> {
         Some(ramp) => Box::new(ramp.rates()),
         None => Box::new(args.rates.iter().copied()),
     };
+    let rss = args
+        .rss_every
+        .map(|every| RssSampler::start(pids.clone(), Duration::from_secs_f64(every)));
     for (id, rate) in schedule.enumerate() {
         let result = run_phase(
             &mut workers,
@@ -187,7 +171,11 @@ pub fn run(args: &RunArgs, argv: &[String]) -> Result<(), String> {
         }
     }
     workers.finish();
-    let result = RunResult::new(args, argv, &plan, connect, idle, phases);
+    let mut result = RunResult::new(args, argv, &plan, connect, idle, phases);
+    result.rss = rss.map(|rss| rss.finish(pids, Duration::from_secs_f64(args.rss_warmup)));
+    if let Some(rss) = &result.rss {
+        report::print_rss(rss);
+    }
     if let Some(idle) = &result.idle {
         report::print_idle(idle);
     }

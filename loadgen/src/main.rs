@@ -19,8 +19,10 @@
 //!   hand-written client would be smaller, but the handshake, masking and
 //!   fragmentation are where a measuring tool must not have bugs of its own.
 //! - [`publish_path`]: scenario 4, in-process `PubSub::publish_to` into Redis.
-//! - [`chart`]: the SVG chart of latency against offered rate, written by hand
-//!   (no font library needed).
+//! - [`memory`]: a server's RSS and CPU from `/proc`, and the soak's RSS trace
+//!   (`--rss-every`) with its growth after the warm-up fitted by least squares.
+//! - [`chart`]: the SVG charts (latency against offered rate, RSS over time),
+//!   written by hand (no font library needed).
 //! - [`plan`], [`stats`], [`report`], [`args`]: who connects where, the measurement
 //!   types, the result JSON and table, the flags.
 //!
@@ -33,12 +35,14 @@
 //! switchboard-loadgen help run    # every flag, with its default
 //! switchboard-loadgen publish-path --redis-url redis://127.0.0.1:6379 --duration 5
 //! switchboard-loadgen chart --out chart.svg a.json b.json
+//! switchboard-loadgen chart --rss --out rss.svg soak.json   # after run --rss-every 60
 //! ```
 
 mod args;
 mod chart;
 mod client;
 mod coordinator;
+mod memory;
 mod plan;
 mod proto;
 mod publish_path;

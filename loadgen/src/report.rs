@@ -4,6 +4,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     args::RunArgs,
+    memory::RssTrace,
     plan::Plan,
     stats::{Latency, Ready},
 };
@@ -217,6 +218,9 @@ pub struct RunResult {
     pub max_sustained_publishes_per_s: Option<f64>,
     /// The p99 latency of that phase, µs: what the ceiling cost each delivery.
     pub max_sustained_p99_us: Option<u64>,
+    /// The servers' RSS over the phases, with `--rss-every` (the soak).
+    #[serde(default)]
+    pub rss: Option<RssTrace>,
 }
 
 impl RunResult {
@@ -248,6 +252,7 @@ impl RunResult {
             max_sustained_deliveries_per_s: best.map(|p| p.deliveries_per_s),
             max_sustained_publishes_per_s: best.map(|p| p.offered_publishes_per_s),
             max_sustained_p99_us: best.map(|p| p.latency_us.p99),
+            rss: None,
             phases,
         }
     }
@@ -323,4 +328,26 @@ pub fn print_idle(idle: &Idle) {
         idle.per_connection_bytes,
         idle.per_connection_bytes / 1024.0
     );
+}
+
+/// Prints each server's RSS trace: first and last reading and the growth.
+#[allow(clippy::print_stdout)]
+pub fn print_rss(rss: &RssTrace) {
+    for server in &rss.servers {
+        let (first, last) = (server.samples.first(), server.samples.last());
+        let kib = |s: Option<&crate::memory::RssSample>| s.map_or(0, |s| s.rss_kib);
+        let growth = server
+            .growth_kib_per_hour
+            .map_or("n/a (too few samples after the warm-up)".into(), |g| {
+                format!("{g:.0} KiB/hour")
+            });
+        println!(
+            "server pid {}: {} RSS samples, {} -> {} KiB; growth after {:.0} s: {growth}",
+            server.pid,
+            server.samples.len(),
+            kib(first),
+            kib(last),
+            rss.warmup_s
+        );
+    }
 }
