@@ -15,7 +15,7 @@ out="$BENCH_TMP/smoke.json"
 timeout 60 "$bin/switchboard-loadgen" run --servers "$a,$b" --server-pids "$a_pid,$b_pid" \
   --clients 200 --rooms 20 --rooms-per-client 2 --publishers 4 --workers 2 \
   --rates 300,600 --duration 1.5 --drain 3 --hold 0.2 --out "$out"
-grep -q '"sustained": true' "$out" && ! grep -q '"sustained": false' "$out" || {
+grep -q '"sustained":true' "$out" && ! grep -q '"sustained":false' "$out" || {
   echo "loadgen smoke: the run was not clean" >&2
   exit 1
 }

@@ -1,28 +1,67 @@
 #!/usr/bin/env bash
 # The standard benchmark (issue 3), end to end on this machine: builds release
 # binaries, installs the Socket.IO peer (npm), starts Redis and two servers of each
-# kind, runs scenarios 1-4 and writes bench/results/*.json, bench/results/latency.svg
-# and docs/benchmarks.md. Every process it starts is killed on exit.
+# kind, runs scenarios 1-4 and writes docs/benchmarks.md and its chart. Every
+# process it starts is killed on exit.
 #
-#   scripts/bench.sh            # the full run (about 15 minutes)
+# Each run keeps its raw results in bench/results/RUN/ (RUN is the UTC start time):
+# compact JSON, one file per scenario and system, and manifest.json (command, commit,
+# machine). Commit that folder with the page: docs/benchmarks.md is generated from
+# it alone and names it. Console logs go to bench/results/RUN/log/ (not committed).
+#
+# The soak (issue 8, item 16) is off unless asked for: two Switchboard servers on one
+# Redis, 1,000 subscribers in 50 rooms, 1,000 events/s, each server's RSS sampled from
+# /proc every minute, the growth after the warm-up fitted by least squares, and a
+# chart (bench/results/RUN/soak-switchboard.json and soak-rss.svg).
+#
+#   scripts/bench.sh                    # the full run (about 15 minutes)
 #   BENCH_DURATION=5 scripts/bench.sh   # shorter phases
+#   scripts/bench.sh --soak             # the full run, then an hour's soak
+#   SOAK_MINUTES=90 scripts/bench.sh    # the same, with a soak of 90 minutes
+#   scripts/bench.sh --soak-only        # the soak alone (docs/benchmarks.md untouched)
+#   SOAK_MINUTES=2 SOAK_WARMUP_MINUTES=0.5 SOAK_SAMPLE_SECONDS=10 scripts/bench.sh --soak-only
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
 
 duration="${BENCH_DURATION:-10}"
 ramp_secs="${BENCH_RAMP_DURATION:-5}"
-results=bench/results
-mkdir -p "$results"
-rm -f "$results"/*.json "$results"/*.txt "$results"/*.svg
+run_id="${BENCH_RUN:-$(date -u +%Y-%m-%dT%H%MZ)}"
+results="bench/results/$run_id"
+logs="$results/log"
+if [ -e "$results" ]; then
+  echo "bench: $results exists; set BENCH_RUN to another name" >&2
+  exit 1
+fi
+mkdir -p "$logs"
+soak_minutes="${SOAK_MINUTES:-}"
+soak_warmup="${SOAK_WARMUP_MINUTES:-5}"
+soak_every="${SOAK_SAMPLE_SECONDS:-60}"
+standard=1
+for arg in "$@"; do
+  case "$arg" in
+    --soak) soak_minutes="${soak_minutes:-60}" ;;
+    --soak-only) soak_minutes="${soak_minutes:-60}" standard=0 ;;
+    *) echo "usage: scripts/bench.sh [--soak | --soak-only]" >&2; exit 2 ;;
+  esac
+done
+bench_command="scripts/bench.sh $* (BENCH_DURATION=$duration, BENCH_RAMP_DURATION=$ramp_secs"
+if [ -n "$soak_minutes" ]; then
+  bench_command+=", SOAK_MINUTES=$soak_minutes, SOAK_WARMUP_MINUTES=$soak_warmup"
+  bench_command+=", SOAK_SAMPLE_SECONDS=$soak_every"
+fi
+bench_command+=")"
 
 echo "== build (release)"
 cargo build --release -p switchboard -p switchboard-loadgen
 bin="${CARGO_TARGET_DIR:-target}/release"
 loadgen="$bin/switchboard-loadgen"
 
-echo "== Socket.IO peer (npm)"
-(cd bench/peers/socketio && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
+if [ "$standard" = 1 ]; then
+  echo "== Socket.IO peer (npm)"
+  (cd bench/peers/socketio && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
+fi
+node bench/manifest.js "$run_id" "$bench_command" >"$results/manifest.json"
 
 export RUST_LOG=warn LIMIT_PUBLISH_RATE=0 LIMIT_PUBLISH_BURST=1000000
 
@@ -38,66 +77,103 @@ stop_all_servers() {
   for pid in "$sb_a_pid" "$sb_b_pid" "$io_a_pid" "$io_b_pid"; do stop_pid "$pid"; done
 }
 
-start_redis sb_redis
-start_redis io_redis
-start_switchboards
-start_socketios
-echo "switchboard: $sb_a $sb_b (redis $sb_redis); socket.io: $io_a $io_b (redis $io_redis)"
+# Scenarios 1-4: Switchboard and Socket.IO side by side, and the bare actix floor.
+standard_scenarios() {
+  start_redis sb_redis
+  start_redis io_redis
+  start_switchboards
+  start_socketios
+  echo "switchboard: $sb_a $sb_b (redis $sb_redis); socket.io: $io_a $io_b (redis $io_redis)"
 
-# run NAME SYSTEM FLAGS..: one loadgen run against both servers of SYSTEM.
-run() {
-  local name="$1" system="$2"
-  shift 2
-  local servers pids protocol
-  if [ "$system" = switchboard ]; then
-    servers="$sb_a,$sb_b" pids="$sb_a_pid,$sb_b_pid" protocol=switchboard
-  else
-    servers="$io_a,$io_b" pids="$io_a_pid,$io_b_pid" protocol=socketio
+  # run NAME SYSTEM FLAGS..: one loadgen run against both servers of SYSTEM.
+  run() {
+    local name="$1" system="$2"
+    shift 2
+    local servers pids protocol
+    if [ "$system" = switchboard ]; then
+      servers="$sb_a,$sb_b" pids="$sb_a_pid,$sb_b_pid" protocol=switchboard
+    else
+      servers="$io_a,$io_b" pids="$io_a_pid,$io_b_pid" protocol=socketio
+    fi
+    echo "== $name ($system)"
+    timeout 900 "$loadgen" run --protocol "$protocol" --servers "$servers" --server-pids "$pids" \
+      --label "$system" --room-prefix "$name" --out "$results/$name-$system.json" "$@" \
+      | tee "$logs/$name-$system.txt"
+  }
+
+  for system in switchboard socketio; do
+    run s1-latency "$system" --clients 1000 --rooms 100 --publishers 10 --workers 2 \
+      --rates 1000,5000,10000 --duration "$duration" --drain 5
+    run s2-fanout-1000 "$system" --clients 1000 --rooms 1 --publishers 2 --workers 2 \
+      --ramp 20,1.25,21 --duration "$ramp_secs" --drain 3
+    run s2-fanout-5000 "$system" --clients 5000 --rooms 1 --publishers 2 --workers 2 \
+      --ramp 4,1.25,18 --duration "$ramp_secs" --drain 3
+  done
+
+  echo "== scenario 3: fresh servers, 20,000 idle subscribed connections"
+  stop_all_servers
+  start_switchboards
+  start_socketios
+  idle_flags=(--clients 20000 --rooms 1000 --publishers 0 --workers 2 --hold 5 --connect-concurrency 100)
+  run s3-idle switchboard "${idle_flags[@]}"
+  run s3-idle socketio "${idle_flags[@]}"
+  stop_all_servers
+  start_server bare_a bare_a_pid "$bin/switchboard-bare-ws"
+  start_server bare_b bare_b_pid "$bin/switchboard-bare-ws"
+  echo "== s3-idle (bare actix-web-actors floor)"
+  timeout 600 "$loadgen" run --servers "$bare_a,$bare_b" --server-pids "$bare_a_pid,$bare_b_pid" \
+    --label bare-actix --room-prefix s3-idle --out "$results/s3-idle-bare.json" "${idle_flags[@]}" \
+    | tee "$logs/s3-idle-bare.txt"
+  stop_pid "$bare_a_pid"
+  stop_pid "$bare_b_pid"
+
+  echo "== scenario 4: publish path into Redis, beside redis-benchmark"
+  timeout 120 "$loadgen" publish-path --redis-url "redis://127.0.0.1:$sb_redis" --duration 5 \
+    --concurrency 1024 --out "$results/s4-publish-path.json"
+  redis_bench_cmd=(redis-benchmark -p "$sb_redis" -n 200000 -P 16 -q PUBLISH ch hello)
+  timeout 120 "${redis_bench_cmd[@]}" | tr '\r' '\n' | tee "$logs/s4-redis-benchmark.txt"
+  rps="$(grep -a -o '[0-9.]* requests per second' "$logs/s4-redis-benchmark.txt" | tail -1 | cut -d' ' -f1)"
+  if [ -z "$rps" ]; then
+    echo "bench: no requests-per-second figure from redis-benchmark" >&2
+    exit 1
   fi
-  echo "== $name ($system)"
-  timeout 900 "$loadgen" run --protocol "$protocol" --servers "$servers" --server-pids "$pids" \
-    --label "$system" --room-prefix "$name" --out "$results/$name-$system.json" "$@" \
-    | tee "$results/$name-$system.txt"
+  printf '{"command":"%s","requests_per_s":%s}\n' "${redis_bench_cmd[*]}" "$rps" \
+    >"$results/s4-redis-benchmark.json"
 }
 
-for system in switchboard socketio; do
-  run s1-latency "$system" --clients 1000 --rooms 100 --publishers 10 --workers 2 \
-    --rates 1000,5000,10000 --duration "$duration" --drain 5
-  run s2-fanout-1000 "$system" --clients 1000 --rooms 1 --publishers 2 --workers 2 \
-    --ramp 20,1.25,21 --duration "$ramp_secs" --drain 3
-  run s2-fanout-5000 "$system" --clients 5000 --rooms 1 --publishers 2 --workers 2 \
-    --ramp 4,1.25,18 --duration "$ramp_secs" --drain 3
-done
+# The soak: RSS of two servers under steady load for SOAK_MINUTES.
+soak_scenario() {
+  local seconds warmup_s
+  seconds="$(awk -v m="$soak_minutes" 'BEGIN { print m * 60 }')"
+  warmup_s="$(awk -v m="$soak_warmup" 'BEGIN { print m * 60 }')"
+  echo "== soak: $soak_minutes minutes, RSS every $soak_every s, growth after $soak_warmup minutes"
+  start_redis soak_redis
+  start_server soak_a soak_a_pid env REDIS_URL="redis://127.0.0.1:$soak_redis" "$bin/switchboard"
+  start_server soak_b soak_b_pid env REDIS_URL="redis://127.0.0.1:$soak_redis" "$bin/switchboard"
+  timeout "$(awk -v s="$seconds" 'BEGIN { print int(s) + 600 }')" "$loadgen" run \
+    --servers "$soak_a,$soak_b" --server-pids "$soak_a_pid,$soak_b_pid" --label switchboard \
+    --room-prefix soak --clients 1000 --rooms 50 --publishers 10 --workers 2 \
+    --rates 1000 --duration "$seconds" --drain 5 \
+    --rss-every "$soak_every" --rss-warmup "$warmup_s" --out "$results/soak-switchboard.json" \
+    | tee "$logs/soak-switchboard.txt"
+  stop_pid "$soak_a_pid"
+  stop_pid "$soak_b_pid"
+  "$loadgen" chart --rss --out "$results/soak-rss.svg" "$results/soak-switchboard.json"
+}
 
-echo "== scenario 3: fresh servers, 20,000 idle subscribed connections"
-stop_all_servers
-start_switchboards
-start_socketios
-idle_flags=(--clients 20000 --rooms 1000 --publishers 0 --workers 2 --hold 5 --connect-concurrency 100)
-run s3-idle switchboard "${idle_flags[@]}"
-run s3-idle socketio "${idle_flags[@]}"
-stop_all_servers
-start_server bare_a bare_a_pid "$bin/switchboard-bare-ws"
-start_server bare_b bare_b_pid "$bin/switchboard-bare-ws"
-echo "== s3-idle (bare actix-web-actors floor)"
-timeout 600 "$loadgen" run --servers "$bare_a,$bare_b" --server-pids "$bare_a_pid,$bare_b_pid" \
-  --label bare-actix --room-prefix s3-idle --out "$results/s3-idle-bare.json" "${idle_flags[@]}" \
-  | tee "$results/s3-idle-bare.txt"
-stop_pid "$bare_a_pid"
-stop_pid "$bare_b_pid"
+write_page() {
+  echo "== chart and docs/benchmarks.md"
+  "$loadgen" chart --out docs/benchmarks-latency.svg \
+    "$results/s2-fanout-1000-switchboard.json" "$results/s2-fanout-1000-socketio.json"
+  node bench/summarize.js "$results" >"$logs/benchmarks.md"
+  mv "$logs/benchmarks.md" docs/benchmarks.md
+  echo "bench: wrote docs/benchmarks.md from $results; commit both"
+}
 
-echo "== scenario 4: publish path into Redis, beside redis-benchmark"
-timeout 120 "$loadgen" publish-path --redis-url "redis://127.0.0.1:$sb_redis" --duration 5 \
-  --concurrency 1024 --out "$results/s4-publish-path.json"
-redis_bench_cmd=(redis-benchmark -p "$sb_redis" -n 200000 -P 16 -q PUBLISH ch hello)
-echo "${redis_bench_cmd[*]}" >"$results/s4-redis-benchmark-command.txt"
-timeout 120 "${redis_bench_cmd[@]}" | tr '\r' '\n' | grep -a 'requests per second' | tail -1 \
-  | tee "$results/s4-redis-benchmark.txt"
-
-echo "== chart and docs/benchmarks.md"
-"$loadgen" chart --out "$results/latency.svg" \
-  "$results/s2-fanout-1000-switchboard.json" "$results/s2-fanout-1000-socketio.json"
-cp "$results/latency.svg" docs/benchmarks-latency.svg
-node bench/summarize.js "$results" "scripts/bench.sh (BENCH_DURATION=$duration, BENCH_RAMP_DURATION=$ramp_secs)" \
-  >docs/benchmarks.md
-echo "bench: wrote docs/benchmarks.md"
+if [ "$standard" = 1 ]; then standard_scenarios; fi
+if [ -n "$soak_minutes" ]; then soak_scenario; fi
+if [ "$standard" = 1 ]; then
+  write_page
+else
+  echo "bench: soak results in $results (docs/benchmarks.md untouched; summarize.js --soak $results adds them to a page)"
+fi

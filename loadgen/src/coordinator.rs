@@ -4,6 +4,7 @@
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpStream},
+    path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
     thread,
@@ -14,8 +15,9 @@ use hdrhistogram::Histogram;
 use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
-    args::Args,
+    args::RunArgs,
     client::now_ns,
+    memory::{sample, ProcSample, RssSampler},
     plan::Plan,
     proto::Protocol,
     report::{self, Idle, IdleNode, NodeUsage, PhaseResult, RunResult},
@@ -26,26 +28,6 @@ use crate::{
 const MAX_DRAIN_LAG_MS: f64 = 500.0;
 /// Sustained means a p99 under this.
 const MAX_P99_US: u64 = 250_000;
-
-/// A server process to sample from `/proc`.
-#[derive(Debug, Clone, Copy)]
-struct ProcSample {
-    rss_kib: u64,
-    cpu_ticks: u64,
-}
-
-fn sample(pid: u32) -> Option<ProcSample> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())?;
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of stat(5); index 0 here is field 3.
-    let cpu_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
-    Some(ProcSample { rss_kib, cpu_ticks })
-}
 
 /// Clock ticks a second (`getconf CLK_TCK`; 100 on every Linux this runs on).
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -147,15 +129,11 @@ impl Workers {
     }
 }
 
-/// Runs the `run` subcommand.
-pub fn run(args: &Args, argv: &[String]) -> Result<(), String> {
-    let plan = Plan::from_args(args)?;
-    let pids: Vec<u32> = args.list("server-pids")?;
-    let duration: f64 = args.get("duration", 5.0)?;
-    let drain: f64 = args.get("drain", 5.0)?;
-    let hold: f64 = args.get("hold", 1.0)?;
-    let rates: Vec<f64> = args.list("rates")?;
-    let ramp: Vec<f64> = args.list("ramp")?;
+/// Runs the `run` subcommand; `argv` are its raw flags, for the workers.
+pub fn run(args: &RunArgs, argv: &[String]) -> Result<(), String> {
+    let plan = Plan::from_args(&args.plan)?;
+    let pids = &args.server_pids;
+    let (duration, drain) = (args.duration, args.drain);
     let before: Vec<Option<ProcSample>> = pids.iter().map(|p| sample(*p)).collect();
     let started = Instant::now();
     let mut workers = Workers::spawn(plan.workers, argv)?;
@@ -165,40 +143,43 @@ pub fn run(args: &Args, argv: &[String]) -> Result<(), String> {
         "loadgen: {} subscribed, {} publishers, {} failed in {:.1} s",
         connect.subscribed, connect.publishers, connect.failed, connect.seconds
     );
-    thread::sleep(Duration::from_secs_f64(hold));
-    let idle = idle_usage(&plan, &pids, &before);
+    thread::sleep(Duration::from_secs_f64(args.hold));
+    let idle = idle_usage(&plan, pids, &before);
     let mut phases = Vec::new();
-    let schedule: Box<dyn Iterator<Item = f64>> = match ramp.as_slice() {
-        [start, factor, steps] => {
-            let (start, factor) = (*start, *factor);
-            Box::new((0..*steps as i32).map(move |i| start * factor.powi(i)))
-        }
-        [] => Box::new(rates.into_iter()),
-        _ => return Err("--ramp takes start,factor,steps".into()),
+    let schedule: Box<dyn Iterator<Item = f64>> = match args.ramp {
+        Some(ramp) => Box::new(ramp.rates()),
+        None => Box::new(args.rates.iter().copied()),
     };
+    let rss = args
+        .rss_every
+        .map(|every| RssSampler::start(pids.clone(), Duration::from_secs_f64(every)));
     for (id, rate) in schedule.enumerate() {
         let result = run_phase(
             &mut workers,
             &plan,
-            &pids,
+            pids,
             id as u32 + 1,
             rate,
             duration,
             drain,
         )?;
         report::print_phase(&result, phases.is_empty());
-        let stop = !ramp.is_empty() && !result.sustained;
+        let stop = args.ramp.is_some() && !result.sustained;
         phases.push(result);
         if stop {
             break;
         }
     }
     workers.finish();
-    let result = RunResult::new(args, argv, &plan, connect, idle, phases);
+    let mut result = RunResult::new(args, argv, &plan, connect, idle, phases);
+    result.rss = rss.map(|rss| rss.finish(pids, Duration::from_secs_f64(args.rss_warmup)));
+    if let Some(rss) = &result.rss {
+        report::print_rss(rss);
+    }
     if let Some(idle) = &result.idle {
         report::print_idle(idle);
     }
-    if let Some(path) = args.raw("out") {
+    if let Some(path) = &args.out {
         write_json(path, &result)?;
     }
     Ok(())
@@ -376,8 +357,9 @@ fn merge_phase(
     result
 }
 
-/// Writes `value` as pretty JSON to `path`.
-pub fn write_json(path: &str, value: &impl Serialize) -> Result<(), String> {
-    let json = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
-    std::fs::write(path, json + "\n").map_err(|e| format!("write {path}: {e}"))
+/// Writes `value` as compact JSON (one line) to `path`: results are committed with
+/// the page made from them, and a line per file keeps the diffs and the repo small.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), String> {
+    let json = serde_json::to_string(value).map_err(|e| e.to_string())?;
+    std::fs::write(path, json + "\n").map_err(|e| format!("write {}: {e}", path.display()))
 }

@@ -19,8 +19,10 @@
 //!   hand-written client would be smaller, but the handshake, masking and
 //!   fragmentation are where a measuring tool must not have bugs of its own.
 //! - [`publish_path`]: scenario 4, in-process `PubSub::publish_to` into Redis.
-//! - [`chart`]: the SVG chart of latency against offered rate, written by hand
-//!   (no font library needed).
+//! - [`memory`]: a server's RSS and CPU from `/proc`, and the soak's RSS trace
+//!   (`--rss-every`) with its growth after the warm-up fitted by least squares.
+//! - [`chart`]: the SVG charts (latency against offered rate, RSS over time),
+//!   written by hand (no font library needed).
 //! - [`plan`], [`stats`], [`report`], [`args`]: who connects where, the measurement
 //!   types, the result JSON and table, the flags.
 //!
@@ -30,14 +32,17 @@
 //! switchboard-loadgen run --servers 127.0.0.1:8081,127.0.0.1:8082 --server-pids P1,P2 \
 //!     --clients 1000 --rooms 100 --publishers 10 --rates 1000,10000 --duration 10 \
 //!     [--ramp start,factor,steps] [--protocol socketio] [--workers 2] [--out r.json]
+//! switchboard-loadgen help run    # every flag, with its default
 //! switchboard-loadgen publish-path --redis-url redis://127.0.0.1:6379 --duration 5
 //! switchboard-loadgen chart --out chart.svg a.json b.json
+//! switchboard-loadgen chart --rss --out rss.svg soak.json   # after run --rss-every 60
 //! ```
 
 mod args;
 mod chart;
 mod client;
 mod coordinator;
+mod memory;
 mod plan;
 mod proto;
 mod publish_path;
@@ -49,7 +54,8 @@ mod worker;
 
 use std::process::ExitCode;
 
-use args::Args;
+use args::{Cli, Command};
+use clap::Parser;
 
 /// mimalloc: scenario 4 runs the broker and the Redis publisher in this process, an
 /// in-process service's publish path, and there glibc's malloc (cross-thread frees
@@ -61,21 +67,17 @@ use args::Args;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    let mut argv = std::env::args().skip(1);
-    let command = argv.next().unwrap_or_default();
-    let rest: Vec<String> = argv.collect();
-    let outcome = match command.as_str() {
-        "chart" => chart::run(&rest),
-        _ => Args::parse(rest.clone()).and_then(|args| match command.as_str() {
-            "run" => coordinator::run(&args, &rest),
-            "worker" => plan::Plan::from_args(&args)
-                .and_then(|plan| worker::run(plan, args.get("worker-index", 0)?)),
-            "publish-path" => publish_path::run(&args),
-            _ => Err(
-                "usage: switchboard-loadgen run|publish-path|chart [--flags]; see the crate docs"
-                    .into(),
-            ),
-        }),
+    // Exits with clap's message (and status 2) on a bad command line.
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        // The raw flags after `run`: recorded in the result, and given to the workers.
+        Command::Run(args) => {
+            coordinator::run(&args, &std::env::args().skip(2).collect::<Vec<_>>())
+        }
+        Command::Worker(args) => plan::Plan::from_args(&args.run.plan)
+            .and_then(|plan| worker::run(plan, args.worker_index)),
+        Command::PublishPath(args) => publish_path::run(&args),
+        Command::Chart(args) => chart::run(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

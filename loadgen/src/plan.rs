@@ -3,7 +3,7 @@
 
 use std::{net::SocketAddr, ops::Range};
 
-use crate::{args::Args, proto::Protocol};
+use crate::{args::PlanArgs, proto::Protocol};
 
 /// The shape of a run.
 #[derive(Debug, Clone)]
@@ -31,24 +31,23 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Reads the plan's flags.
-    pub fn from_args(args: &Args) -> Result<Plan, String> {
-        let servers = args.list::<SocketAddr>("servers")?;
-        if servers.is_empty() {
+    /// The plan the flags describe.
+    pub fn from_args(args: &PlanArgs) -> Result<Plan, String> {
+        let plan = Plan {
+            protocol: args.protocol,
+            servers: args.servers.clone(),
+            clients: args.clients,
+            rooms: args.rooms,
+            rooms_per_client: args.rooms_per_client,
+            room_prefix: args.room_prefix.clone(),
+            publishers: args.publishers,
+            workers: args.workers,
+            padding: args.padding,
+            connect_concurrency: args.connect_concurrency,
+        };
+        if plan.servers.is_empty() {
             return Err("--servers host:port[,host:port..] is required".into());
         }
-        let plan = Plan {
-            protocol: Protocol::parse(args.raw("protocol").unwrap_or("switchboard"))?,
-            servers,
-            clients: args.get("clients", 100)?,
-            rooms: args.get("rooms", 10)?,
-            rooms_per_client: args.get("rooms-per-client", 1)?,
-            room_prefix: args.raw("room-prefix").unwrap_or("bench").to_string(),
-            publishers: args.get("publishers", 2)?,
-            workers: args.get("workers", 1)?,
-            padding: args.get("padding", 0)?,
-            connect_concurrency: args.get("connect-concurrency", 200)?,
-        };
         if plan.rooms == 0 || plan.workers == 0 || plan.rooms_per_client > plan.rooms {
             return Err("need rooms >= rooms-per-client, rooms >= 1 and workers >= 1".into());
         }
@@ -122,10 +121,22 @@ mod tests {
     use super::*;
 
     fn plan(clients: usize, rooms: usize) -> Plan {
-        let args = format!(
-            "--servers 127.0.0.1:1,127.0.0.1:2 --clients {clients} --rooms {rooms} --workers 3"
-        );
-        Plan::from_args(&Args::parse(args.split(' ').map(String::from)).unwrap()).unwrap()
+        let args = PlanArgs {
+            servers: vec![
+                "127.0.0.1:1".parse().unwrap(),
+                "127.0.0.1:2".parse().unwrap(),
+            ],
+            protocol: Protocol::Switchboard,
+            clients,
+            rooms,
+            rooms_per_client: 1,
+            room_prefix: "bench".into(),
+            publishers: 2,
+            workers: 3,
+            padding: 0,
+            connect_concurrency: 200,
+        };
+        Plan::from_args(&args).unwrap()
     }
 
     #[test]

@@ -8,7 +8,7 @@ use futures_util::{stream, StreamExt};
 use serde::Serialize;
 use switchboard_actors::{BackplaneConfig, BrokerConfig, PubSub, RedisConfig};
 
-use crate::{args::Args, coordinator::write_json};
+use crate::{args::PublishPathArgs, coordinator::write_json};
 
 /// What the publish-path run measured.
 #[derive(Debug, Serialize)]
@@ -26,16 +26,11 @@ pub struct PublishPathResult {
 }
 
 /// Runs the `publish-path` subcommand.
-pub fn run(args: &Args) -> Result<(), String> {
-    let url = args
-        .raw("redis-url")
-        .ok_or("--redis-url is required")?
-        .to_string();
-    let seconds: f64 = args.get("duration", 5.0)?;
-    let warmup: f64 = args.get("warmup", 1.0)?;
-    let concurrency: usize = args.get("concurrency", 256)?;
-    let room = args.raw("room").unwrap_or("ch").to_string();
-    let client = redis::Client::open(url.as_str()).map_err(|e| format!("redis url: {e}"))?;
+pub fn run(args: &PublishPathArgs) -> Result<(), String> {
+    let url = args.redis_url.as_str();
+    let (seconds, warmup, concurrency) = (args.duration, args.warmup, args.concurrency);
+    let room = args.room.clone();
+    let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
     let result = actix_rt::System::new().block_on(async move {
         let config = BrokerConfig::new(
             format!("loadgen_{}", std::process::id()),
@@ -63,7 +58,7 @@ pub fn run(args: &Args) -> Result<(), String> {
             result.events_per_s, result.published, result.seconds, result.failed, concurrency
         );
     }
-    if let Some(path) = args.raw("out") {
+    if let Some(path) = &args.out {
         write_json(path, &result)?;
     }
     Ok(())

@@ -3,7 +3,8 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    args::Args,
+    args::RunArgs,
+    memory::RssTrace,
     plan::Plan,
     stats::{Latency, Ready},
 };
@@ -215,12 +216,17 @@ pub struct RunResult {
     pub max_sustained_deliveries_per_s: Option<f64>,
     /// The publish rate of that phase.
     pub max_sustained_publishes_per_s: Option<f64>,
+    /// The p99 latency of that phase, µs: what the ceiling cost each delivery.
+    pub max_sustained_p99_us: Option<u64>,
+    /// The servers' RSS over the phases, with `--rss-every` (the soak).
+    #[serde(default)]
+    pub rss: Option<RssTrace>,
 }
 
 impl RunResult {
     /// Assembles the result.
     pub fn new(
-        args: &Args,
+        args: &RunArgs,
         argv: &[String],
         plan: &Plan,
         connect: Connect,
@@ -232,7 +238,7 @@ impl RunResult {
             .filter(|p| p.sustained)
             .max_by(|a, b| a.deliveries_per_s.total_cmp(&b.deliveries_per_s));
         RunResult {
-            label: args.raw("label").unwrap_or("run").to_string(),
+            label: args.label.clone(),
             protocol: plan.protocol.name().to_string(),
             command: format!("switchboard-loadgen run {}", argv.join(" ")),
             clients: plan.clients,
@@ -245,6 +251,8 @@ impl RunResult {
             idle,
             max_sustained_deliveries_per_s: best.map(|p| p.deliveries_per_s),
             max_sustained_publishes_per_s: best.map(|p| p.offered_publishes_per_s),
+            max_sustained_p99_us: best.map(|p| p.latency_us.p99),
+            rss: None,
             phases,
         }
     }
@@ -320,4 +328,26 @@ pub fn print_idle(idle: &Idle) {
         idle.per_connection_bytes,
         idle.per_connection_bytes / 1024.0
     );
+}
+
+/// Prints each server's RSS trace: first and last reading and the growth.
+#[allow(clippy::print_stdout)]
+pub fn print_rss(rss: &RssTrace) {
+    for server in &rss.servers {
+        let (first, last) = (server.samples.first(), server.samples.last());
+        let kib = |s: Option<&crate::memory::RssSample>| s.map_or(0, |s| s.rss_kib);
+        let growth = server
+            .growth_kib_per_hour
+            .map_or("n/a (too few samples after the warm-up)".into(), |g| {
+                format!("{g:.0} KiB/hour")
+            });
+        println!(
+            "server pid {}: {} RSS samples, {} -> {} KiB; growth after {:.0} s: {growth}",
+            server.pid,
+            server.samples.len(),
+            kib(first),
+            kib(last),
+            rss.warmup_s
+        );
+    }
 }
