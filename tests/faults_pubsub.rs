@@ -287,8 +287,8 @@ async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bounds(
     config.channel_prefix = unique_prefix("flood");
     // The probe's PING queues behind the held publishes, and the held pipelines
     // must outlive the pause: the link is not dead.
-    config.probe_timeout = Duration::from_secs(30);
-    config.response_timeout = Duration::from_secs(30);
+    config.probe_timeout = Duration::from_secs(120);
+    config.response_timeout = Duration::from_secs(120);
     let pubsub = PubSub::start(BrokerConfig::new(
         "flood",
         BackplaneConfig::Redis(Box::new(config)),
@@ -322,22 +322,28 @@ async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bounds(
         }
     };
 
+    // Held until the test has seen both bounds, however slow the machine: the pause
+    // is ended by CLIENT UNPAUSE, not by its timeout.
     let _: () = redis
-        .query(redis::cmd("CLIENT").arg(&["PAUSE", "6000", "WRITE"]))
+        .query(redis::cmd("CLIENT").arg(&["PAUSE", "100000", "WRITE"]))
         .await;
     let started = Instant::now();
     let first = actix_web::rt::spawn(flood(0, MAX_QUEUED));
     // The whole first wave waits, then goes out in pipelines that Redis holds.
-    wait_until(Duration::from_secs(5), "the first wave is sent", || async {
-        let stats = pubsub.publisher_stats().await.unwrap();
-        stats.unanswered == MAX_QUEUED as u64 && stats.waiting == 0
-    })
+    wait_until(
+        Duration::from_secs(60),
+        "the first wave is sent",
+        || async {
+            let stats = pubsub.publisher_stats().await.unwrap();
+            stats.unanswered == MAX_QUEUED as u64 && stats.waiting == 0
+        },
+    )
     .await;
     let sent_after = started.elapsed();
     let second = actix_web::rt::spawn(flood(MAX_QUEUED, MAX_QUEUED + EXTRA));
     // Refusals are answered at once; the accepted wait for the pause to end.
     wait_until(
-        Duration::from_secs(5),
+        Duration::from_secs(60),
         "the second wave is taken",
         || async {
             let stats = pubsub.publisher_stats().await.unwrap();
@@ -358,6 +364,7 @@ async fn a_publish_flood_while_redis_is_paused_is_refused_past_the_queue_bounds(
         stats.unanswered, MAX_QUEUED as u64,
         "nothing more is sent while MAX_QUEUED are unanswered"
     );
+    let _: () = redis.query(redis::cmd("CLIENT").arg("UNPAUSE")).await;
 
     let (accepted2, refused2) = second.await.unwrap();
     assert_eq!((accepted2, refused2), (MAX_QUEUED, EXTRA));
