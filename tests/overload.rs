@@ -68,6 +68,7 @@ async fn read_replies(
 /// `HTTP_PUBLISHES` POSTs at once; each answer's status and JSON body.
 async fn http_flood(url: String) -> Vec<(u16, Value)> {
     let client = awc::Client::builder()
+        .connector(awc::Connector::new().conn_keep_alive(Duration::from_secs(1)))
         .timeout(Duration::from_secs(60))
         .finish();
     join_all((0..HTTP_PUBLISHES).map(|n| {
