@@ -4,6 +4,8 @@
 // Usage: node bench/manifest.js RUN_ID "COMMAND"
 "use strict";
 const { execSync } = require("child_process");
+const fs = require("fs");
+const path = require("path");
 
 const [run, command] = process.argv.slice(2);
 if (!run || !command) {
@@ -18,6 +20,23 @@ const peer = (pkg) => {
   } catch (e) {
     return null;
   }
+};
+// The socketioxide peer's versions, as its Cargo.lock pins them (run.sh builds it with
+// --locked), or null where the lock has no such package.
+const cargoLock = (() => {
+  try {
+    return fs.readFileSync(path.join(__dirname, "peers/socketioxide/Cargo.lock"), "utf8");
+  } catch (e) {
+    return "";
+  }
+})();
+const locked = (crate) => {
+  for (const block of cargoLock.split("[[package]]")) {
+    const name = /^name = "([^"]*)"$/m.exec(block);
+    const version = /^version = "([^"]*)"$/m.exec(block);
+    if (name && version && name[1] === crate) return version[1];
+  }
+  return null;
 };
 const dirty = sh("git status --porcelain --untracked-files=no") !== "";
 const manifest = {
@@ -38,6 +57,8 @@ const manifest = {
     redis: sh("redis-server --version | cut -d' ' -f1-3"),
     "socket.io": peer("socket.io"),
     "@socket.io/redis-adapter": peer("@socket.io/redis-adapter"),
+    socketioxide: locked("socketioxide"),
+    "socketioxide-redis": locked("socketioxide-redis"),
   },
 };
 process.stdout.write(JSON.stringify(manifest) + "\n");

@@ -38,15 +38,25 @@ const ms = (us) => (us / 1000).toFixed(2);
 const num = (n) => (n == null || Number.isNaN(n) ? "n/a" : Math.round(n).toLocaleString("en-US"));
 // A factor of at least 1, readable at any size: 1.32, 9.3, 1,700.
 const factor = (k) => (k >= 100 ? Math.round(k).toLocaleString("en-US") : k >= 10 ? k.toFixed(1) : k.toFixed(2));
+// The peers Switchboard is compared with, in the order of their columns: the label
+// (and result-file suffix) loadgen ran them under, and the name the page gives them.
+const PEERS = [
+  { key: "socketio", name: "Socket.IO" },
+  { key: "socketioxide", name: "socketioxide" },
+];
 // "Socket.IO 1,700× slower": names the side with the larger figure and by how much,
-// so a ratio reads the same way in both directions (never "0.00×").
-const compare = (sb, io, word) => {
-  if (sb == null || io == null) return "n/a";
-  if (sb === io) return "equal";
-  const [big, small, who] = sb > io ? [sb, io, "Switchboard"] : [io, sb, "Socket.IO"];
+// so a ratio reads the same way in both directions (never "0.00×"). `peer` names the
+// other side (Socket.IO unless given).
+const compare = (sb, other, word, peer = "Socket.IO") => {
+  if (sb == null || other == null) return "n/a";
+  if (sb === other) return "equal";
+  const [big, small, who] = sb > other ? [sb, other, "Switchboard"] : [other, sb, peer];
   if (small <= 0) return `${who} ${word} (other: 0)`;
   return `${who} ${factor(big / small)}× ${word}`;
 };
+// One comparison cell per peer: Switchboard against each, in PEERS order.
+const compareAll = (sb, others, word) => others.map((o, i) => compare(sb, o, word, PEERS[i].name));
+const vsHeads = PEERS.map((peer) => `Switchboard vs ${peer.name}`);
 // "0.76× redis-benchmark (redis-benchmark 1.32× more)": a ratio to a reference that
 // still reads when it is far below 1.
 const times = (r, name) => {
@@ -62,26 +72,31 @@ const p = (line = "") => out.push(line);
 const manifest = load("manifest.json");
 const m = manifest.machine;
 const v = manifest.versions;
-p("Numbers from one run of `scripts/bench.sh`, Switchboard and the Socket.IO peer side");
-p("by side in the same run, on the machine below. Latency is publish-to-receive,");
-p("measured from the *scheduled* send time (fixed timetable, so coordinated omission");
-p("cannot flatter it), in milliseconds. The comparison column names the side with the");
-p("larger figure and by how much (\"Socket.IO 3.2× slower\", \"Switchboard 9.3× more\").");
+p("Numbers from one run of `scripts/bench.sh`, Switchboard and two peers, Socket.IO (Node)");
+p("and socketioxide (Rust), side by side in the same run, on the machine below. Latency is");
+p("publish-to-receive, measured from the *scheduled* send time (fixed timetable, so");
+p("coordinated omission cannot flatter it), in milliseconds. Each comparison column sets");
+p("Switchboard against one peer and names the side with the larger figure and by how much");
+p("(\"Socket.IO 3.2× slower\", \"Switchboard 9.3× more\").");
 p();
 p("## Machine");
 p();
 p(`- CPU: ${m.cores} cores, ${m.cpu}`);
 p(`- RAM: ${m.ram_gib} GiB; kernel ${m.kernel}; open files ${m.open_files}`);
 p(`- ${v.rustc}; node ${v.node}; ${v.redis}`);
-p(`- Socket.IO peer: socket.io ${v["socket.io"]}, @socket.io/redis-adapter ${v["@socket.io/redis-adapter"]}, two nodes on their own Redis`);
+const version = (name) => v[name] || fail(`manifest.json has no version of ${name}`);
+p(`- Socket.IO peer: socket.io ${version("socket.io")}, @socket.io/redis-adapter ${version("@socket.io/redis-adapter")}, two nodes on their own Redis`);
+p(`- socketioxide peer (\`bench/peers/socketioxide\`, one tokio thread per node): socketioxide ${version("socketioxide")}, socketioxide-redis ${version("socketioxide-redis")}, two nodes on their own Redis`);
 p("- Everything (Redis, both servers of each kind, the load generator) on this one machine.");
 p();
 p(`Command: \`${manifest.command}\`, at commit \`${manifest.commit}\`, started ${manifest.started}; loadgen commands are in each result's \`command\` field.`);
 p();
 
-const phaseTable = (sb, io, label) => {
-  p(`| ${label} | Switchboard | Socket.IO | comparison |`);
-  p("| --- | --- | --- | --- |");
+// One phase of scenario 1: a column per system, then one comparison column per peer.
+const phaseTable = (sb, peers, label) => {
+  p(`| ${label} | Switchboard | ${PEERS.map((x) => x.name).join(" | ")} | ${vsHeads.join(" | ")} |`);
+  p(`| --- | --- | ${PEERS.map(() => "---").join(" | ")} | ${vsHeads.map(() => "---").join(" | ")} |`);
+  const blanks = vsHeads.map(() => "").join(" | ");
   const rows = [
     ["deliveries/s", (r) => r.deliveries_per_s, num, "more"],
     ["p50 ms", (r) => r.latency_us.p50, ms, "slower"],
@@ -97,15 +112,15 @@ const phaseTable = (sb, io, label) => {
   for (const [name, f, fmt, word] of rows) {
     if (name.startsWith("lost")) {
       const cell = (r) => (r ? `${r.lost} / ${r.duplicated} / ${r.reordered}` : "n/a");
-      p(`| ${name} | ${cell(sb)} | ${cell(io)} | |`);
+      p(`| ${name} | ${[sb, ...peers].map(cell).join(" | ")} | ${blanks} |`);
     } else if (name.startsWith("server CPU")) {
       const cell = (r) => (r ? r.servers.map((s) => s.cpu_percent.toFixed(0)).join(" / ") : "n/a");
-      p(`| ${name} | ${cell(sb)} | ${cell(io)} | |`);
+      p(`| ${name} | ${[sb, ...peers].map(cell).join(" | ")} | ${blanks} |`);
     } else {
-      const a = sb ? f(sb) : null;
-      const b = io ? f(io) : null;
-      if (a == null && b == null) continue;
-      p(`| ${name} | ${a == null ? "n/a" : fmt(a)} | ${b == null ? "n/a" : fmt(b)} | ${compare(a, b, word)} |`);
+      const [a, ...others] = [sb, ...peers].map((r) => (r ? f(r) : null));
+      if (a == null && others.every((b) => b == null)) continue;
+      const cells = [a, ...others].map((x) => (x == null ? "n/a" : fmt(x)));
+      p(`| ${name} | ${cells.join(" | ")} | ${compareAll(a, others, word).join(" | ")} |`);
     }
   }
   p();
@@ -113,7 +128,7 @@ const phaseTable = (sb, io, label) => {
 
 // Scenario 1
 const s1sb = load("s1-latency-switchboard.json");
-const s1io = load("s1-latency-socketio.json");
+const s1peers = PEERS.map((peer) => load(`s1-latency-${peer.key}.json`));
 p(`## 1. Latency: ${num(s1sb.clients)} subscribers over ${num(s1sb.rooms)} rooms, ${s1sb.servers.length} servers`);
 p();
 p(`${num(s1sb.publishers)} publishers (spread over the servers) publish round-robin over the rooms;`);
@@ -131,10 +146,9 @@ for (const rate of s1sb.phases.map((ph) => ph.offered_publishes_per_s)) {
     r.phases.find((ph) => ph.offered_publishes_per_s === rate) ||
     fail(`${r.label}'s scenario 1 result has no phase at ${rate}/s`);
   const sb = find(s1sb);
-  const io = find(s1io);
   p(`### ${num(rate)} publishes/s`);
   p();
-  phaseTable(sb, io, `${num(rate)} pub/s`);
+  phaseTable(sb, s1peers.map(find), `${num(rate)} pub/s`);
   if (rate === 10000) s1target = sb;
   if (sb.cross_server_latency_us.p99 <= 2000) s1knee = rate;
 }
@@ -153,20 +167,21 @@ p();
 p("The ceiling is the highest sustained phase of the ramp; next to it, that phase's p99:");
 p("what each delivery waited at the ceiling.");
 p();
-p("| room | Switchboard deliveries/s (pub/s) | p99 ms | Socket.IO deliveries/s (pub/s) | p99 ms | comparison |");
-p("| --- | --- | --- | --- | --- | --- |");
+const fanHeads = ["Switchboard", ...PEERS.map((x) => x.name)].map((who) => `${who} deliveries/s (pub/s) | p99 ms`);
+p(`| room | ${fanHeads.join(" | ")} | ${vsHeads.join(" | ")} |`);
+p(`| --- | ${fanHeads.map(() => "--- | ---").join(" | ")} | ${vsHeads.map(() => "---").join(" | ")} |`);
 const fan = {};
 for (const size of [1000, 5000]) {
   const sb = load(`s2-fanout-${size}-switchboard.json`);
-  const io = load(`s2-fanout-${size}-socketio.json`);
-  fan[size] = { sb, io };
-  const a = sb && sb.max_sustained_deliveries_per_s;
-  const b = io && io.max_sustained_deliveries_per_s;
+  const peers = PEERS.map((peer) => load(`s2-fanout-${size}-${peer.key}.json`));
+  fan[size] = { sb, io: peers[PEERS.findIndex((x) => x.key === "socketio")], peers };
+  const max = (r) => (r ? r.max_sustained_deliveries_per_s : null);
   const ceiling = (r) =>
     r && r.max_sustained_deliveries_per_s != null
       ? [`${num(r.max_sustained_deliveries_per_s)} (${num(r.max_sustained_publishes_per_s)})`, ms(r.max_sustained_p99_us)]
       : ["none sustained", "n/a"];
-  p(`| ${num(size)} subscribers | ${ceiling(sb).join(" | ")} | ${ceiling(io).join(" | ")} | ${compare(a, b, "more")} |`);
+  const cells = [sb, ...peers].map((r) => ceiling(r).join(" | "));
+  p(`| ${num(size)} subscribers | ${cells.join(" | ")} | ${compareAll(max(sb), peers.map(max), "more").join(" | ")} |`);
 }
 p();
 p("Every phase of each ramp (the last one is the first that was not sustained):");
@@ -174,7 +189,8 @@ p();
 p("| run | pub/s | deliveries/s | p50 ms | p99 ms | max ms | lag ms | CPU % A/B | sustained |");
 p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 for (const size of [1000, 5000]) {
-  for (const [who, r] of [["Switchboard", fan[size].sb], ["Socket.IO", fan[size].io]]) {
+  const runs = [["Switchboard", fan[size].sb], ...PEERS.map((peer, i) => [peer.name, fan[size].peers[i]])];
+  for (const [who, r] of runs) {
     if (!r) continue;
     for (const ph of r.phases) {
       p(`| ${who} ${size} | ${num(ph.offered_publishes_per_s)} | ${num(ph.deliveries_per_s)} | ${ms(ph.latency_us.p50)} | ${ms(ph.latency_us.p99)} | ${ms(ph.latency_us.max)} | ${num(ph.drain_lag_ms)} | ${ph.servers.map((s) => s.cpu_percent.toFixed(0)).join("/")} | ${ph.sustained ? "yes" : "no: " + ph.not_sustained_because.join(", ")} |`);
@@ -187,7 +203,7 @@ p();
 
 // Scenario 3
 const s3sb = load("s3-idle-switchboard.json");
-const s3io = load("s3-idle-socketio.json");
+const s3peers = PEERS.map((peer) => load(`s3-idle-${peer.key}.json`));
 const s3bare = load("s3-idle-bare.json");
 const perConn = (r) => (r && r.idle ? r.idle.per_connection_bytes : null);
 p("## 3. Connections: 20,000 idle subscribed connections over two servers");
@@ -195,12 +211,13 @@ p();
 p("Fresh servers; RSS (VmRSS) before connecting and 5 s after every client subscribed");
 p("(to one of 1,000 rooms), divided by the connections on that server.");
 p();
-p("| | Switchboard | Socket.IO | comparison | bare actix-web-actors session |");
-p("| --- | --- | --- | --- | --- |");
+p(`| | Switchboard | ${PEERS.map((x) => x.name).join(" | ")} | ${vsHeads.join(" | ")} | bare actix-web-actors session |`);
+p(`| --- | --- | ${PEERS.map(() => "---").join(" | ")} | ${vsHeads.map(() => "---").join(" | ")} | --- |`);
 const kib = (b) => (b == null ? "n/a" : (b / 1024).toFixed(1) + " KiB");
-p(`| RSS per connection | ${kib(perConn(s3sb))} | ${kib(perConn(s3io))} | ${compare(perConn(s3sb), perConn(s3io), "more")} | ${kib(perConn(s3bare))} |`);
+const perConnPeers = s3peers.map(perConn);
+p(`| RSS per connection | ${[perConn(s3sb), ...perConnPeers].map(kib).join(" | ")} | ${compareAll(perConn(s3sb), perConnPeers, "more").join(" | ")} | ${kib(perConn(s3bare))} |`);
 const connected = (r) => (r ? `${r.connect.subscribed} in ${r.connect.seconds.toFixed(1)} s (${r.connect.failed} failed)` : "n/a");
-p(`| subscribed connections | ${connected(s3sb)} | ${connected(s3io)} | | ${connected(s3bare)} |`);
+p(`| subscribed connections | ${[s3sb, ...s3peers].map(connected).join(" | ")} | ${vsHeads.map(() => "").join(" | ")} | ${connected(s3bare)} |`);
 p();
 
 // Scenario 4

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The standard benchmark (issue 3), end to end on this machine: builds release
-# binaries, installs the Socket.IO peer (npm), starts Redis and two servers of each
-# kind, runs scenarios 1-4 and writes docs/benchmarks.md and its chart. Every
-# process it starts is killed on exit.
+# binaries (and the socketioxide peer, bench/peers/socketioxide), installs the
+# Socket.IO peer (npm), starts Redis and two servers of each kind (Switchboard,
+# Socket.IO, socketioxide; each kind on its own Redis), runs scenarios 1-4 and writes
+# docs/benchmarks.md and its chart. Every process it starts is killed on exit.
 #
 # Each run keeps its raw results in bench/results/RUN/ (RUN is the UTC start time):
 # compact JSON, one file per scenario and system, and manifest.json (command, commit,
@@ -14,7 +15,8 @@
 # /proc every minute, the growth after the warm-up fitted by least squares, and a
 # chart (bench/results/RUN/soak-switchboard.json and soak-rss.svg).
 #
-#   scripts/bench.sh                    # the full run (about 15 minutes)
+#   scripts/bench.sh                    # the full run (about 15 minutes before the
+#                                       # socketioxide peer was added; longer now)
 #   BENCH_DURATION=5 scripts/bench.sh   # shorter phases
 #   scripts/bench.sh --soak             # the full run, then an hour's soak
 #   SOAK_MINUTES=90 scripts/bench.sh    # the same, with a soak of 90 minutes
@@ -58,6 +60,10 @@ bin="${CARGO_TARGET_DIR:-target}/release"
 loadgen="$bin/switchboard-loadgen"
 
 if [ "$standard" = 1 ]; then
+  # Built here, not by start_server: a first build takes minutes, past its 30 s deadline.
+  # Target dir: $SIOXIDE_TARGET_DIR (default bench/peers/socketioxide/target).
+  echo "== socketioxide peer (release)"
+  bench/peers/socketioxide/run.sh --build
   echo "== Socket.IO peer (npm)"
   (cd bench/peers/socketio && timeout 300 npm ci --no-audit --no-fund --loglevel=error)
 fi
@@ -73,35 +79,47 @@ start_socketios() {
   start_server io_a io_a_pid env REDIS_URL="redis://127.0.0.1:$io_redis" node bench/peers/socketio/server.js
   start_server io_b io_b_pid env REDIS_URL="redis://127.0.0.1:$io_redis" node bench/peers/socketio/server.js
 }
+# run.sh execs the binary, so the PID start_server records is the server's.
+start_socketioxides() {
+  start_server ox_a ox_a_pid env REDIS_URL="redis://127.0.0.1:$ox_redis" bench/peers/socketioxide/run.sh
+  start_server ox_b ox_b_pid env REDIS_URL="redis://127.0.0.1:$ox_redis" bench/peers/socketioxide/run.sh
+}
 stop_all_servers() {
-  for pid in "$sb_a_pid" "$sb_b_pid" "$io_a_pid" "$io_b_pid"; do stop_pid "$pid"; done
+  for pid in "$sb_a_pid" "$sb_b_pid" "$io_a_pid" "$io_b_pid" "$ox_a_pid" "$ox_b_pid"; do
+    stop_pid "$pid"
+  done
 }
 
-# Scenarios 1-4: Switchboard and Socket.IO side by side, and the bare actix floor.
+# Scenarios 1-4: Switchboard, Socket.IO and socketioxide side by side, and the bare
+# actix floor.
 standard_scenarios() {
   start_redis sb_redis
   start_redis io_redis
+  start_redis ox_redis
   start_switchboards
   start_socketios
-  echo "switchboard: $sb_a $sb_b (redis $sb_redis); socket.io: $io_a $io_b (redis $io_redis)"
+  start_socketioxides
+  echo "switchboard: $sb_a $sb_b (redis $sb_redis); socket.io: $io_a $io_b (redis $io_redis);" \
+    "socketioxide: $ox_a $ox_b (redis $ox_redis)"
 
   # run NAME SYSTEM FLAGS..: one loadgen run against both servers of SYSTEM.
   run() {
     local name="$1" system="$2"
     shift 2
     local servers pids protocol
-    if [ "$system" = switchboard ]; then
-      servers="$sb_a,$sb_b" pids="$sb_a_pid,$sb_b_pid" protocol=switchboard
-    else
-      servers="$io_a,$io_b" pids="$io_a_pid,$io_b_pid" protocol=socketio
-    fi
+    case "$system" in
+      switchboard) servers="$sb_a,$sb_b" pids="$sb_a_pid,$sb_b_pid" protocol=switchboard ;;
+      socketio) servers="$io_a,$io_b" pids="$io_a_pid,$io_b_pid" protocol=socketio ;;
+      socketioxide) servers="$ox_a,$ox_b" pids="$ox_a_pid,$ox_b_pid" protocol=socketio ;;
+      *) echo "bench: unknown system $system" >&2; return 1 ;;
+    esac
     echo "== $name ($system)"
     timeout 900 "$loadgen" run --protocol "$protocol" --servers "$servers" --server-pids "$pids" \
       --label "$system" --room-prefix "$name" --out "$results/$name-$system.json" "$@" \
       | tee "$logs/$name-$system.txt"
   }
 
-  for system in switchboard socketio; do
+  for system in switchboard socketio socketioxide; do
     run s1-latency "$system" --clients 1000 --rooms 100 --publishers 10 --workers 2 \
       --rates 1000,5000,10000 --duration "$duration" --drain 5
     run s2-fanout-1000 "$system" --clients 1000 --rooms 1 --publishers 2 --workers 2 \
@@ -114,9 +132,11 @@ standard_scenarios() {
   stop_all_servers
   start_switchboards
   start_socketios
+  start_socketioxides
   idle_flags=(--clients 20000 --rooms 1000 --publishers 0 --workers 2 --hold 5 --connect-concurrency 100)
   run s3-idle switchboard "${idle_flags[@]}"
   run s3-idle socketio "${idle_flags[@]}"
+  run s3-idle socketioxide "${idle_flags[@]}"
   stop_all_servers
   start_server bare_a bare_a_pid "$bin/switchboard-bare-ws"
   start_server bare_b bare_b_pid "$bin/switchboard-bare-ws"
@@ -164,7 +184,8 @@ soak_scenario() {
 write_page() {
   echo "== chart and docs/benchmarks.md"
   "$loadgen" chart --out docs/benchmarks-latency.svg \
-    "$results/s2-fanout-1000-switchboard.json" "$results/s2-fanout-1000-socketio.json"
+    "$results/s2-fanout-1000-switchboard.json" "$results/s2-fanout-1000-socketio.json" \
+    "$results/s2-fanout-1000-socketioxide.json"
   node bench/summarize.js "$results" >"$logs/benchmarks.md"
   mv "$logs/benchmarks.md" docs/benchmarks.md
   echo "bench: wrote docs/benchmarks.md from $results; commit both"
