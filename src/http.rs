@@ -13,7 +13,7 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, value::RawValue};
 use switchboard_actors::{
-    GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats,
+    stages::STAGES, GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats,
 };
 
 use crate::{
@@ -219,6 +219,7 @@ async fn stats(state: Data<State>) -> HttpResponse {
         "publisher": stats.publisher,
         "subscriber": stats.subscriber,
         "connections": state.counters.snapshot(&state.publishes),
+        "stages": STAGES.snapshot(),
     }))
 }
 
@@ -229,5 +230,6 @@ async fn reset_stats(req: HttpRequest, state: Data<State>) -> HttpResponse {
     let _ = state.broker.send(ResetStats).await;
     state.counters.reset();
     state.publishes.reset();
+    STAGES.reset();
     HttpResponse::NoContent().finish()
 }

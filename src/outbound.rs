@@ -25,6 +25,7 @@ use std::{
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
+use switchboard_actors::stages::{Stage, STAGES};
 use tokio::time::{Instant, Sleep};
 
 /// How long a failed connection stays open after its close frame was handed to the
@@ -99,6 +100,8 @@ enum Failing {
 struct Frame {
     header: Option<Bytes>,
     payload: Bytes,
+    /// For a sampled event (see `switchboard_actors::stages`): when it was queued.
+    queued_at: Option<Instant>,
 }
 
 impl Frame {
@@ -166,17 +169,22 @@ impl Outbound {
 
     /// Queues a text frame.
     pub fn text(&self, text: ByteString) -> Result<(), Overflow> {
-        self.push(OP_TEXT, text.into_bytes())
+        self.push(OP_TEXT, text.into_bytes(), None)
+    }
+
+    /// Queues a text frame whose wait for the socket is timed (a sampled event).
+    pub fn timed_text(&self, text: ByteString, queued_at: Instant) -> Result<(), Overflow> {
+        self.push(OP_TEXT, text.into_bytes(), Some(queued_at))
     }
 
     /// Queues a ping.
     pub fn ping(&self) -> Result<(), Overflow> {
-        self.push(OP_PING, Bytes::new())
+        self.push(OP_PING, Bytes::new(), None)
     }
 
     /// Queues a pong echoing `payload`.
     pub fn pong(&self, payload: Bytes) -> Result<(), Overflow> {
-        self.push(OP_PONG, payload)
+        self.push(OP_PONG, payload, None)
     }
 
     /// Queues a close frame and ends the stream after it. With `drop_backlog`, frames
@@ -211,7 +219,7 @@ impl Outbound {
             end -= 1;
         }
         payload.put_slice(&reason.as_bytes()[..end]);
-        queue.append(OP_CLOSE, payload.freeze());
+        queue.append(OP_CLOSE, payload.freeze(), None);
         queue.ending = ending;
         queue.wake();
     }
@@ -234,7 +242,7 @@ impl Outbound {
         }
     }
 
-    fn push(&self, opcode: u8, payload: Bytes) -> Result<(), Overflow> {
+    fn push(&self, opcode: u8, payload: Bytes, queued_at: Option<Instant>) -> Result<(), Overflow> {
         let mut queue = self.queue.borrow_mut();
         if queue.ending != Ending::Open || queue.body_gone {
             return Ok(());
@@ -246,19 +254,20 @@ impl Outbound {
         if queue.frames.len() + 1 > queue.max_frames || queue.bytes + size > queue.max_bytes {
             return Err(Overflow::Backlog);
         }
-        queue.append(opcode, payload);
+        queue.append(opcode, payload, queued_at);
         queue.wake();
         Ok(())
     }
 }
 
 impl Queue {
-    fn append(&mut self, opcode: u8, payload: Bytes) {
+    fn append(&mut self, opcode: u8, payload: Bytes, queued_at: Option<Instant>) {
         let header = header(opcode, payload.len());
         self.bytes += header.len() + payload.len();
         self.frames.push_back(Frame {
             header: Some(header),
             payload,
+            queued_at,
         });
     }
 
@@ -279,6 +288,9 @@ impl Queue {
     /// into its own write buffer, so coalescing here would copy every byte twice.
     fn take_part(&mut self) -> Option<Bytes> {
         let front = self.frames.front_mut()?;
+        if let Some(queued_at) = front.queued_at.take() {
+            STAGES.record(Stage::SessionToSocket, queued_at.elapsed());
+        }
         let part = match front.header.take() {
             Some(header) if !front.payload.is_empty() => header,
             Some(header) => {

@@ -227,3 +227,55 @@ async fn invalid_events_are_skipped_and_counted() {
     .await;
     client.assert_alive().await;
 }
+
+/// `/stats` `stages` (issue 8, item 14): a sample of the events from Redis is timed at
+/// each stage of its way to the socket, and every publish pipeline's round trip.
+#[actix_web::test]
+async fn the_stages_of_a_delivery_are_timed_for_a_sample_of_the_events() {
+    const EVENTS: u64 = 64;
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("stages");
+    let a = server(&redis, &prefix, "A-stages").await;
+    let b = server(&redis, &prefix, "B-stages").await;
+    let mut subscriber = WsClient::connect(&b).await;
+    subscriber.subscribe("timed").await;
+    for n in 0..EVENTS {
+        let (status, reply) = a
+            .post_json("/publish/timed", &json!({"type": "n", "data": n}))
+            .await;
+        assert_eq!(status, 200, "{reply}");
+    }
+    for _ in 0..EVENTS {
+        subscriber.recv_event("timed", EVENT_TIMEOUT).await;
+    }
+    let stages = wait_until_stages(&b, "sessionToSocket").await;
+    eprintln!("stages on B: {stages}");
+    for stage in ["redisToBroker", "brokerToSession", "sessionToSocket"] {
+        let count = u64_at(&stages, &format!("/{stage}/count"));
+        assert!((1..=EVENTS).contains(&count), "{stage}: {stages}");
+        let (p50, p99) = (
+            u64_at(&stages, &format!("/{stage}/p50Us")),
+            u64_at(&stages, &format!("/{stage}/p99Us")),
+        );
+        assert!(0 < p50 && p50 <= p99, "{stage}: {stages}");
+    }
+    let on_a = a.stats().await;
+    assert!(
+        u64_at(&on_a, "/stages/publishRoundTrip/count") >= 1,
+        "{on_a}"
+    );
+    b.reset_stats().await;
+    let reset = b.stats().await;
+    assert_eq!(u64_at(&reset, "/stages/redisToBroker/count"), 0, "{reset}");
+}
+
+/// B's `stages` once `stage` has a sample (the socket stage is recorded as the
+/// frame is handed to the socket, which may follow the client's read by a moment).
+async fn wait_until_stages(server: &Server, stage: &str) -> Value {
+    let pointer = format!("/stages/{stage}/count");
+    wait_until(EVENT_TIMEOUT, "a timed sample", || async {
+        u64_at(&server.stats().await, &pointer) > 0
+    })
+    .await;
+    server.stats().await["stages"].clone()
+}

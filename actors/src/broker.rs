@@ -178,6 +178,7 @@ impl Broker {
         let Some(members) = self.rooms.get(event.room()) else {
             return;
         };
+        event.mark_dispatched();
         // Recipients that cannot take the event: a full mailbox (evicted, and told)
         // or a closed one (gone).
         let mut dropped = Vec::new();

@@ -3,7 +3,7 @@
 use std::{
     borrow::Cow,
     sync::OnceLock,
-    time::{SystemTime, UNIX_EPOCH},
+    time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use bytes::Bytes;
@@ -77,6 +77,16 @@ pub struct Event {
     /// once per server, not once per client. A `OnceLock`, not a mutex: readers never
     /// wait once it is set.
     wire: OnceLock<ByteString>,
+    /// For an event from Redis picked by the stage sampler (`stages.rs`): when it was
+    /// parsed, and when the broker handed it out.
+    timing: Option<Timing>,
+}
+
+/// The timestamps of a sampled event.
+#[derive(Debug)]
+struct Timing {
+    parsed: Instant,
+    dispatched: OnceLock<Instant>,
 }
 
 #[derive(Deserialize)]
@@ -113,6 +123,7 @@ impl Event {
             server_id: Some(server_id.into()),
             json: json.into(),
             wire: OnceLock::new(),
+            timing: None,
         }
     }
 
@@ -135,13 +146,35 @@ impl Event {
         let kind = head.kind.into();
         let json =
             ByteString::try_from(payload).map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
+        let timing = crate::stages::sample().then(|| Timing {
+            parsed: Instant::now(),
+            dispatched: OnceLock::new(),
+        });
         Ok(Event {
             room,
             kind,
             server_id,
             json,
             wire: OnceLock::new(),
+            timing,
         })
+    }
+
+    /// For a sampled event: records the subscriber-to-broker stage and stamps the
+    /// hand-out (called by the broker as it delivers).
+    pub fn mark_dispatched(&self) {
+        if let Some(timing) = &self.timing {
+            let now = Instant::now();
+            if timing.dispatched.set(now).is_ok() {
+                crate::stages::STAGES
+                    .record(crate::stages::Stage::RedisToBroker, now - timing.parsed);
+            }
+        }
+    }
+
+    /// When the broker handed a sampled event out; `None` for the others.
+    pub fn dispatched_at(&self) -> Option<Instant> {
+        self.timing.as_ref()?.dispatched.get().copied()
     }
 
     /// The room the event was published in.

@@ -43,6 +43,8 @@
 //!   [`Stats`]). Values: [`Room`] (`room.rs`), [`Event`] and [`NewEvent`] (`event.rs`,
 //!   the envelope, encoded once), [`PublisherStats`] and [`SubscriberStats`]
 //!   (`stats.rs`), [`Backoff`] (`backoff.rs`), [`Error`] (`error.rs`).
+//! - [`stages`] (`stages.rs`): latency histograms per stage of an event's way from
+//!   Redis to a client's socket, for a sample of the events (`/stats` `stages`).
 
 mod backoff;
 mod backplane;
@@ -56,6 +58,7 @@ mod messages;
 mod peers;
 mod publisher;
 mod room;
+pub mod stages;
 mod stats;
 mod subscriber;
 mod subscriptions;

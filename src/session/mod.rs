@@ -10,7 +10,10 @@ use actix_http::ws::{CloseCode, Frame, Item, ProtocolError};
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::value::RawValue;
-use switchboard_actors::{Delivery, Evicted, Leave};
+use switchboard_actors::{
+    stages::{Stage, STAGES},
+    Delivery, Evicted, Leave,
+};
 
 use crate::{
     outbound::{Outbound, Overflow},
@@ -89,15 +92,20 @@ impl Session {
     }
 
     fn send(&mut self, text: ByteString, ctx: &mut Context<Self>) {
-        let size = text.len();
-        match self.out.text(text) {
+        let queued = self.out.text(text);
+        self.sent(queued, ctx);
+    }
+
+    /// What queuing a frame led to.
+    fn sent(&mut self, queued: Result<(), Overflow>, ctx: &mut Context<Self>) {
+        match queued {
             Ok(()) => {}
             Err(Overflow::Backlog) => self.slow_consumer(ctx),
             // Only an event from Redis can be this large (client events are held to
             // LIMIT_EVENT_BYTES): it is skipped, and the client stays. Logged once per
             // event where it is encoded (`wire::event_frame`), not once per client.
             Err(Overflow::FrameTooLarge) => log::debug!(
-                "session on {}: skipped a frame of {size} bytes",
+                "session on {}: skipped a frame over LIMIT_OUTBOUND_BYTES",
                 self.state.server_id
             ),
         }
@@ -265,9 +273,18 @@ impl Handler<Delivery> for Session {
     fn handle(&mut self, msg: Delivery, ctx: &mut Context<Self>) {
         // A delivery sent before the broker took our leave may still arrive: a room
         // the session left gets no event after its `unsubscribed`.
-        if self.rooms.contains(msg.event.room()) {
-            let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
-            self.send(frame, ctx);
+        if !self.rooms.contains(msg.event.room()) {
+            return;
+        }
+        let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
+        match msg.event.dispatched_at() {
+            Some(dispatched) => {
+                let now = std::time::Instant::now();
+                STAGES.record(Stage::BrokerToSession, now - dispatched);
+                let queued = self.out.timed_text(frame, now.into());
+                self.sent(queued, ctx);
+            }
+            None => self.send(frame, ctx),
         }
     }
 }

@@ -11,7 +11,10 @@ use super::{
     flow::{Next, MAX_HOLD, MAX_QUEUED},
     RedisPublisher, Reply,
 };
-use crate::{Error, Event, Room};
+use crate::{
+    stages::{Stage, STAGES},
+    Error, Event, Room,
+};
 
 /// The most PUBLISH commands in one pipeline.
 pub(super) const MAX_PIPELINE: usize = 512;
@@ -219,11 +222,15 @@ impl RedisPublisher {
         // The connection's response timeout (`REDIS_RESPONSE_TIMEOUT_MS`) is the
         // deadline; a failure on an open connection may have reached Redis, so it is
         // reported, never retried.
+        let sent = std::time::Instant::now();
         let result = pipeline
             .query_async::<Vec<i64>>(&mut conn)
             .await
             .map(|_receivers| ())
             .map_err(|e| Error::from_redis(&e));
+        if result.is_ok() {
+            STAGES.record(Stage::PublishRoundTrip, sent.elapsed());
+        }
         if let Err(e) = &result {
             log::warn!(
                 "publisher: a pipeline of {} publishes failed: {e}",
