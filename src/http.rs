@@ -159,13 +159,12 @@ async fn publish(
         Ok(checked) => checked,
         Err(error) => return refusal(&error),
     };
-    let _admission = match state.publishes.admit(&state.server_id) {
-        Ok(admission) => admission,
-        Err(error) => return refusal(&error),
+    let answer = match state.publish(Publish { room, event }) {
+        Ok(answer) => answer,
+        Err(refused) => return refusal(&refused),
     };
-    match state.broker.send(Publish { room, event }).await {
-        Ok(Ok(())) => HttpResponse::Ok().json(json!({"ok": true})),
-        Ok(Err(e)) => refusal(&Error::PublishFailed(e.to_string())),
+    match answer.await {
+        Ok(()) => HttpResponse::Ok().json(json!({"ok": true})),
         Err(e) => refusal(&Error::PublishFailed(e.to_string())),
     }
 }

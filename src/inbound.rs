@@ -8,7 +8,7 @@ use std::{
 
 use actix_codec::Decoder;
 
-use crate::outbound::Parking;
+use crate::failing::Parking;
 use actix_http::ws::{Codec, Frame, ProtocolError};
 use actix_web::error::PayloadError;
 use bytes::{Bytes, BytesMut};

@@ -26,8 +26,10 @@
 //! - `wire.rs`: client frames parsed into [`wire::ClientOp`]; server frames encoded.
 //! - `outbound.rs`: the bounded per-connection queue and the response body that
 //!   drains it; `inbound.rs`: client frames off the request payload, size-checked;
-//!   `socket.rs`: resetting a connection whose client stopped reading (by the
-//!   [`ConnectionSocket`] recorded at accept).
+//!   `failing.rs`: how a connection the server failed ends (payload kept unread,
+//!   write side shut down after the close frame, reset within a second);
+//!   `socket.rs`: the socket operations those need (reset, shut down, duplicate), by
+//!   the [`ConnectionSocket`] recorded at accept.
 //! - `auth.rs`: [`Authenticator`] (HS256 JWTs) and the [`Grant`] a token gives, with
 //!   its room [`Pattern`]s; `rate.rs`: the per-connection [`PublishBudget`].
 //! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.
@@ -35,6 +37,7 @@
 mod auth;
 mod config;
 mod error;
+mod failing;
 mod http;
 mod inbound;
 mod outbound;

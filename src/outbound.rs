@@ -11,28 +11,21 @@
 //! the client (1013) instead of buffering.
 
 use std::{
-    any::Any,
     cell::RefCell,
     collections::VecDeque,
-    future::Future,
     os::fd::RawFd,
     pin::Pin,
     rc::Rc,
     task::{Context, Poll, Waker},
-    time::Duration,
 };
 
 use bytes::{BufMut, Bytes, BytesMut};
 use bytestring::ByteString;
 use futures_util::Stream;
 use switchboard_actors::stages::{Stage, STAGES};
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
-/// How long a failed connection stays open after its close frame was handed to the
-/// socket: the client's kernel has the close frame and the FIN after it by then, and
-/// the reset that ends the connection cannot destroy them (PROTOCOL.md §2: closed
-/// within 1 s of the failure).
-pub const FAIL_LINGER: Duration = Duration::from_millis(500);
+use crate::failing::{self, Parking};
 
 const OP_TEXT: u8 = 0x1;
 const OP_CLOSE: u8 = 0x8;
@@ -52,47 +45,15 @@ pub enum Overflow {
 /// thread, so they share the queue through `Rc<RefCell>`: no lock, no atomics.
 pub struct Outbound {
     queue: Rc<RefCell<Queue>>,
+    /// Where the request payload waits, unread, if the connection fails.
+    parking: Parking,
 }
 
 /// The HTTP response body: drains the queue as the socket takes bytes.
 pub struct OutboundBody {
     queue: Rc<RefCell<Queue>>,
-    /// Where a failed connection is in its last second.
-    failing: Failing,
-}
-
-/// Keeps the request payload of a failed connection alive, unread, until the
-/// connection ends: the HTTP layer stops reading a payload nobody reads (its buffer
-/// is bounded), but drains a dropped one at line rate into nothing.
-pub struct Parking {
-    queue: Rc<RefCell<Queue>>,
-}
-
-/// How the stream of frames ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Ending {
-    /// Not yet: frames are accepted.
-    Open,
-    /// A close frame is queued; the body ends after it and the HTTP layer closes.
-    Close,
-    /// The server failed the connection (1002, 1007, 1008, 1009): after the close
-    /// frame the socket's write side is shut down and, [`FAIL_LINGER`] after the
-    /// failure, the connection is reset. Nothing more is read meanwhile.
-    Fail {
-        /// When the connection failed.
-        at: Instant,
-    },
-}
-
-/// The body's steps after a failure's close frame was taken.
-enum Failing {
-    /// Still writing frames.
-    No,
-    /// The close frame was taken; the HTTP layer writes it before it polls again.
-    Flushing,
-    /// The write side is shut down (the client reads the close frame, then the
-    /// end of the stream); waiting for the reset.
-    HalfClosed(Pin<Box<Sleep>>),
+    /// A failed connection's body ends only when `failing::end` is done with it.
+    parking: Parking,
 }
 
 /// One frame waiting for the socket: its header and its payload (shared, not copied),
@@ -120,13 +81,11 @@ struct Queue {
     max_bytes: usize,
     max_frames: usize,
     waker: Option<Waker>,
-    /// Once a close frame is queued nothing more is accepted and the body ends after it.
-    ending: Ending,
+    /// A close frame is queued: nothing more is accepted and the body ends after it.
+    closing: bool,
     /// The HTTP layer dropped the body: the connection is gone.
     body_gone: bool,
     socket: Option<RawFd>,
-    /// A failed connection's request payload, kept unread until the connection ends.
-    parked: Option<Box<dyn Any>>,
 }
 
 impl Outbound {
@@ -144,27 +103,23 @@ impl Outbound {
             max_bytes,
             max_frames,
             waker: None,
-            ending: Ending::Open,
+            closing: false,
             body_gone: false,
             socket,
-            parked: None,
         }));
+        let parking = Parking::default();
         (
             Outbound {
                 queue: queue.clone(),
+                parking: parking.clone(),
             },
-            OutboundBody {
-                queue,
-                failing: Failing::No,
-            },
+            OutboundBody { queue, parking },
         )
     }
 
-    /// The handle that keeps the request payload alive if the connection fails.
+    /// The handle that keeps the request payload unread if the connection fails.
     pub fn parking(&self) -> Parking {
-        Parking {
-            queue: self.queue.clone(),
-        }
+        self.parking.clone()
     }
 
     /// Queues a text frame.
@@ -187,24 +142,28 @@ impl Outbound {
         self.push(OP_PONG, payload, None)
     }
 
+    /// Fails the connection (PROTOCOL.md §2): what is queued and not started is
+    /// dropped (the client gets the close frame next), the request payload is kept
+    /// unread, and the connection is ended by [`failing::end`]: the write side shut
+    /// down after the close frame, then a reset, within a second of now.
+    pub fn fail(&self, code: u16, reason: &str) {
+        if self.queue.borrow().closing {
+            return;
+        }
+        self.close(code, reason, true);
+        self.parking.fail();
+        let queue = self.queue.borrow();
+        // The body is alive, so `socket` is still this connection's (see `abort`).
+        let socket = queue.socket.filter(|_| !queue.body_gone);
+        failing::end(socket, self.parking.clone());
+    }
+
     /// Queues a close frame and ends the stream after it. With `drop_backlog`, frames
     /// not yet taken by the socket are dropped first (a slow client gets its close
     /// frame next, not after a backlog it cannot read).
     pub fn close(&self, code: u16, reason: &str, drop_backlog: bool) {
-        self.end(code, reason, drop_backlog, Ending::Close);
-    }
-
-    /// Fails the connection (PROTOCOL.md §2): queues the close frame after what is
-    /// queued, reads nothing more (see [`Parking`]), shuts the write side down once
-    /// the close frame is out and resets the connection [`FAIL_LINGER`] from now.
-    pub fn fail(&self, code: u16, reason: &str) {
-        let at = Instant::now();
-        self.end(code, reason, false, Ending::Fail { at });
-    }
-
-    fn end(&self, code: u16, reason: &str, drop_backlog: bool, ending: Ending) {
         let mut queue = self.queue.borrow_mut();
-        if queue.ending != Ending::Open {
+        if queue.closing {
             return;
         }
         if drop_backlog {
@@ -220,7 +179,7 @@ impl Outbound {
         }
         payload.put_slice(&reason.as_bytes()[..end]);
         queue.append(OP_CLOSE, payload.freeze(), None);
-        queue.ending = ending;
+        queue.closing = true;
         queue.wake();
     }
 
@@ -237,17 +196,17 @@ impl Outbound {
         let queue = self.queue.borrow();
         if !queue.body_gone {
             if let Some(fd) = queue.socket {
-                crate::socket::reset(fd);
+                crate::socket::reset_raw(fd);
             }
         }
     }
 
     fn push(&self, opcode: u8, payload: Bytes, queued_at: Option<Instant>) -> Result<(), Overflow> {
         let mut queue = self.queue.borrow_mut();
-        if queue.ending != Ending::Open || queue.body_gone {
+        if queue.closing || queue.body_gone {
             return Ok(());
         }
-        let size = payload.len() + header_len(payload.len());
+        let size = frame_len(payload.len());
         if size > queue.max_bytes {
             return Err(Overflow::FrameTooLarge);
         }
@@ -304,72 +263,17 @@ impl Queue {
     }
 }
 
-impl Parking {
-    /// Keeps `payload` until the connection ends if the connection failed; otherwise
-    /// drops it (a normal close, or a connection already gone).
-    pub fn park(&self, payload: Box<dyn Any>) {
-        let mut queue = self.queue.borrow_mut();
-        if matches!(queue.ending, Ending::Fail { .. }) && !queue.body_gone {
-            queue.parked = Some(payload);
-        }
-    }
-}
-
-impl OutboundBody {
-    /// The last steps of a failed connection, once its close frame was taken. The
-    /// socket is touched only here, while the body is alive: the connection's file
-    /// descriptor cannot have been closed and reused.
-    fn linger(&mut self, at: Instant, cx: &mut Context<'_>) -> Poll<Option<Bytes>> {
-        let socket = self.queue.borrow().socket;
-        loop {
-            match &mut self.failing {
-                Failing::No => {
-                    // The HTTP layer flushes what it took before it polls us again.
-                    self.failing = Failing::Flushing;
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                Failing::Flushing => {
-                    let Some(fd) = socket else {
-                        return Poll::Ready(None);
-                    };
-                    crate::socket::shut_write(fd);
-                    let deadline = at + FAIL_LINGER;
-                    self.failing =
-                        Failing::HalfClosed(Box::pin(tokio::time::sleep_until(deadline)));
-                }
-                Failing::HalfClosed(sleep) => {
-                    std::task::ready!(sleep.as_mut().poll(cx));
-                    if let Some(fd) = socket {
-                        crate::socket::reset(fd);
-                    }
-                    // A dropped payload is drained: the reset socket reads as ended,
-                    // so the HTTP layer sees the connection gone and closes it.
-                    self.queue.borrow_mut().parked = None;
-                    return Poll::Ready(None);
-                }
-            }
-        }
-    }
-}
-
 impl Stream for OutboundBody {
     type Item = Result<Bytes, actix_web::Error>;
 
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let mut queue = self.queue.borrow_mut();
-        if let Some(chunk) = queue.take_part() {
-            return Poll::Ready(Some(Ok(chunk)));
-        }
-        match queue.ending {
-            Ending::Open => {
+        match queue.take_part() {
+            Some(chunk) => Poll::Ready(Some(Ok(chunk))),
+            None if queue.closing => self.parking.poll_ended(cx).map(|()| None),
+            None => {
                 queue.waker = Some(cx.waker().clone());
                 Poll::Pending
-            }
-            Ending::Close => Poll::Ready(None),
-            Ending::Fail { at } => {
-                drop(queue);
-                self.linger(at, cx).map(|end| end.map(Ok))
             }
         }
     }
@@ -381,8 +285,12 @@ impl Drop for OutboundBody {
         queue.body_gone = true;
         queue.frames.clear();
         queue.bytes = 0;
-        queue.parked = None;
     }
+}
+
+/// The size of a frame with a payload of `len` bytes, as the limits count it.
+pub fn frame_len(len: usize) -> usize {
+    len + header_len(len)
 }
 
 fn header_len(len: usize) -> usize {

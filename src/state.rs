@@ -2,6 +2,7 @@
 //! [`ConnectionCounters`] and the [`PublishGate`] that bounds publishes in flight.
 
 use std::{
+    future::Future,
     os::fd::RawFd,
     sync::{
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
@@ -11,7 +12,7 @@ use std::{
 
 use actix::Addr;
 use serde::Serialize;
-use switchboard_actors::{Broker, ConnectionGauge, Peers};
+use switchboard_actors::{Broker, ConnectionGauge, Error as ActorError, Peers, Publish};
 use tokio::sync::watch;
 
 use crate::{Error, SessionConfig};
@@ -32,6 +33,31 @@ pub struct State {
     pub publishes: Arc<PublishGate>,
     /// Turns true when the server shuts down; every session then closes with 1001.
     pub shutdown: watch::Receiver<bool>,
+}
+
+impl State {
+    /// Publishes through the broker under the [`PublishGate`]: refused at once at the
+    /// bound, else the answer. The slot is held until the broker answers, even if the
+    /// caller goes away first (a closed session, an HTTP client that hung up): its
+    /// message is in the broker's mailbox by then, and it is what the bound counts.
+    pub fn publish(
+        &self,
+        publish: Publish,
+    ) -> Result<impl Future<Output = Result<(), ActorError>>, Error> {
+        let admission = self.publishes.admit(&self.server_id)?;
+        let request = self.broker.send(publish);
+        let answered = actix::spawn(async move {
+            let result = request.await;
+            drop(admission);
+            result
+        });
+        Ok(async move {
+            match answered.await {
+                Ok(answer) => answer?,
+                Err(_) => Err(ActorError::ShuttingDown),
+            }
+        })
+    }
 }
 
 /// `connections` in `/stats`. Atomics, not an actor: sessions on every worker thread
@@ -106,8 +132,11 @@ pub struct ConnectionSocket(pub RawFd);
 /// would cost more than the publish it guards.
 #[derive(Debug)]
 pub struct PublishGate {
+    /// Publishes admitted and not answered yet.
     in_flight: AtomicUsize,
+    /// `LIMIT_PUBLISHES_IN_FLIGHT`.
     limit: usize,
+    /// Publishes refused at this bound or a connection's (`publishesRefused`).
     refused: AtomicU64,
     /// Whether the last publish was refused: the warning is logged on the first
     /// refusal after an admission, not on every one.
@@ -137,8 +166,12 @@ impl PublishGate {
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < self.limit).then_some(n + 1)
             });
-        if taken.is_ok() {
-            self.saturated.store(false, Ordering::Relaxed);
+        if let Ok(before) = taken {
+            // An episode ends when the load fell to half the bound, not at the first
+            // slot freed: at the bound every answer frees one.
+            if before < self.limit / 2 {
+                self.saturated.store(false, Ordering::Relaxed);
+            }
             return Ok(Admission(self.clone()));
         }
         let limit = self.limit;

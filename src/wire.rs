@@ -211,8 +211,8 @@ pub fn error_frame(error: &Error, reference: Option<&RawValue>) -> ByteString {
 
 /// The `event` frame of an event; computed once per event and shared by every session
 /// (see [`Event::wire_encoding`]). A frame over `max_bytes` (`LIMIT_OUTBOUND_BYTES`:
-/// no client could take it; only an event from Redis can be that large) is logged
-/// here, once per event and server; each session then skips it.
+/// no client could take it) is logged here, once per event and server; each session
+/// then skips it.
 pub fn event_frame(event: &Event, max_bytes: usize) -> ByteString {
     event.wire_encoding(|event| {
         // Room names need no JSON escaping (PROTOCOL.md §1 characters only), and the
@@ -224,9 +224,9 @@ pub fn event_frame(event: &Event, max_bytes: usize) -> ByteString {
         frame.push_str(r#"","event":"#);
         frame.push_str(json);
         frame.push('}');
-        if frame.len() > max_bytes {
+        if crate::outbound::frame_len(frame.len()) > max_bytes {
             log::warn!(
-                "room {room}: an event of {} bytes from Redis is over LIMIT_OUTBOUND_BYTES \
+                "room {room}: an event frame of {} bytes is over LIMIT_OUTBOUND_BYTES \
                  ({max_bytes}); no client can take it, it is skipped",
                 frame.len()
             );

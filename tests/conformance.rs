@@ -20,6 +20,7 @@ const RSV3: u8 = 0x10;
 const PROTOCOL_ERROR: u16 = 1002;
 const INVALID_DATA: u16 = 1007;
 const TOO_BIG: u16 = 1009;
+const POLICY: u16 = 1008;
 /// How long the server gets to close after a violation: it should be at once.
 const CLOSE_WITHIN: Duration = Duration::from_secs(3);
 
@@ -320,68 +321,93 @@ async fn a_frame_declaring_one_gib_closes_with_1009_after_its_header_and_memory_
 }
 
 /// A connection the server failed reads nothing more (PROTOCOL.md §2): a client that
-/// declares a 1 GiB frame and then writes as fast as it can gets its close frame,
-/// the end of the stream, a reset within a second, and is stopped by full TCP buffers, not
-/// read and discarded at line rate. The same for a 1002 (an unmasked frame) and a
-/// 1007 (text that is not UTF-8) followed by more writing.
+/// fails its connection and then writes as fast as it can gets its close frame, the
+/// end of the stream, a reset within a second, and is stopped by full TCP buffers,
+/// not read and discarded at line rate. For 1009 (a 1 GiB header), 1002 (an unmasked
+/// frame), 1007 (text that is not UTF-8) and 1008 (a first frame that is not `auth`),
+/// with a client that reads meanwhile and one that does not.
 #[actix_web::test]
 async fn a_failed_connection_reads_nothing_more_and_ends_within_a_second() {
-    /// Loopback's socket buffers on both sides hold a few MiB at most; a server that
-    /// goes on reading takes gigabytes in a second.
-    const MOST_TAKEN: u64 = 32 << 20;
-    let a = server("fail-stops-reading").await;
+    let open = server("fail-stops-reading").await;
+    let secured = ServerBuilder::new()
+        .id("A-conf-fail-auth")
+        .env("AUTH_JWT_SECRET", "conformance-secret")
+        .spawn()
+        .await;
     let cases = [
         (
+            &open,
             TOO_BIG,
             "1 GiB text frame",
             frame_head(FIN | OP_TEXT, true, 1 << 30),
         ),
         (
+            &open,
             PROTOCOL_ERROR,
             "unmasked frame",
             encode_frame(FIN | OP_TEXT, false, b"{}"),
         ),
         (
+            &open,
             INVALID_DATA,
             "text that is not UTF-8",
             encode_frame(FIN | OP_TEXT, true, &[0xff, 0xfe]),
         ),
+        (
+            &secured,
+            POLICY,
+            "a first frame that is not auth",
+            encode_frame(FIN | OP_TEXT, true, PING_OP.as_bytes()),
+        ),
     ];
-    let piece = vec![b'a'; 256 * 1024];
-    for (expected, name, head) in cases {
-        let mut raw = RawWs::connect(&a, None).await;
-        raw.send_raw(&head).await.expect("send the first frame");
-        let flood = raw.flood(&piece, Duration::from_secs(10)).await;
-        eprintln!("conformance: {name} then a flood: {flood:?}");
-        let (code, closed_at) = flood
-            .close
-            .unwrap_or_else(|| panic!("{name}: no close frame"));
-        assert_eq!(code, expected, "{name}");
-        let gone = flood
-            .write_failed
-            .unwrap_or_else(|| panic!("{name}: the connection stayed open"));
-        assert!(
-            flood.eof.is_some_and(|eof| eof >= closed_at),
-            "{name}: the stream must end after the close frame"
-        );
-        assert!(
-            gone < closed_at + Duration::from_secs(1),
-            "{name}: the connection was reset {gone:?} after the start, the close frame came \
-             at {closed_at:?}"
-        );
-        assert!(
-            flood.written < MOST_TAKEN,
-            "{name}: the server took {} bytes after failing the connection",
-            flood.written
-        );
+    for (server, expected, name, head) in cases {
+        for reading in [true, false] {
+            let what = format!(
+                "{name}, client {}",
+                if reading { "reading" } else { "not reading" }
+            );
+            let mut raw = RawWs::connect(server, None).await;
+            let sent = Instant::now();
+            raw.send_raw(&head).await.expect("send the first frame");
+            let flood = raw
+                .flood(&[b'a'; 256 * 1024], reading, Duration::from_secs(10))
+                .await;
+            let gone = sent.elapsed();
+            // What the server sent is still in this client's buffer after the reset.
+            let code = match flood.close {
+                Some((code, _)) => Some(code),
+                None => raw.read_until_close(REPLY_TIMEOUT).await,
+            };
+            eprintln!(
+                "conformance: {what}: {flood:?}; close {code:?}; reset {gone:?} after the frame"
+            );
+            assert_eq!(code, Some(expected), "{what}");
+            assert!(
+                flood.write_failed.is_some(),
+                "{what}: the connection stayed open"
+            );
+            assert!(
+                gone < Duration::from_secs(1),
+                "{what}: reset {gone:?} after the frame"
+            );
+            assert!(
+                flood.written < MOST_TAKEN,
+                "{what}: the server took {} bytes after failing the connection",
+                flood.written
+            );
+        }
     }
-    let mut alive = RawWs::connect(&a, None).await;
+    let mut alive = RawWs::connect(&open, None).await;
     alive.send_text(PING_OP).await;
     assert!(
         alive.read_frame(REPLY_TIMEOUT).await.json().is_some(),
         "the server serves on"
     );
 }
+
+/// Loopback's socket buffers on both sides hold a few MiB at most; a server that goes
+/// on reading takes gigabytes in a second.
+const MOST_TAKEN: u64 = 32 << 20;
 
 /// Sends `head`, then up to 16 MiB of payload in 256 KiB pieces while watching for
 /// the close; returns the close code, the time from the header to it, and RSS around.

@@ -172,6 +172,12 @@ async fn an_event_larger_than_the_outbound_limit_is_skipped_not_fatal() {
     }
     let stats = server.stats().await;
     assert_eq!(u64_at(&stats, "/connections/slowConsumerCloses"), 0);
+    // The warning is written before the small event is handled; the reader thread
+    // may take it a moment later.
+    support::wait_until(REPLY_TIMEOUT, "the warning in the log", || async {
+        server.stderr_tail().contains("over LIMIT_OUTBOUND_BYTES")
+    })
+    .await;
     let log = server.stderr_tail();
     let warnings = log.matches("over LIMIT_OUTBOUND_BYTES").count();
     assert_eq!(

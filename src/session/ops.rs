@@ -245,31 +245,38 @@ impl Session {
                 "this token may not publish in {room}"
             )));
         }
-        let limit = self.state.session.limits.connection_publishes_in_flight;
-        if self.publishing >= limit {
-            self.state.publishes.refuse(&self.state.server_id, || {
-                format!("a connection has {limit} publishes waiting (LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT)")
-            });
-            return Err(Error::PublishFailed(format!(
-                "overloaded: this connection has {limit} publishes waiting for their answer; \
-                 not published"
-            )));
-        }
-        let admission = self.state.publishes.admit(&self.state.server_id)?;
-        self.publishing += 1;
-        let request = self.state.broker.send(Publish {
+        self.check_publishing()?;
+        let answer = self.state.publish(Publish {
             room: room.clone(),
             event,
-        });
-        answer(request)
+        })?;
+        self.publishing += 1;
+        answer
             .into_actor(self)
             .map(move |result, act, ctx| {
-                drop(admission);
                 act.publishing -= 1;
                 act.published(&room, result, reference.as_deref(), ctx);
             })
             .spawn(ctx);
         Ok(())
+    }
+
+    /// Refuses a publish when `LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT` of this
+    /// connection's wait for their answer (the server's own bound is the gate's).
+    fn check_publishing(&self) -> Result<(), Error> {
+        let limit = self.state.session.limits.connection_publishes_in_flight;
+        if self.publishing < limit {
+            return Ok(());
+        }
+        self.state.publishes.refuse(&self.state.server_id, || {
+            format!(
+                "a connection has {limit} publishes waiting (LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT)"
+            )
+        });
+        Err(Error::PublishFailed(format!(
+            "overloaded: this connection has {limit} publishes waiting for their answer; \
+             not published"
+        )))
     }
 
     /// The broker answered a publish.

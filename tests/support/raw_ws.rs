@@ -236,11 +236,11 @@ impl RawWs {
         self.stream.write_all(bytes).await
     }
 
-    /// Writes `piece` again and again, as fast as the server takes it, while reading
-    /// what the server sends, until a write fails (the server reset the connection)
-    /// or `limit` passes. For a client that goes on sending after the server failed
-    /// its connection.
-    pub async fn flood(&mut self, piece: &[u8], limit: Duration) -> Flood {
+    /// Writes `piece` again and again, as fast as the server takes it, until a write
+    /// fails (the server reset the connection) or `limit` passes; with `reading`, it
+    /// reads what the server sends meanwhile (else that waits in the buffer). For a
+    /// client that goes on sending after the server failed its connection.
+    pub async fn flood(&mut self, piece: &[u8], reading: bool, limit: Duration) -> Flood {
         let start = Instant::now();
         let mut flood = Flood::default();
         let (mut reader, mut writer) = self.stream.split();
@@ -249,7 +249,7 @@ impl RawWs {
         tokio::pin!(stop);
         loop {
             tokio::select! {
-                read = reader.read(&mut chunk), if flood.eof.is_none() => match read {
+                read = reader.read(&mut chunk), if reading && flood.eof.is_none() => match read {
                     Ok(0) | Err(_) => flood.eof = Some(start.elapsed()),
                     Ok(n) => {
                         self.buf.extend_from_slice(&chunk[..n]);
