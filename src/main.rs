@@ -1,4 +1,5 @@
-//! The `switchboard` server: configuration from the environment, then [`Switchboard::start`] and [`switchboard::serve`] until SIGINT or SIGTERM.
+//! The `switchboard` server: configuration from the environment, then
+//! [`Switchboard::start`] and [`switchboard::serve`] until SIGINT or SIGTERM.
 
 use std::{net::TcpListener, process::ExitCode, time::Duration};
 

@@ -35,7 +35,9 @@
 //!   [`ConnectionGauge`] the sessions keep.
 //! - [`PubSub`] (`handle.rs`): a cloneable handle whose async methods mirror the seed's
 //!   API (`publish`, `subscribe`, `unsubscribe`, `health_status`, ...), as messages to
-//!   the broker; [`PubSub::global`] is the seed's process-wide singleton.
+//!   the broker; [`PubSub::subscribe_actor`] subscribes an actor that is also told
+//!   ([`Evicted`]) if the broker drops it; [`PubSub::global`] is the seed's
+//!   process-wide singleton.
 //! - [`events`] (`events.rs`): the seed's four channels ([`events::LeaderboardUpdates`],
 //!   [`events::MatchEvents`], [`events::PlayerNotifications`], [`events::SystemEvents`])
 //!   and their event enums, so a wrong event for a channel does not compile.

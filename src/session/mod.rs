@@ -35,6 +35,11 @@ mod close {
     pub const TRY_AGAIN_LATER: u16 = 1013;
 }
 
+/// How long a closed session's client gets to read its close frame before its
+/// connection is reset, at most (less when the heartbeat interval is shorter). A
+/// connection the server failed is ended sooner, by `failing::end`.
+const MAX_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// What the session may do (PROTOCOL.md §6).
 #[derive(Debug)]
 pub enum Access {
@@ -255,11 +260,7 @@ impl Actor for Session {
         // forever: after a grace period the connection is reset.
         self.out.close(close::GOING_AWAY, "", false);
         let out = std::mem::replace(&mut self.out, Outbound::new(0, 0, None).0);
-        let grace = self
-            .state
-            .session
-            .heartbeat_interval
-            .min(Duration::from_secs(5));
+        let grace = self.state.session.heartbeat_interval.min(MAX_CLOSE_GRACE);
         actix::spawn(async move {
             actix::clock::sleep(grace).await;
             out.abort();
