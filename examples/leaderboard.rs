@@ -22,7 +22,7 @@ use switchboard::{
             Channel, LeaderboardEvent, LeaderboardUpdate, LeaderboardUpdates, MatchData,
             MatchEvent, MatchEvents, RankChange,
         },
-        Delivery, Evicted, PubSub,
+        Delivery, Evicted, Gap, PubSub,
     },
     Config, Switchboard,
 };
@@ -106,6 +106,20 @@ impl Actor for MatchLog {
         // The broker never waits for a recipient: the mailbox is how far it may lag
         // (actix's default is 16). Past it the broker drops the actor and says so.
         ctx.set_mailbox_capacity(1024);
+    }
+}
+
+/// Events of the room may have been lost on their way to this server (its link to
+/// Redis was lost for a moment): a real service would reload its state here.
+impl Handler<Gap> for MatchLog {
+    type Result = ();
+
+    fn handle(&mut self, gap: Gap, _ctx: &mut Context<Self>) {
+        log::warn!(
+            "match log: events of {} may have been lost ({:?})",
+            gap.room,
+            gap.reason
+        );
     }
 }
 

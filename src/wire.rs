@@ -4,7 +4,7 @@
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use switchboard_actors::{Event, NewEvent, Room};
+use switchboard_actors::{Event, Gap, GapReason, NewEvent, Room};
 
 use crate::{Error, ErrorCode};
 
@@ -235,6 +235,20 @@ pub fn event_frame(event: &Event, max_bytes: usize) -> ByteString {
     })
 }
 
+/// The `gap` frame: `{"op":"gap","room":"r","reason":"link_lost"}` (PROTOCOL.md §8).
+pub fn gap_frame(gap: &Gap) -> ByteString {
+    #[derive(Serialize)]
+    #[serde(tag = "op", rename = "gap")]
+    struct GapFrame<'a> {
+        room: &'a str,
+        reason: GapReason,
+    }
+    encode(&GapFrame {
+        room: gap.room.as_str(),
+        reason: gap.reason,
+    })
+}
+
 fn encode(value: &impl Serialize) -> ByteString {
     serde_json::to_string(value)
         .expect("server frames serialize")
@@ -330,6 +344,19 @@ mod tests {
         assert_eq!(v["op"], "error");
         assert_eq!(v["code"], "unknown_op");
         assert!(v.get("ref").is_none());
+    }
+
+    #[test]
+    fn gap_frames_name_the_room_and_the_reason() {
+        let gap = Gap {
+            room: Room::new("m:1").unwrap(),
+            reason: GapReason::LinkLost,
+        };
+        let v: serde_json::Value = serde_json::from_str(&gap_frame(&gap)).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"op": "gap", "room": "m:1", "reason": "link_lost"})
+        );
     }
 
     #[test]

@@ -25,7 +25,8 @@ async fn numsub(conn: &mut MultiplexedConnection, channel: &str) -> u64 {
     reply.1
 }
 
-/// `CLIENT KILL TYPE pubsub` fifty times: the subscriber is back each time, quickly.
+/// `CLIENT KILL TYPE pubsub` fifty times: the subscriber is back each time, quickly,
+/// and each time the room's subscriber is told of the gap (PROTOCOL.md §8).
 #[actix_web::test]
 async fn pubsub_connection_killed_fifty_times_is_resubscribed_each_time_p99_under_200ms() {
     const KILLS: u64 = 50;
@@ -74,8 +75,23 @@ async fn pubsub_connection_killed_fifty_times_is_resubscribed_each_time_p99_unde
             .expect("PUBLISH");
         let frame = client.recv_event("room", REPLY_TIMEOUT).await;
         assert_eq!(frame["event"], marker, "round {round}");
+        // The gap may come just before or just after the first event on the new
+        // link (the confirmation and the event race inside the server); it comes.
+        let gap = client
+            .recv_matching(REPLY_TIMEOUT, "gap", |f| f["op"] == "gap")
+            .await;
+        assert_eq!(
+            gap,
+            json!({"op": "gap", "room": "room", "reason": "link_lost"}),
+            "round {round}"
+        );
     }
     let links_lost = u64_at(&a.stats().await, "/subscriber/linksLost") - links_lost_before;
+    // One per room held on each lost link: `room` and `system:events`.
+    assert_eq!(
+        u64_at(&a.stats().await, "/subscriber/gapsUnrecovered"),
+        2 * KILLS
+    );
     let p99 = percentile(&times, 99.0);
     eprintln!(
         "client-kill: {KILLS} kills, resubscribed in p50 {:?}, p99 {p99:?}, max {:?}; \

@@ -13,8 +13,8 @@ use crate::{
     link::{GetLinkStatus, LinkStatus, RedisConfig},
     publisher::{GetPublisherStats, PublishEvent},
     subscriber::{GetSubscriberStats, SubscriberIdentity, UnwatchRoom, WatchRoom},
-    BackplaneKind, Error, Event, PublisherStats, RedisPublisher, RedisSubscriber, ResetStats, Room,
-    Shutdown, Stats, SubscriberStats,
+    BackplaneKind, Error, Event, Inbound, PublisherStats, RedisPublisher, RedisSubscriber,
+    ResetStats, Room, Shutdown, Stats, SubscriberStats,
 };
 
 /// Which backplane to run.
@@ -46,7 +46,7 @@ impl Backplane {
     pub(crate) fn start(
         config: BackplaneConfig,
         identity: SubscriberIdentity,
-        inbound: mpsc::Sender<Arc<Event>>,
+        inbound: mpsc::Sender<Inbound>,
     ) -> Self {
         match config {
             BackplaneConfig::Redis(redis) => {

@@ -12,8 +12,8 @@ use tokio::sync::mpsc;
 use crate::{
     backplane::{Backplane, BackplaneConfig, Publishing},
     subscriber::SubscriberIdentity,
-    Delivery, Error, Event, EvictReason, Evicted, GetHealth, GetStats, HealthStatus, Leave,
-    Publish, ResetStats, Room, Shutdown, Stats, Subscribe, Unsubscribe, UnsubscribeAll,
+    Delivery, Error, Event, EvictReason, Evicted, Gap, GetHealth, GetStats, HealthStatus, Inbound,
+    Leave, Publish, ResetStats, Room, Shutdown, Stats, Subscribe, Unsubscribe, UnsubscribeAll,
 };
 
 /// Events from Redis waiting for the broker, at most. Past it the subscriber drops
@@ -53,9 +53,17 @@ pub fn new_instance_id() -> String {
     format!("{:016x}", fastrand::u64(..))
 }
 
-/// A room's recipients, each with whom to tell if it is evicted. A map, so a
+/// A room's recipients, each with whom to tell of an eviction or a gap. A map, so a
 /// recipient leaves a room of thousands in O(1).
-type Members = HashMap<Recipient<Delivery>, Option<Recipient<Evicted>>>;
+type Members = HashMap<Recipient<Delivery>, Notify>;
+
+/// Whom to tell, for one recipient in one room, when it is evicted or the room has a
+/// gap (`Subscribe::on_evicted`, `Subscribe::on_gap`).
+#[derive(Debug, Clone)]
+struct Notify {
+    evicted: Option<Recipient<Evicted>>,
+    gap: Option<Recipient<Gap>>,
+}
 
 /// The hub. Rooms map to local recipients (WebSocket sessions and in-process
 /// services, all as `Recipient<Delivery>`, so this crate knows nothing of HTTP), and
@@ -131,18 +139,35 @@ impl Broker {
         self.rooms.contains_key(room) || self.pending.get(room).is_some_and(|n| *n > 0)
     }
 
-    fn join(
-        &mut self,
-        room: Room,
-        recipient: Recipient<Delivery>,
-        on_evicted: Option<Recipient<Evicted>>,
-    ) {
+    fn join(&mut self, room: Room, recipient: Recipient<Delivery>, notify: Notify) {
         let rooms = self.memberships.entry(recipient.clone()).or_default();
         if rooms.insert(room.clone()) {
             self.rooms
                 .entry(room)
                 .or_default()
-                .insert(recipient, on_evicted);
+                .insert(recipient, notify);
+        }
+    }
+
+    /// Tells every recipient of the room that asked that its events may have been
+    /// lost. `do_send`: a gap is never dropped for a full mailbox, and there is one per
+    /// room per lost link.
+    fn report_gap(&self, gap: Gap) {
+        log::info!(
+            "broker {}: gap in {} ({:?}); telling its recipients",
+            self.server_id,
+            gap.room,
+            gap.reason
+        );
+        for notify in self
+            .rooms
+            .get(&gap.room)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            if let Some(on_gap) = &notify.gap {
+                on_gap.do_send(gap.clone());
+            }
         }
     }
 
@@ -182,14 +207,14 @@ impl Broker {
         // Recipients that cannot take the event: a full mailbox (evicted, and told)
         // or a closed one (gone).
         let mut dropped = Vec::new();
-        for (recipient, on_evicted) in members {
+        for (recipient, notify) in members {
             let delivery = Delivery {
                 event: event.clone(),
             };
             match recipient.try_send(delivery) {
                 Ok(()) => {}
                 Err(SendError::Full(_)) => {
-                    dropped.push((recipient.clone(), Some(on_evicted.clone())))
+                    dropped.push((recipient.clone(), Some(notify.evicted.clone())))
                 }
                 Err(SendError::Closed(_)) => dropped.push((recipient.clone(), None)),
             }
@@ -248,7 +273,11 @@ impl Handler<Subscribe> for Broker {
         *self.pending.entry(room.clone()).or_default() += 1;
         let deadline = self.subscribe_timeout;
         let confirmed = crate::link::with_deadline(deadline, "SUBSCRIBE", self.watch(room.clone()));
-        let (recipient, on_evicted) = (msg.recipient, msg.on_evicted);
+        let recipient = msg.recipient;
+        let notify = Notify {
+            evicted: msg.on_evicted,
+            gap: msg.on_gap,
+        };
         Box::pin(confirmed.into_actor(self).map(move |result, act, _ctx| {
             if let Some(n) = act.pending.get_mut(&room) {
                 *n -= 1;
@@ -258,7 +287,7 @@ impl Handler<Subscribe> for Broker {
             }
             let result = match result {
                 Ok(()) if recipient.connected() && !act.closed => {
-                    act.join(room.clone(), recipient, on_evicted);
+                    act.join(room.clone(), recipient, notify);
                     Ok(())
                 }
                 // The recipient went away while the room was being confirmed.
@@ -307,9 +336,12 @@ impl Handler<Leave> for Broker {
     }
 }
 
-impl StreamHandler<Arc<Event>> for Broker {
-    fn handle(&mut self, event: Arc<Event>, _ctx: &mut Context<Self>) {
-        self.deliver(event);
+impl StreamHandler<Inbound> for Broker {
+    fn handle(&mut self, inbound: Inbound, _ctx: &mut Context<Self>) {
+        match inbound {
+            Inbound::Event(event) => self.deliver(event),
+            Inbound::Gap(gap) => self.report_gap(gap),
+        }
     }
 
     /// The subscriber holds the sender for the life of the process; on the memory

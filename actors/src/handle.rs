@@ -7,9 +7,9 @@ use serde::Serialize;
 
 use crate::{
     events::{self, Channel},
-    Broker, BrokerConfig, Delivery, Error, Evicted, GetHealth, GetStats, HealthStatus, NewEvent,
-    Publish, PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats, Unsubscribe,
-    UnsubscribeAll,
+    Broker, BrokerConfig, Delivery, Error, Evicted, Gap, GetHealth, GetStats, HealthStatus,
+    NewEvent, Publish, PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats,
+    Unsubscribe, UnsubscribeAll,
 };
 
 /// The seed's `RedisPubSubManager`, the actix way: every method is a message to the
@@ -75,34 +75,43 @@ impl PubSub {
     /// actor a mailbox sized for the bursts it must absorb (actix's default holds 16;
     /// `ctx.set_mailbox_capacity(n)` in `started`).
     pub async fn subscribe(&self, room: &str, recipient: Recipient<Delivery>) -> Result<(), Error> {
-        self.subscribe_with(room, recipient, None).await
+        self.subscribe_with(room, recipient, None, None).await
     }
 
-    /// Subscribes an actor that handles both [`Delivery`] and [`Evicted`]: if its
-    /// mailbox is ever full when an event comes, the broker drops it from every room
-    /// and sends it [`Evicted`] (which does not count against the mailbox's capacity),
-    /// so it knows it missed events and can catch up and subscribe again.
+    /// Subscribes an actor that handles [`Delivery`], [`Evicted`] and [`Gap`], so it
+    /// is never left unaware of a loss:
+    /// - if its mailbox is ever full when an event comes, the broker drops it from
+    ///   every room and sends it [`Evicted`] (which does not count against the
+    ///   mailbox's capacity), so it can catch up and subscribe again;
+    /// - when events of the room may have been lost on the way to this server (a lost
+    ///   link to Redis), it gets a [`Gap`] before the events that follow.
     pub async fn subscribe_actor<A>(&self, room: &str, actor: &Addr<A>) -> Result<(), Error>
     where
-        A: Actor + Handler<Delivery> + Handler<Evicted>,
-        A::Context: ToEnvelope<A, Delivery> + ToEnvelope<A, Evicted>,
+        A: Actor + Handler<Delivery> + Handler<Evicted> + Handler<Gap>,
+        A::Context: ToEnvelope<A, Delivery> + ToEnvelope<A, Evicted> + ToEnvelope<A, Gap>,
     {
-        let (recipient, on_evicted) = (actor.clone().recipient(), actor.clone().recipient());
-        self.subscribe_with(room, recipient, Some(on_evicted)).await
+        let recipient = actor.clone().recipient();
+        let on_evicted = actor.clone().recipient();
+        let on_gap = actor.clone().recipient();
+        self.subscribe_with(room, recipient, Some(on_evicted), Some(on_gap))
+            .await
     }
 
     /// Subscribes `recipient` to `room`; `on_evicted`, when given, is told if the
-    /// broker drops the recipient because its mailbox was full.
+    /// broker drops the recipient because its mailbox was full, and `on_gap` when
+    /// events of the room may have been lost.
     pub async fn subscribe_with(
         &self,
         room: &str,
         recipient: Recipient<Delivery>,
         on_evicted: Option<Recipient<Evicted>>,
+        on_gap: Option<Recipient<Gap>>,
     ) -> Result<(), Error> {
         let subscribe = Subscribe {
             room: Room::new(room)?,
             recipient,
             on_evicted,
+            on_gap,
         };
         self.broker.send(subscribe).await?
     }
@@ -205,6 +214,12 @@ mod tests {
         fn handle(&mut self, msg: Evicted, _ctx: &mut Context<Self>) {
             let _ = self.seen.send(Some(msg.reason));
         }
+    }
+
+    impl Handler<Gap> for Stalled {
+        type Result = ();
+
+        fn handle(&mut self, _: Gap, _ctx: &mut Context<Self>) {}
     }
 
     /// Item 6 of the hardening issue: an in-process recipient dropped for a full

@@ -35,6 +35,8 @@ pub struct Subscribe {
     /// can close itself instead of silently missing events. Sessions pass theirs;
     /// in-process services usually pass `None`.
     pub on_evicted: Option<Recipient<Evicted>>,
+    /// Told when events of the room may have been lost (a [`Gap`], PROTOCOL.md §8).
+    pub on_gap: Option<Recipient<Gap>>,
 }
 
 /// Remove one recipient from a room; the last one leaving releases the room's
@@ -86,6 +88,35 @@ pub enum EvictReason {
 pub struct Evicted {
     /// Why.
     pub reason: EvictReason,
+}
+
+/// What the subscriber hands the broker, in order, on its channel.
+#[derive(Debug)]
+pub enum Inbound {
+    /// An event from Redis, checked.
+    Event(Arc<Event>),
+    /// A room's events may have been lost before the ones that follow.
+    Gap(Gap),
+}
+
+/// Events of a room may have been lost before the events that follow (PROTOCOL.md
+/// §8): told to each of the room's recipients that asked (`Subscribe::on_gap`).
+#[derive(Debug, Clone, PartialEq, Eq, Message)]
+#[rtype(result = "()")]
+pub struct Gap {
+    /// The room.
+    pub room: Room,
+    /// Why.
+    pub reason: GapReason,
+}
+
+/// Why events may have been lost.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GapReason {
+    /// The server's pub/sub link to Redis was lost and the room subscribed again:
+    /// what was published meanwhile did not reach this server.
+    LinkLost,
 }
 
 /// Which backplane carries events between servers.

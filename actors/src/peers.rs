@@ -168,6 +168,7 @@ impl Peers {
             room: Room::system_events(),
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
+            on_gap: None,
         });
         async move { subscribe.await? }.into_actor(self).map(
             |result: Result<(), Error>, act, ctx| {

@@ -93,6 +93,16 @@ pub struct SubscriberStats {
     /// Pub/sub links lost after being up. Each is a window in which messages were
     /// lost: Redis pub/sub is at-most-once.
     pub links_lost: u64,
+    /// Gaps closed by reading the missed events back (durable rooms, PROTOCOL.md §8;
+    /// none yet: this server has no durable rooms).
+    pub gaps_recovered: u64,
+    /// Events read back to close a gap (durable rooms; none yet).
+    pub events_recovered: u64,
+    /// Gaps reported to a room's subscribers as they are (`gap` frames, one count
+    /// per room and gap on this server): a room held again after a lost link.
+    pub gaps_unrecovered: u64,
+    /// Events dropped as already delivered (durable rooms; none yet).
+    pub duplicates_dropped: u64,
     /// Per room.
     pub channel_stats: BTreeMap<String, ReceiveCounts>,
 }

@@ -13,7 +13,8 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use crate::{
     link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig, RedisLink},
     subscriptions::{Batch, Subscriptions, Want},
-    Error, Event, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
+    Error, Event, Gap, GapReason, Inbound, ResetStats, Room, Shutdown, SubscriberStats,
+    SYSTEM_EVENTS,
 };
 
 /// Owns the pub/sub connection: SUBSCRIBE and UNSUBSCRIBE as the broker asks, and
@@ -34,7 +35,7 @@ pub struct RedisSubscriber {
     identity: SubscriberIdentity,
     /// Valid events for the broker: a bounded channel of its own, so the broker's
     /// control traffic cannot crowd out delivery, and a full one sheds load visibly.
-    inbound: mpsc::Sender<Arc<Event>>,
+    inbound: mpsc::Sender<Inbound>,
     sink: Option<PubSubSink>,
     rooms: Subscriptions,
     /// The batch whose commands are in flight; kept here (not in the future) so a
@@ -84,7 +85,7 @@ impl RedisSubscriber {
     pub fn start(
         config: Arc<RedisConfig>,
         identity: SubscriberIdentity,
-        inbound: mpsc::Sender<Arc<Event>>,
+        inbound: mpsc::Sender<Inbound>,
     ) -> Addr<RedisSubscriber> {
         let link = LinkState::new(&config);
         Supervisor::start(move |_| RedisSubscriber {
@@ -146,7 +147,9 @@ impl RedisSubscriber {
                 };
                 match result {
                     Ok(()) => {
-                        act.rooms.confirmed(batch);
+                        for room in act.rooms.confirmed(batch) {
+                            act.report_gap(room);
+                        }
                         act.link.prove();
                         act.mark_ready();
                         act.flush(ctx);
@@ -199,11 +202,32 @@ impl RedisSubscriber {
         }
     }
 
+    /// `room` is held again after a lost link: its subscribers are told that what
+    /// was published meanwhile may be lost. Never dropped: when the broker's channel
+    /// is full, the gap waits for room in it (gaps are few: one per room per link).
+    fn report_gap(&mut self, room: Room) {
+        self.stats.gaps_unrecovered += 1;
+        log::info!(
+            "subscriber {}: {room} subscribed again after a lost link; its subscribers are told of a gap",
+            self.identity.server_id
+        );
+        let gap = Inbound::Gap(Gap {
+            room,
+            reason: GapReason::LinkLost,
+        });
+        if let Err(TrySendError::Full(gap)) = self.inbound.try_send(gap) {
+            let inbound = self.inbound.clone();
+            actix::spawn(async move {
+                let _ = inbound.send(gap).await;
+            });
+        }
+    }
+
     /// Hands a valid event to the broker, or drops and counts it when the broker is
     /// too far behind.
     fn forward(&mut self, event: Event) {
         let room = event.room().clone();
-        match self.inbound.try_send(Arc::new(event)) {
+        match self.inbound.try_send(Inbound::Event(Arc::new(event))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
                 self.stats.dropped_events += 1;

@@ -21,6 +21,9 @@ pub struct Subscriptions {
     /// Confirmations owed for rooms not yet in a sent batch. Bounded by the broker's
     /// pending subscribes; abandoned ones are dropped by [`Subscriptions::prune`].
     owed: HashMap<Room, Vec<oneshot::Sender<()>>>,
+    /// Rooms held on a link that was lost and not yet held again: when one is, its
+    /// subscribers are told that events may have been lost meanwhile.
+    lost: HashSet<Room>,
 }
 
 /// One round of commands: UNSUBSCRIBE these, then SUBSCRIBE those.
@@ -64,15 +67,17 @@ impl Subscriptions {
     pub fn unwant(&mut self, room: &Room, connected: bool) {
         self.wanted.remove(room);
         self.confirmed.remove(room);
+        self.lost.remove(room);
         self.to_subscribe.remove(room);
         if connected {
             self.to_unsubscribe.insert(room.clone());
         }
     }
 
-    /// A new connection holds nothing: every wanted room is to be subscribed.
+    /// A new connection holds nothing: every wanted room is to be subscribed, and the
+    /// rooms the lost link held have a gap to report once they are held again.
     pub fn reconnected(&mut self) {
-        self.confirmed.clear();
+        self.lost.extend(self.confirmed.drain());
         self.to_unsubscribe.clear();
         self.to_subscribe = self.wanted.clone();
     }
@@ -94,18 +99,22 @@ impl Subscriptions {
         })
     }
 
-    /// Redis confirmed `batch`: its rooms are held, its confirmations paid.
-    pub fn confirmed(&mut self, batch: Batch) {
-        let wanted = &self.wanted;
-        self.confirmed.extend(
-            batch
-                .subscribe
-                .into_iter()
-                .filter(|room| wanted.contains(room)),
-        );
+    /// Redis confirmed `batch`: its rooms are held, its confirmations paid. Returns
+    /// the rooms held again after a lost link: each has a gap to report.
+    pub fn confirmed(&mut self, batch: Batch) -> Vec<Room> {
+        let mut regained = Vec::new();
+        for room in batch.subscribe {
+            if self.wanted.contains(&room) {
+                if self.lost.remove(&room) {
+                    regained.push(room.clone());
+                }
+                self.confirmed.insert(room);
+            }
+        }
         for tx in batch.owed.into_iter().flat_map(|(_, owed)| owed) {
             let _ = tx.send(());
         }
+        regained
     }
 
     /// `batch` failed (the link is lost): its confirmations stay owed until the
@@ -197,6 +206,36 @@ mod tests {
         assert_eq!(batch.unsubscribe.len(), 2);
         assert!(batch.subscribe.is_empty());
         assert_eq!((subs.wanted(), subs.held()), (1, 1));
+    }
+
+    #[test]
+    fn rooms_held_again_after_a_lost_link_report_a_gap_once() {
+        let mut subs = Subscriptions::default();
+        let _held = owed(subs.want(room("a")));
+        let _lost_early = owed(subs.want(room("b")));
+        let batch = subs.next_batch().unwrap();
+        assert!(
+            subs.confirmed(batch).is_empty(),
+            "a first subscribe is no gap"
+        );
+        let _new = owed(subs.want(room("c")));
+        subs.unwant(&room("b"), true);
+        subs.reconnected();
+        let batch = subs.next_batch().unwrap();
+        let mut regained = subs.confirmed(batch);
+        regained.sort_by(|x, y| x.as_str().cmp(y.as_str()));
+        assert_eq!(
+            regained,
+            vec![room("a")],
+            "b is not wanted, c was never held"
+        );
+        subs.reconnected();
+        let batch = subs.next_batch().unwrap();
+        assert_eq!(
+            subs.confirmed(batch).len(),
+            2,
+            "a and c, held on the lost link"
+        );
     }
 
     #[test]

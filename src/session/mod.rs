@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use serde_json::value::RawValue;
 use switchboard_actors::{
     stages::{Stage, STAGES},
-    Delivery, Evicted, Leave,
+    Delivery, Evicted, Gap, Leave,
 };
 
 use crate::{
@@ -286,6 +286,18 @@ impl Handler<Delivery> for Session {
                 self.sent(queued, ctx);
             }
             None => self.send(frame, ctx),
+        }
+    }
+}
+
+/// Events of a room may have been lost: the client is told (PROTOCOL.md §8), in
+/// order with the room's events.
+impl Handler<Gap> for Session {
+    type Result = ();
+
+    fn handle(&mut self, gap: Gap, ctx: &mut Context<Self>) {
+        if self.rooms.contains(&gap.room) {
+            self.send(wire::gap_frame(&gap), ctx);
         }
     }
 }

@@ -145,6 +145,7 @@ impl Session {
             room: room.clone(),
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
+            on_gap: Some(ctx.address().recipient()),
         });
         answer(request)
             .into_actor(self)
