@@ -33,6 +33,8 @@
 //! - `auth.rs`: [`Authenticator`] (HS256 JWTs) and the [`Grant`] a token gives, with
 //!   its room [`Pattern`]s; `rate.rs`: the per-connection [`PublishBudget`].
 //! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.
+//! - `memory.rs`: hands freed memory back to the operating system once a minute
+//!   (glibc's `malloc_trim`).
 
 mod auth;
 mod config;
@@ -40,6 +42,7 @@ mod error;
 mod failing;
 mod http;
 mod inbound;
+mod memory;
 mod outbound;
 mod rate;
 mod rooms;

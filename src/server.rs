@@ -45,6 +45,7 @@ impl Switchboard {
         if security.service_token.is_none() {
             log::warn!("SERVICE_TOKEN unset: anyone may POST /publish and /stats/reset");
         }
+        crate::memory::start_trimming();
         let broker = Broker::start(config.broker.clone());
         let counters = ConnectionCounters::default();
         let peers = Peers::start(config.peers.clone(), broker.clone(), counters.gauge());
