@@ -256,6 +256,10 @@ if (soak) {
     `${num(soak.rss.every_s)} s; growth is the least-squares slope of the readings after a ` +
     `${(soak.rss.warmup_s / 60).toFixed(1)}-minute warm-up. Target: under 1 MiB per hour.`);
   p();
+  const soakManifest = soakAsked ? load("manifest.json", soakDir) : manifest;
+  p(`Soak run \`${soakManifest.run}\` (\`${soakManifest.command}\`), at commit \`${soakManifest.commit}\`, ` +
+    `started ${soakManifest.started}; results in \`${path.relative(path.join(__dirname, ".."), path.resolve(soakDir))}\`.`);
+  p();
   p("| server | first RSS | RSS at the end of the warm-up | last RSS | readings after the warm-up | growth after the warm-up | |");
   p("| --- | --- | --- | --- | --- | --- | --- |");
   soakOk = true;
