@@ -1,10 +1,12 @@
 //! Giving freed memory back to the operating system (issue 8, item 16).
 //!
 //! Under a steady load a server's live heap stays flat (heaptrack's record in
-//! `bench/results/heaptrack-2026-11-26/heap.json`), yet its resident size crept up in
-//! the soak: glibc's allocator keeps pages that were freed, in each of its per-thread
-//! arenas, for reuse. `malloc_trim(0)` hands the free pages of every arena back.
-//! It walks the arenas under their locks, which costs a fraction of a millisecond at
+//! `bench/results/heaptrack-2026-11-26/heap.json`), yet its resident size creeps up:
+//! glibc's allocator keeps pages that were freed, in each of its per-thread arenas.
+//! `malloc_trim(0)` hands the free pages of every arena back, which lowers the
+//! resident size; it does not stop the slow growth of the HTTP worker threads'
+//! arenas (the soaks in `bench/results/` and `bench/notes.md` say by how much). It
+//! walks the arenas under their locks, which costs a fraction of a millisecond at
 //! this heap size, so it runs once every [`TRIM_INTERVAL`] on the main thread.
 
 use std::{
