@@ -217,8 +217,11 @@ impl RedisSubscriber {
         });
         if let Err(TrySendError::Full(gap)) = self.inbound.try_send(gap) {
             let inbound = self.inbound.clone();
+            let server_id = self.identity.server_id.clone();
             actix::spawn(async move {
-                let _ = inbound.send(gap).await;
+                if inbound.send(gap).await.is_err() {
+                    log::debug!("subscriber {server_id}: the broker is gone; a gap was not told");
+                }
             });
         }
     }
