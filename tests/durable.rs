@@ -34,6 +34,8 @@ const READ_BEFORE_LEAVING: u64 = 5;
 const PUBLISHED_WHILE_AWAY: u64 = 500;
 /// Live events it reads after the replay, while the feeder still publishes.
 const LIVE_AFTER_REPLAY: u64 = 50;
+/// Clients that subscribe one after the other while the feeder publishes.
+const LIVE_SUBSCRIBERS: u64 = 10;
 /// A bound on the feeder, should a test fail to stop it.
 const FEEDER_MAX: usize = 5_000;
 
@@ -58,6 +60,7 @@ macro_rules! on_both_backplanes {
 on_both_backplanes!(
     publishes_are_numbered_and_reach_every_subscriber_once,
     subscribed_replies_carry_the_position_of_durable_rooms_only,
+    a_subscribe_while_others_publish_gets_exactly_the_events_after_its_offset,
     a_client_back_after_500_events_recovers_the_missed_then_live_ones,
     a_client_back_after_the_history_was_trimmed_is_told_it_did_not_recover,
     recovery_from_the_current_offset_or_another_epoch_replays_nothing,
@@ -277,7 +280,14 @@ async fn subscribe_from(client: &mut WsClient, room: &str, from: Option<&Positio
     }
     client.send_json(&frame);
     let reply = client.recv_json(REPLY_TIMEOUT).await;
-    assert_eq!(reply["ref"], reference, "the reply comes first: {reply}");
+    if reply["ref"] != reference.as_str() {
+        // Read on to the reply, so that the failure shows what overtook it.
+        let mut before = vec![reply];
+        while before.len() < 100 && before.last().unwrap()["ref"] != reference.as_str() {
+            before.push(client.recv_json(REPLY_TIMEOUT).await);
+        }
+        panic!("the reply must come first; {frame} got, in this order: {before:#?}");
+    }
     assert_eq!(reply["op"], "subscribed", "{frame}: {reply}");
     assert_eq!(reply["room"], room, "{reply}");
     reply
@@ -505,6 +515,42 @@ async fn subscribed_replies_carry_the_position_of_durable_rooms_only(kind: Kind)
     );
 }
 
+/// §7: "exactly the events after P follow", whatever is published while the subscribe
+/// is in progress; on Redis the first subscriber makes B subscribe the room, the others
+/// join a room B holds.
+async fn a_subscribe_while_others_publish_gets_exactly_the_events_after_its_offset(kind: Kind) {
+    let cluster = Cluster::start(kind, "live-subscribe", &[]).await;
+    let room = "chat:live-subscribe";
+    let mut ledger = Ledger::default();
+    http_publish_all(&mut ledger, cluster.a(), room, &tags("early", 3)).await;
+    let feeder = Feeder::start(cluster.a(), room).await;
+    feeder.wait_for(10).await;
+    let mut subscribers = Vec::new();
+    for _ in 0..LIVE_SUBSCRIBERS {
+        let mut client = WsClient::connect(cluster.b()).await;
+        let reply = subscribe_from(&mut client, room, None).await;
+        subscribers.push((client, reply));
+    }
+    let mut got = Vec::new();
+    for (client, _) in &mut subscribers {
+        got.push(events(client, room, LIVE_SUBSCRIBERS).await);
+    }
+    for (at, tag) in feeder.stop().await {
+        ledger.record(at, &tag, cluster.a());
+    }
+    for ((_, reply), events) in subscribers.iter().zip(&got) {
+        let start = position(reply);
+        assert_eq!(
+            ledger.epoch.as_deref(),
+            Some(start.epoch.as_str()),
+            "{reply}"
+        );
+        let who = format!("subscribed with {reply}");
+        let offsets = start.offset + 1..=start.offset + LIVE_SUBSCRIBERS;
+        ledger.assert_delivered(events, offsets, &who);
+    }
+}
+
 async fn a_client_back_after_500_events_recovers_the_missed_then_live_ones(kind: Kind) {
     let cluster = Cluster::start(kind, "recover", &[]).await;
     let room = "chat:recover";
@@ -564,7 +610,8 @@ async fn a_client_back_after_the_history_was_trimmed_is_told_it_did_not_recover(
     for (at, tag) in feeder.stop().await {
         ledger.record(at, &tag, cluster.a());
     }
-    ledger.assert_delivered(&got, now.offset + 1..=now.offset + 20, "back");
+    let who = format!("back, after {reply}");
+    ledger.assert_delivered(&got, now.offset + 1..=now.offset + 20, &who);
 }
 
 async fn recovery_from_the_current_offset_or_another_epoch_replays_nothing(kind: Kind) {
