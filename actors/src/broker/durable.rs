@@ -330,7 +330,10 @@ impl Broker {
         }
         if !self.durable.tracks.contains_key(&room) {
             let ring = self.durable.config.history_size.min(RING_EVENTS);
-            self.durable.tracks.insert(room.clone(), Track::new(ring));
+            let ttl = self.durable.config.history_ttl;
+            self.durable
+                .tracks
+                .insert(room.clone(), Track::new(ring, ttl));
             self.read(room.clone(), None, ctx);
         }
         let ready = self

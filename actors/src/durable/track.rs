@@ -2,7 +2,11 @@
 //! the last offset it delivered, and a ring of the room's recent events. A pure type:
 //! the broker feeds it what arrives and what its reads return, and does what it says.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{Epoch, HistoryPage, Position, Since};
 use crate::Event;
@@ -26,6 +30,11 @@ pub(crate) struct Track {
     ring: VecDeque<Arc<Event>>,
     ring_bytes: usize,
     ring_limit: usize,
+    /// `HISTORY_TTL_MS`: the ring's events expire with the history, once nothing
+    /// arrived for this long, so this server recovers no more than the history holds.
+    ttl: Duration,
+    /// When the ring's last event arrived.
+    touched: Instant,
     /// A read is out: events arriving meanwhile wait here, in order.
     waiting: Option<VecDeque<Arc<Event>>>,
     /// Epochs this server replaced (a rollback): their late events are dropped.
@@ -84,12 +93,14 @@ pub(crate) enum Entry {
 
 impl Track {
     /// A room not read yet: a read of its latest `ring_limit` events must go out.
-    pub(crate) fn new(ring_limit: usize) -> Track {
+    pub(crate) fn new(ring_limit: usize, ttl: Duration) -> Track {
         Track {
             position: None,
             ring: VecDeque::new(),
             ring_bytes: 0,
             ring_limit: ring_limit.max(1),
+            ttl,
+            touched: Instant::now(),
             waiting: Some(VecDeque::new()),
             retired: Vec::new(),
         }
@@ -299,6 +310,7 @@ impl Track {
     }
 
     fn ring_push(&mut self, event: Arc<Event>) {
+        self.touched = Instant::now();
         self.ring_bytes += event.json().len();
         self.ring.push_back(event);
         while self.ring.len() > self.ring_limit || self.ring_bytes > RING_BYTES {
@@ -307,6 +319,14 @@ impl Track {
             };
             self.ring_bytes -= old.json().len();
         }
+    }
+
+    /// The offset of the ring's first event, unless the ring expired with the history.
+    fn ring_first(&self) -> Option<u64> {
+        if self.touched.elapsed() >= self.ttl {
+            return None;
+        }
+        self.ring.front().and_then(|e| e.offset())
     }
 
     /// How a recipient enters the room; `None` before the first read answered.
@@ -322,8 +342,7 @@ impl Track {
         if since.offset == position.offset {
             return Some(ready(Some(true), Vec::new()));
         }
-        let first = self.ring.front().and_then(|e| e.offset());
-        match first {
+        match self.ring_first() {
             Some(first) if first <= since.offset + 1 => {
                 let replay = self
                     .ring
@@ -341,7 +360,7 @@ impl Track {
 
     /// The events after `after` the ring still holds, when it reaches back to them.
     pub(crate) fn ring_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
-        let first = self.ring.front().and_then(|e| e.offset())?;
+        let first = self.ring_first()?;
         if first > after + 1 {
             return None;
         }
@@ -379,7 +398,7 @@ mod tests {
 
     /// A track that read the room at offset 3 in epoch `e`, with 1-3 in its ring.
     fn synced() -> Track {
-        let mut track = Track::new(8);
+        let mut track = Track::new(8, Duration::from_secs(60));
         let first = page(3, "e", (1..=3).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(first);
         assert!(caught.gap.is_none() && caught.deliver.is_empty());
@@ -478,7 +497,7 @@ mod tests {
 
     #[test]
     fn entering_with_since_replays_from_the_ring_or_asks_for_a_read() {
-        let mut track = Track::new(2);
+        let mut track = Track::new(2, Duration::from_secs(60));
         track.caught_up(page(5, "e", (4..=5).map(|o| event(o, "e", "t")).collect()));
         let since = |offset, epoch: &str| Since {
             offset,
