@@ -12,11 +12,11 @@ use tokio::sync::oneshot;
 use super::Broker;
 use crate::{
     durable::{
-        track::{Arrival, Caught, Entry, Track, READ_PAGE},
+        track::{Arrival, Caught, Entry, Out, Track, READ_PAGE},
         DurableConfig, HistoryPage, Position, Since,
     },
     link::with_deadline,
-    Error, Event, Gap, GapReason, History, Joined, ReadHistory, Room, SubscriberStats,
+    Delivery, Error, Event, Gap, GapReason, History, Joined, ReadHistory, Room, SubscriberStats,
 };
 
 /// How long a failed read waits before it is made again.
@@ -129,6 +129,60 @@ impl DurableRooms {
     }
 }
 
+impl DurableRooms {
+    /// Replays what `joined` recovered to an in-process recipient, before any live
+    /// event (it joined in this same step): the events it carries, then what the
+    /// ring holds up to `joined.replay_to`. What neither holds ends the replay with a
+    /// `history_lost` gap.
+    pub(super) fn replay(
+        &self,
+        room: &Room,
+        joined: &Joined,
+        recipient: &Recipient<Delivery>,
+        on_gap: &Option<Recipient<Gap>>,
+    ) {
+        let (Some(true), Some(position)) = (joined.recovered, &joined.position) else {
+            return;
+        };
+        let mut last = position.offset;
+        for event in &joined.replay {
+            last = event.offset().unwrap_or(last);
+            recipient.do_send(Delivery {
+                event: event.clone(),
+            });
+        }
+        if last >= joined.replay_to {
+            return;
+        }
+        let rest = self
+            .tracks
+            .get(room)
+            .and_then(|t| t.ring_after(last, usize::MAX));
+        match rest {
+            Some(events) => {
+                for event in events
+                    .into_iter()
+                    .filter(|e| e.offset().is_some_and(|o| o <= joined.replay_to))
+                {
+                    recipient.do_send(Delivery { event });
+                }
+            }
+            None => {
+                if let Some(on_gap) = on_gap {
+                    on_gap.do_send(Gap {
+                        room: room.clone(),
+                        reason: GapReason::HistoryLost,
+                        position: Some(Position {
+                            offset: joined.replay_to,
+                            epoch: position.epoch.clone(),
+                        }),
+                    });
+                }
+            }
+        }
+    }
+}
+
 impl Broker {
     /// An event from the backplane: through its room's track when it is numbered in
     /// a durable room this server holds.
@@ -210,7 +264,7 @@ impl Broker {
             for waiter in self.durable.waiters.remove(&room).unwrap_or_default() {
                 let _ = waiter.send(());
             }
-        } else if caught.gap.is_none() && caught.recovered > 0 {
+        } else if !caught.has_gap() && caught.recovered > 0 {
             self.durable.stats.gaps_recovered += 1;
         }
         self.apply(room, caught, ctx);
@@ -244,17 +298,17 @@ impl Broker {
                 .spawn(ctx);
             return;
         }
-        if let Some(position) = caught.gap {
-            self.report_gap(Gap {
-                room: room.clone(),
-                reason: GapReason::HistoryLost,
-                position: Some(position),
-            });
-        }
         self.durable.stats.events_recovered += caught.recovered as u64;
         self.durable.stats.duplicates_dropped += caught.duplicates as u64;
-        for event in caught.deliver {
-            self.deliver(event);
+        for out in caught.out {
+            match out {
+                Out::Event(event) => self.deliver(event),
+                Out::Gap(position) => self.report_gap(Gap {
+                    room: room.clone(),
+                    reason: GapReason::HistoryLost,
+                    position: Some(position),
+                }),
+            }
         }
         if let Some(from) = caught.read_again {
             self.read(room, Some(from), ctx);
@@ -276,7 +330,10 @@ impl Broker {
         }
         if !self.durable.tracks.contains_key(&room) {
             let ring = self.durable.config.history_size.min(RING_EVENTS);
-            self.durable.tracks.insert(room.clone(), Track::new(ring));
+            let ttl = self.durable.config.history_ttl;
+            self.durable
+                .tracks
+                .insert(room.clone(), Track::new(ring, ttl));
             self.read(room.clone(), None, ctx);
         }
         let ready = self
