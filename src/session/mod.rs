@@ -84,6 +84,8 @@ pub struct Session {
     positions: HashMap<Room, Position>,
     /// A timer will feed the replays again once the outbound queue has drained.
     replay_scheduled: bool,
+    /// `history` reads waiting for the broker's answer.
+    history_reads: usize,
     fragments: Option<Fragments>,
     last_heard: Instant,
 }
@@ -105,6 +107,7 @@ impl Session {
             replays: replay::Replays::default(),
             positions: HashMap::new(),
             replay_scheduled: false,
+            history_reads: 0,
             fragments: None,
             last_heard: Instant::now(),
         }
@@ -233,15 +236,23 @@ impl Session {
 }
 
 impl Session {
-    /// An event of a durable room goes to the client: it stands at its offset now.
-    fn advance(&mut self, event: &Event) {
-        if let Some(position) = event.position() {
-            match self.positions.get_mut(event.room()) {
-                Some(at) => *at = position.clone(),
-                None => {
-                    self.positions
-                        .insert(event.room().clone(), position.clone());
-                }
+    /// Whether an event goes to the client; in a durable room it then stands at the
+    /// event's offset. An offset it has already (it recovered from a `since` ahead of
+    /// this server, whose live events catch up with it) does not go twice.
+    fn advance(&mut self, event: &Event) -> bool {
+        let Some(position) = event.position() else {
+            return true;
+        };
+        match self.positions.get_mut(event.room()) {
+            Some(at) if at.epoch == position.epoch && position.offset <= at.offset => false,
+            Some(at) => {
+                *at = position.clone();
+                true
+            }
+            None => {
+                self.positions
+                    .insert(event.room().clone(), position.clone());
+                true
             }
         }
     }
@@ -306,7 +317,9 @@ impl Handler<Delivery> for Session {
         if !self.rooms.contains(msg.event.room()) || !self.replays.live(&msg.event) {
             return;
         }
-        self.advance(&msg.event);
+        if !self.advance(&msg.event) {
+            return;
+        }
         let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
         match msg.event.dispatched_at() {
             Some(dispatched) => {
@@ -327,6 +340,10 @@ impl Handler<Gap> for Session {
 
     fn handle(&mut self, gap: Gap, ctx: &mut Context<Self>) {
         if self.rooms.contains(&gap.room) {
+            // Before the broker's answer, the gap waits to follow the reply.
+            if self.replays.hold_gap(&gap) {
+                return;
+            }
             // A replay in the room ends here: the events after the gap follow live.
             self.replays.cancel(&gap.room);
             if let Some(position) = &gap.position {
