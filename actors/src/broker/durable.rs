@@ -41,6 +41,7 @@ pub(super) struct DurableStats {
     pub(super) events_recovered: u64,
     pub(super) gaps_unrecovered: u64,
     pub(super) duplicates_dropped: u64,
+    pub(super) gaps_link_lost: u64,
 }
 
 impl DurableStats {
@@ -49,6 +50,7 @@ impl DurableStats {
         stats.events_recovered += self.events_recovered;
         stats.gaps_unrecovered += self.gaps_unrecovered;
         stats.duplicates_dropped += self.duplicates_dropped;
+        stats.gaps_link_lost += self.gaps_link_lost;
     }
 }
 
