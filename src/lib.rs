@@ -19,7 +19,7 @@
 //!   [`ConnectionCounters`] and the [`PublishGate`] that bounds publishes in flight.
 //! - `http.rs`: `POST /publish/{room}`, `GET /health`, `GET /health/live`,
 //!   `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
-//! - `metrics.rs`: `GET /metrics` and the server's [`Metrics`]: a Prometheus
+//! - `metrics/`: `GET /metrics` and the server's [`Metrics`]: a Prometheus
 //!   registry read mostly from the statistics above at scrape time, with counters
 //!   that never go down across `POST /stats/reset`.
 //! - `session/`: [`Session`], one actor per WebSocket client, with its [`Access`]
