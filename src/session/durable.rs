@@ -51,6 +51,7 @@ impl Session {
             None => DEFAULT_LIMIT.min(size),
             limit => wire::history_limit(limit, size)?,
         };
+        self.state.metrics.history_read();
         let read = ReadHistory {
             room: room.clone(),
             since,
@@ -134,7 +135,8 @@ impl Session {
                         continue;
                     }
                     let frame = wire::event_frame(&event, self.state.session.limits.outbound_bytes);
-                    self.send(frame, ctx);
+                    let queued = self.out.text(frame);
+                    self.sent_event(queued, ctx);
                 }
                 Step::Lost(position) => self.tell_lost(&room, position, ctx),
                 Step::Fetch(since) => return self.fetch(room, since, ctx),
@@ -145,6 +147,7 @@ impl Session {
 
     /// Reads the next page of a replay from the broker (its ring, or the history).
     fn fetch(&mut self, room: Room, since: Since, ctx: &mut Context<Self>) {
+        self.state.metrics.history_read();
         let read = ReadHistory {
             room: room.clone(),
             since: Some(since),

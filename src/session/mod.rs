@@ -95,7 +95,7 @@ impl Session {
     pub fn new(state: Arc<State>, out: Outbound, access: Access) -> Session {
         let limits = &state.session.limits;
         let budget = PublishBudget::new(limits.publish_rate, limits.publish_burst);
-        let rooms = SessionRooms::new(limits.subscriptions);
+        let rooms = SessionRooms::new(limits.subscriptions, state.metrics.subscriptions());
         Session {
             state,
             out,
@@ -131,6 +131,14 @@ impl Session {
                 self.state.server_id
             ),
         }
+    }
+
+    /// What queuing an event frame led to; a frame queued is a delivery.
+    fn sent_event(&mut self, queued: Result<(), Overflow>, ctx: &mut Context<Self>) {
+        if queued.is_ok() {
+            self.state.metrics.delivered();
+        }
+        self.sent(queued, ctx);
     }
 
     fn reply(&mut self, reply: Reply<'_>, reference: Option<&RawValue>, ctx: &mut Context<Self>) {
@@ -321,15 +329,15 @@ impl Handler<Delivery> for Session {
             return;
         }
         let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
-        match msg.event.dispatched_at() {
+        let queued = match msg.event.dispatched_at() {
             Some(dispatched) => {
                 let now = std::time::Instant::now();
                 STAGES.record(Stage::BrokerToSession, now - dispatched);
-                let queued = self.out.timed_text(frame, now.into());
-                self.sent(queued, ctx);
+                self.out.timed_text(frame, now.into())
             }
-            None => self.send(frame, ctx),
-        }
+            None => self.out.text(frame),
+        };
+        self.sent_event(queued, ctx);
     }
 }
 

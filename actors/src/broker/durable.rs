@@ -47,6 +47,7 @@ pub(super) struct DurableStats {
     /// Envelopes whose numbering is not Redis's: counted with the subscriber's
     /// `failedEvents`, as other invalid events are.
     pub(super) invalid_events: u64,
+    pub(super) gaps_link_lost: u64,
 }
 
 impl DurableStats {
@@ -56,6 +57,7 @@ impl DurableStats {
         stats.gaps_unrecovered += self.gaps_unrecovered;
         stats.duplicates_dropped += self.duplicates_dropped;
         stats.failed_events += self.invalid_events;
+        stats.gaps_link_lost += self.gaps_link_lost;
     }
 }
 

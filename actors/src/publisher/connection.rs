@@ -79,6 +79,7 @@ impl RedisLink for RedisPublisher {
 
     fn drop_connection(&mut self, why: &str) {
         if self.conn.take().is_some() {
+            self.stats.links_lost += 1;
             log::warn!("publisher: redis link lost ({why}); reconnecting");
         }
     }
