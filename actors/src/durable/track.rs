@@ -14,8 +14,8 @@ use crate::Event;
 /// The most events one read asks for (a catch-up reads page after page).
 pub(crate) const READ_PAGE: usize = 500;
 
-/// The most events kept waiting while a read is out; past it they are not kept,
-/// and the next read finds them in the history.
+/// The most events kept waiting while a read is out; past it they are not kept, and
+/// the room is read again once the read ends, which finds them in the history.
 const MAX_WAITING: usize = 8192;
 
 /// The most bytes of envelopes a room's ring keeps (besides its count bound).
@@ -37,6 +37,8 @@ pub(crate) struct Track {
     touched: Instant,
     /// A read is out: events arriving meanwhile wait here, in order.
     waiting: Option<VecDeque<Arc<Event>>>,
+    /// Events arrived past [`MAX_WAITING`] and were not kept: read again after.
+    overflowed: bool,
     /// Epochs this server replaced (a rollback): their late events are dropped.
     retired: Vec<Epoch>,
 }
@@ -63,10 +65,9 @@ pub(crate) enum Arrival {
 /// What a read's answer means.
 #[derive(Debug, Default)]
 pub(crate) struct Caught {
-    /// Missed events cannot be had: tell the room's recipients, then `deliver`.
-    pub(crate) gap: Option<Position>,
-    /// Deliver these, in order (missed events first, then those that waited).
-    pub(crate) deliver: Vec<Arc<Event>>,
+    /// Do these, in order: missed events first, then those that waited; a gap where
+    /// missed events cannot be had.
+    pub(crate) out: Vec<Out>,
     /// Events recovered from the history.
     pub(crate) recovered: usize,
     /// Events dropped as already delivered.
@@ -76,6 +77,23 @@ pub(crate) struct Caught {
     pub(crate) rotate: Option<Epoch>,
     /// Read again from this offset (more missed events, or another skip).
     pub(crate) read_again: Option<u64>,
+}
+
+/// One thing to hand the room's recipients.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Deliver the event.
+    Event(Arc<Event>),
+    /// Events before the ones that follow cannot be had: a `history_lost` gap; the
+    /// events after this position follow.
+    Gap(Position),
+}
+
+impl Caught {
+    /// Whether the answer holds a gap.
+    pub(crate) fn has_gap(&self) -> bool {
+        self.out.iter().any(|o| matches!(o, Out::Gap(_)))
+    }
 }
 
 /// A recipient's way into the room (`Subscribe` with or without `since`).
@@ -102,6 +120,7 @@ impl Track {
             ttl,
             touched: Instant::now(),
             waiting: Some(VecDeque::new()),
+            overflowed: false,
             retired: Vec::new(),
         }
     }
@@ -126,6 +145,12 @@ impl Track {
         if let Some(waiting) = &mut self.waiting {
             if waiting.len() < MAX_WAITING {
                 waiting.push_back(event);
+            } else if !self.overflowed {
+                self.overflowed = true;
+                log::warn!(
+                    "{}: {MAX_WAITING} events wait for a history read; the next ones are read again after it",
+                    event.room()
+                );
             }
             return Arrival::Waiting;
         }
@@ -197,7 +222,7 @@ impl Track {
             return caught;
         };
         if page.current.epoch != ours.epoch {
-            caught.gap = Some(page.current.clone());
+            caught.out.push(Out::Gap(page.current.clone()));
             self.reset(page.current);
             self.release(&mut caught);
             return caught;
@@ -218,18 +243,18 @@ impl Track {
                     offset: first - 1,
                     epoch: ours.epoch.clone(),
                 };
-                caught.gap = Some(position.clone());
+                caught.out.push(Out::Gap(position.clone()));
                 self.reset(position);
             }
         } else if page.current.offset > ours.offset {
             // Nothing of what was missed is left in the history.
-            caught.gap = Some(page.current.clone());
+            caught.out.push(Out::Gap(page.current.clone()));
             self.reset(page.current.clone());
         }
         for event in missed {
             caught.recovered += 1;
             self.push(event.clone());
-            caught.deliver.push(event);
+            caught.out.push(Out::Event(event));
         }
         let now = self.position.as_ref().map_or(0, |p| p.offset);
         if full && now < page.current.offset {
@@ -248,7 +273,7 @@ impl Track {
             self.retired.remove(0);
         }
         let mut caught = Caught {
-            gap: Some(position.clone()),
+            out: vec![Out::Gap(position.clone())],
             ..Caught::default()
         };
         self.reset(position);
@@ -274,13 +299,11 @@ impl Track {
         let mut waiting = waiting.into_iter();
         for event in waiting.by_ref() {
             match self.arrive(event) {
-                Arrival::Deliver(event) => caught.deliver.push(event),
+                Arrival::Deliver(event) => caught.out.push(Out::Event(event)),
                 Arrival::Duplicate => caught.duplicates += 1,
                 Arrival::NewEpoch { position, event } => {
-                    // Rare (a restart while a read was out): the gap goes first.
-                    caught.gap = Some(position);
-                    caught.deliver.clear();
-                    caught.deliver.push(event);
+                    caught.out.push(Out::Gap(position));
+                    caught.out.push(Out::Event(event));
                 }
                 Arrival::Read { from } => {
                     caught.read_again = from;
@@ -291,6 +314,9 @@ impl Track {
         }
         if let Some(rest) = self.waiting.as_mut() {
             rest.extend(waiting);
+        } else if std::mem::take(&mut self.overflowed) {
+            // Events were not kept while the read was out: they are in the history.
+            caught.read_again = Some(self.start_read().unwrap_or(0));
         }
     }
 
@@ -401,12 +427,30 @@ mod tests {
         let mut track = Track::new(8, Duration::from_secs(60));
         let first = page(3, "e", (1..=3).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(first);
-        assert!(caught.gap.is_none() && caught.deliver.is_empty());
+        assert!(caught.out.is_empty());
         track
     }
 
     fn offsets(events: &[Arc<Event>]) -> Vec<u64> {
         events.iter().filter_map(|e| e.offset()).collect()
+    }
+
+    fn delivered(caught: &Caught) -> Vec<u64> {
+        caught
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Event(e) => e.offset(),
+                Out::Gap(_) => None,
+            })
+            .collect()
+    }
+
+    fn gap(caught: &Caught) -> Option<Position> {
+        caught.out.iter().find_map(|o| match o {
+            Out::Gap(p) => Some(p.clone()),
+            Out::Event(_) => None,
+        })
     }
 
     #[test]
@@ -437,9 +481,9 @@ mod tests {
         assert!(matches!(track.arrive(event(7, "e", "t")), Arrival::Waiting));
         let read = page(7, "e", (3..=7).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(read);
-        assert!(caught.gap.is_none());
+        assert!(!caught.has_gap());
         assert_eq!(caught.recovered, 4);
-        assert_eq!(offsets(&caught.deliver), vec![4, 5, 6, 7]);
+        assert_eq!(delivered(&caught), vec![4, 5, 6, 7]);
         assert_eq!(caught.duplicates, 2, "6 and 7 waited and were read too");
     }
 
@@ -449,8 +493,8 @@ mod tests {
         assert!(track.relinked().is_some());
         let read = page(9, "e", (7..=9).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(read);
-        assert_eq!(caught.gap.as_ref().map(|p| p.offset), Some(6));
-        assert_eq!(offsets(&caught.deliver), vec![7, 8, 9]);
+        assert_eq!(gap(&caught).map(|p| p.offset), Some(6));
+        assert_eq!(delivered(&caught), vec![7, 8, 9]);
     }
 
     #[test]
@@ -459,7 +503,7 @@ mod tests {
         assert!(track.relinked().is_some());
         let caught = track.caught_up(page(0, "f", Vec::new()));
         assert_eq!(
-            caught.gap.map(|p| (p.offset, p.epoch)),
+            gap(&caught).map(|p| (p.offset, p.epoch)),
             Some((0, Epoch::new("f").unwrap()))
         );
         let Arrival::NewEpoch { .. } = track.arrive(event(1, "g", "t")) else {
@@ -479,7 +523,7 @@ mod tests {
             epoch: Epoch::new("e2").unwrap(),
         };
         let caught = track.rotated(Epoch::new("e").unwrap(), rotated);
-        assert_eq!(caught.gap.map(|p| p.offset), Some(2));
+        assert_eq!(gap(&caught).map(|p| p.offset), Some(2));
         assert!(matches!(
             track.arrive(event(3, "e", "late")),
             Arrival::Duplicate
