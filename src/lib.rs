@@ -33,11 +33,15 @@
 //! - `auth.rs`: [`Authenticator`] (HS256 JWTs) and the [`Grant`] a token gives, with
 //!   its room [`Pattern`]s; `rate.rs`: the per-connection [`PublishBudget`].
 //! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.
+//! - `console.rs`: `GET /` (the console page), `GET /console.js` and
+//!   `GET /switchboard.js` (the browser client), files of `src/console/` compiled into
+//!   the binary; left out with `CONSOLE=off`.
 //! - `memory.rs`: hands freed memory back to the operating system once a minute
 //!   (glibc's `malloc_trim`).
 
 mod auth;
 mod config;
+mod console;
 mod error;
 mod failing;
 mod http;

@@ -58,6 +58,7 @@ impl Switchboard {
             counters,
             publishes: Arc::new(PublishGate::new(config.session.limits.publishes_in_flight)),
             shutdown: stopping,
+            console: config.console,
         };
         Switchboard {
             state: Arc::new(state),

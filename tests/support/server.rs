@@ -39,6 +39,7 @@ const SERVER_VARS: &[&str] = &[
     "PEER_HEARTBEAT_MS",
     "SHUTDOWN_TIMEOUT_MS",
     "HTTP_WORKERS",
+    "CONSOLE",
     "AUTH_TIMEOUT_MS",
     "AUTH_JWT_SECRET",
     "AUTH_JWT_AUDIENCE",
