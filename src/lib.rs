@@ -36,6 +36,8 @@
 //! - `console.rs`: `GET /` (the console page), `GET /console.js` and
 //!   `GET /switchboard.js` (the browser client), files of `src/console/` compiled into
 //!   the binary; left out with `CONSOLE=off`.
+//! - `token.rs`: [`token::TokenClaims`], what `switchboard token` signs so people can
+//!   try the console with authentication on.
 //! - `memory.rs`: hands freed memory back to the operating system once a minute
 //!   (glibc's `malloc_trim`).
 
@@ -54,6 +56,7 @@ mod server;
 mod session;
 mod socket;
 mod state;
+pub mod token;
 pub mod wire;
 
 pub use auth::{AuthError, Authenticator, Grant};
