@@ -177,8 +177,10 @@
     item.dataset.joined = String(Boolean(info.joined));
     item.title = info.joined ? 'subscribed' : 'subscribing...';
     const position = client && client.position(room);
-    const button = el('button', 'secondary small unsubscribe', 'Unsubscribe');
+    const button = el('button', 'secondary unsubscribe', '\u00d7');
     button.type = 'button';
+    button.title = 'Unsubscribe from ' + room;
+    button.setAttribute('aria-label', button.title);
     button.addEventListener('click', (e) => { e.stopPropagation(); leave(room); });
     item.replaceChildren(
       el('span', 'name', room),
