@@ -1,5 +1,6 @@
 //! The console and the browser client (PROTOCOL.md §10): the routes from the outside,
-//! `CONSOLE=off`, `/health`'s `auth`, and the page in a real browser.
+//! `CONSOLE=off`, `/health`'s `auth`, the page in a real browser, and `switchboard.js`'s
+//! unit tests under Node (`tests/browser/client.unit.test.js`).
 //!
 //! The browser test starts the servers (two on one Redis with durable rooms, one with
 //! authentication on) and runs `tests/browser/console.test.js` under Node, which drives
@@ -79,6 +80,38 @@ async fn the_console_routes_and_console_off() {
     assert_eq!(status, 200, "{health}");
     assert_eq!(health["auth"], true, "{health}");
     assert_eq!(fetch(&off, "/health/live").await.0, 200);
+}
+
+/// `switchboard.js` without a browser: `node --test` over a scripted WebSocket (the
+/// backoff policy, ref matching, resubscribe with `since`, duplicates, gaps, 1008).
+#[actix_web::test]
+async fn the_browser_client_unit_tests() {
+    let mut node = Command::new("node")
+        .args(["--test", "client.unit.test.js"])
+        .current_dir(browser_dir())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run node (scripts/test.sh installs it)");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = node.try_wait().expect("wait for node") {
+            break status;
+        }
+        if Instant::now() >= deadline {
+            let _ = node.kill();
+            panic!("node --test client.unit.test.js ran over a minute");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let output = node.wait_with_output().expect("node's output");
+    let report = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        status.success() && report.contains("# fail 0"),
+        "{report}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// Two servers on `redis` with `chat:*` durable; A restartable on its port.
