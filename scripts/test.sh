@@ -12,6 +12,8 @@ command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The browser tests (tests/console.rs) drive Debian's chromium, headless, from Node.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)
+# tests/metrics.rs checks a live scrape with promtool, from Debian's prometheus package.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (apt-get)"
   sudo_cmd=""
