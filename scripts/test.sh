@@ -9,6 +9,9 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The browser tests (tests/console.rs) drive Debian's chromium, headless, from Node.
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # tests/metrics.rs checks a live scrape with promtool, from Debian's prometheus package.
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
@@ -21,6 +24,11 @@ if ((${#missing[@]})); then
   }
 fi
 redis-server --version
+# The browser tests' Node packages, as pinned by tests/browser/package-lock.json.
+if [ tests/browser/package-lock.json -nt tests/browser/node_modules/.package-lock.json ]; then
+  echo "== npm ci (tests/browser)"
+  (cd tests/browser && npm ci --no-audit --no-fund >/dev/null)
+fi
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

@@ -181,6 +181,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// HTTP worker threads (`HTTP_WORKERS`; default: one per core).
     pub http_workers: usize,
+    /// Whether `GET /` serves the console and `GET /switchboard.js` the browser client
+    /// (`CONSOLE`, `on` or `off`). An application that mounts Switchboard next to its
+    /// own `/` turns it off.
+    pub console: bool,
 }
 
 impl Config {
@@ -190,6 +194,8 @@ impl Config {
     pub const DEFAULT_PORT: u16 = 8080;
     /// `SHUTDOWN_TIMEOUT_MS`.
     pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_millis(10_000);
+    /// `CONSOLE`: on.
+    pub const DEFAULT_CONSOLE: bool = true;
 
     /// Reads the process environment.
     pub fn from_env() -> Result<Config, ConfigError> {
@@ -255,6 +261,7 @@ impl Config {
             session,
             shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", Self::DEFAULT_SHUTDOWN_TIMEOUT)?,
             http_workers: env.number("HTTP_WORKERS", default_workers() as u64, 1, 256)? as usize,
+            console: env.switch("CONSOLE", Self::DEFAULT_CONSOLE)?,
         })
     }
 }
@@ -526,6 +533,19 @@ impl Env<'_> {
         Ok(value)
     }
 
+    /// `on` or `off` (any case).
+    fn switch(&self, name: &'static str, default: bool) -> Result<bool, ConfigError> {
+        match self.text(name)? {
+            None => Ok(default),
+            Some(text) if text.trim().eq_ignore_ascii_case("on") => Ok(true),
+            Some(text) if text.trim().eq_ignore_ascii_case("off") => Ok(false),
+            Some(text) => Err(ConfigError {
+                name,
+                why: format!("{text:?} is neither on nor off"),
+            }),
+        }
+    }
+
     /// A duration in milliseconds, at least 1.
     fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
         self.millis_up_to(name, default, 24 * 3600 * 1000)
@@ -664,6 +684,19 @@ mod tests {
                 .to_string()
                 .starts_with(&format!("switchboard: invalid configuration: {name}: ")));
         }
+    }
+
+    #[test]
+    fn console_is_on_unless_turned_off() {
+        assert!(load(&[]).unwrap().console);
+        assert!(load(&[("CONSOLE", "on")]).unwrap().console);
+        assert!(!load(&[("CONSOLE", "off")]).unwrap().console);
+        assert!(!load(&[("CONSOLE", "OFF")]).unwrap().console);
+        for bad in ["no", "0", "false", "of"] {
+            let error = load(&[("CONSOLE", bad)]).expect_err(bad);
+            assert_eq!(error.name, "CONSOLE", "{bad}: {error}");
+        }
+        assert_eq!(load(&[("CONSOLE", "")]).unwrap_err().name, "CONSOLE");
     }
 
     #[test]

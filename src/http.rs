@@ -26,8 +26,11 @@ use crate::{
 };
 
 /// Mounts `/ws`, `/publish/{room}`, `/history/{room}`, `/health`, `/health/live`,
-/// `/stats`, `/stats/reset` and `/metrics`.
+/// `/stats`, `/stats/reset` and `/metrics`, and the console's routes unless `CONSOLE=off`.
 pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
+    if state.console {
+        crate::console::routes(cfg);
+    }
     cfg.app_data(Data::from(state))
         .route("/ws", web::get().to(websocket))
         .route("/publish/{room}", web::post().to(publish))
@@ -345,6 +348,9 @@ struct Health {
     status: HealthStatus,
     peers: Vec<switchboard_actors::PeerInfo>,
     duplicate_server_id: bool,
+    /// Whether clients must authenticate (`AUTH_JWT_SECRET`): the console asks for a
+    /// token before it connects.
+    auth: bool,
 }
 
 async fn health(state: Data<State>) -> HttpResponse {
@@ -371,6 +377,7 @@ async fn health(state: Data<State>) -> HttpResponse {
         status,
         peers,
         duplicate_server_id: duplicate_id,
+        auth: state.session.security.jwt.is_some(),
     })
 }
 

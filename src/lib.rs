@@ -36,11 +36,17 @@
 //! - `auth.rs`: [`Authenticator`] (HS256 JWTs) and the [`Grant`] a token gives, with
 //!   its room [`Pattern`]s; `rate.rs`: the per-connection [`PublishBudget`].
 //! - `error.rs`: [`Error`], with the WebSocket code and HTTP status of each refusal.
+//! - `console.rs`: `GET /` (the console page), `GET /console.js` and
+//!   `GET /switchboard.js` (the browser client), files of `src/console/` compiled into
+//!   the binary; left out with `CONSOLE=off`.
+//! - `token.rs`: [`token::TokenClaims`], what `switchboard token` signs so people can
+//!   try the console with authentication on.
 //! - `memory.rs`: hands freed memory back to the operating system once a minute
 //!   (glibc's `malloc_trim`).
 
 mod auth;
 mod config;
+mod console;
 mod error;
 mod failing;
 mod http;
@@ -54,6 +60,7 @@ mod server;
 mod session;
 mod socket;
 mod state;
+pub mod token;
 pub mod wire;
 
 pub use auth::{AuthError, Authenticator, Grant};

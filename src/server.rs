@@ -65,6 +65,7 @@ impl Switchboard {
             counters,
             publishes: Arc::new(PublishGate::new(config.session.limits.publishes_in_flight)),
             shutdown: stopping,
+            console: config.console,
             metrics,
         };
         Switchboard {

@@ -35,6 +35,8 @@ pub struct State {
     pub publishes: Arc<PublishGate>,
     /// Turns true when the server shuts down; every session then closes with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// Whether the console and the browser client are served (`CONSOLE`).
+    pub console: bool,
     /// What `GET /metrics` serves.
     pub metrics: Metrics,
 }

@@ -39,6 +39,7 @@ const SERVER_VARS: &[&str] = &[
     "PEER_HEARTBEAT_MS",
     "SHUTDOWN_TIMEOUT_MS",
     "HTTP_WORKERS",
+    "CONSOLE",
     "AUTH_TIMEOUT_MS",
     "AUTH_JWT_SECRET",
     "AUTH_JWT_AUDIENCE",
@@ -77,6 +78,38 @@ pub fn binary() -> String {
         .map(str::to_owned)
         .or_else(|| std::env::var("SWITCHBOARD_BIN").ok())
         .expect("no server binary: run inside the crate or set SWITCHBOARD_BIN")
+}
+
+/// Runs `switchboard token ARGS` with `AUTH_JWT_SECRET=secret` (and nothing else of
+/// the server's environment): its exit status, stdout and stderr.
+pub fn token_command(secret: Option<&str>, args: &[&str]) -> (ExitStatus, String, String) {
+    let mut command = Command::new(binary());
+    for name in SERVER_VARS {
+        command.env_remove(name);
+    }
+    if let Some(secret) = secret {
+        command.env("AUTH_JWT_SECRET", secret);
+    }
+    let output = command
+        .arg("token")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run switchboard token");
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    (output.status, text(&output.stdout), text(&output.stderr))
+}
+
+/// A token from `switchboard token ARGS` signed with `secret` (the command must succeed).
+pub fn mint_token(secret: &str, args: &[&str]) -> String {
+    let (status, stdout, stderr) = token_command(Some(secret), args);
+    assert!(
+        status.success(),
+        "switchboard token {args:?}: {status}\n{stderr}"
+    );
+    let token = stdout.trim();
+    assert_eq!(token.split('.').count(), 3, "not a JWT: {stdout:?}");
+    token.to_owned()
 }
 
 /// The environment of one server to start; defaults to the memory backplane.
