@@ -45,6 +45,10 @@ pub(crate) struct Track {
     relink_pending: bool,
     /// Where Redis stood at the last read: no real event is past it in its epoch.
     known: Option<Position>,
+    /// The room moved to a new epoch after events of the old one were delivered: a
+    /// `history_lost` gap is owed, told once the new epoch's history is read (at its
+    /// start, or where that history begins).
+    gap_owed: bool,
     /// Epochs this server replaced (a rollback): their late events are dropped.
     retired: Vec<Epoch>,
 }
@@ -129,6 +133,7 @@ impl Track {
             overflowed: false,
             relink_pending: false,
             known: None,
+            gap_owed: false,
             retired: Vec::new(),
         }
     }
@@ -231,13 +236,15 @@ impl Track {
                 offset: 0,
                 epoch: page.current.epoch.clone(),
             };
-            if ours.offset > 0 {
-                caught.out.push(Out::Gap(start.clone()));
-            }
-            self.reset(start);
+            self.gap_owed |= ours.offset > 0;
+            self.reset(start.clone());
             if page.current.offset > 0 {
+                // One gap, where the new epoch's history begins: known after a read.
                 caught.read_again = self.start_read();
                 return caught;
+            }
+            if std::mem::take(&mut self.gap_owed) {
+                caught.out.push(Out::Gap(start));
             }
             self.release(&mut caught);
             return caught;
@@ -266,6 +273,10 @@ impl Track {
             caught.out.push(Out::Gap(page.current.clone()));
             self.reset(page.current.clone());
         }
+        // A new epoch's gap not told yet goes first, unless a gap was just told.
+        if std::mem::take(&mut self.gap_owed) && !caught.has_gap() {
+            caught.out.push(Out::Gap(ours.clone()));
+        }
         for event in missed {
             caught.recovered += 1;
             self.push(event.clone());
@@ -284,6 +295,7 @@ impl Track {
     /// `position`: the events after it follow.
     pub(crate) fn rotated(&mut self, lost: Epoch, position: Position) -> Caught {
         self.retire(lost);
+        self.gap_owed = false;
         self.known = Some(position.clone());
         let mut caught = Caught {
             out: vec![Out::Gap(position.clone())],
@@ -668,5 +680,37 @@ mod tests {
             Some(6),
             "read again: the outage came after"
         );
+    }
+
+    #[test]
+    fn a_new_epoch_found_by_a_read_is_one_gap_where_its_history_begins() {
+        // Another server rotated the epoch after a rollback: the new epoch stands at 10
+        // with an empty history.
+        let mut track = synced();
+        assert!(track.relinked().is_some());
+        let caught = track.caught_up(page(10, "e1", Vec::new()));
+        assert!(caught.out.is_empty(), "no gap before the new epoch is read");
+        assert_eq!(caught.read_again, Some(1));
+        let caught = track.caught_up(page(10, "e1", Vec::new()));
+        let gaps: Vec<u64> = caught
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Gap(p) => Some(p.offset),
+                Out::Event(_) => None,
+            })
+            .collect();
+        assert_eq!(gaps, vec![10], "one gap, at the new epoch's current offset");
+        // Its history from the start: the gap is at 0, then its events.
+        let mut track = synced();
+        assert!(track.relinked().is_some());
+        track.caught_up(page(2, "e1", Vec::new()));
+        let caught = track.caught_up(page(
+            2,
+            "e1",
+            vec![event(1, "e1", "t"), event(2, "e1", "t")],
+        ));
+        assert_eq!(gap(&caught).map(|p| p.offset), Some(0));
+        assert_eq!(delivered(&caught), vec![1, 2]);
     }
 }
