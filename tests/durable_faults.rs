@@ -1,0 +1,859 @@
+//! Durable rooms under fault (PROTOCOL.md §7-8), against real `redis-server` and real
+//! server processes: Redis SIGKILLed and restarted from its append-only file under a
+//! 2,000 events/s stream, the pub/sub connections killed by `CLIENT KILL`, answers lost
+//! to `CLIENT PAUSE`, Redis restarted empty, and Redis rolled back to an older file.
+//! Plain rooms are the control: they report `link_lost`. Each test prints what it
+//! measured (`cargo test --test durable_faults -- --nocapture`).
+
+mod support;
+
+#[path = "durable_faults/stream.rs"]
+mod stream;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{u64_at, unique_prefix, wait_until, RedisServer, Server, ServerBuilder, WsClient};
+
+use stream::{
+    answers_summary, has_all_published, rooms, tally, Outcome, Pace, Publisher, Seen, Watcher,
+};
+
+/// The rooms the servers keep durable; `plain:*` rooms are not.
+const DURABLE_ROOMS: &str = "dur:*";
+/// How long a server gets to notice that Redis is gone (the probe: 200 + 500 ms).
+const NOTICE: Duration = Duration::from_secs(3);
+/// How long servers get to be healthy again once Redis answers (§5 says about 1.5 s;
+/// a restart that loads an append-only file of tens of MB answers PING after loading).
+const BACK: Duration = Duration::from_secs(10);
+/// How long every client gets to hold every published event once the stream stopped.
+const SETTLE: Duration = Duration::from_secs(20);
+
+/// A server with durable `dur:*` rooms, no publish rate limit (the publishers are the
+/// test's), and outbound queues deep enough that a test process busy with its checks
+/// for a moment is not taken for a slow consumer: the slow-consumer close is not what
+/// these tests are about, and it would end the sessions whose survival they check.
+fn durable_server(redis: &RedisServer, prefix: &str, id: &str) -> ServerBuilder {
+    ServerBuilder::new()
+        .redis(redis, prefix)
+        .id(id)
+        .env("DURABLE_ROOMS", DURABLE_ROOMS)
+        .env("LIMIT_PUBLISH_RATE", "0")
+        .env("LIMIT_OUTBOUND_FRAMES", "1000000")
+        .env("LIMIT_OUTBOUND_BYTES", "268435456")
+}
+
+/// Two durable servers on `redis`, healthy.
+async fn two_servers(redis: &RedisServer, prefix: &str, test: &str) -> [Server; 2] {
+    let a = durable_server(redis, prefix, &format!("A-{test}"))
+        .spawn()
+        .await;
+    let b = durable_server(redis, prefix, &format!("B-{test}"))
+        .spawn()
+        .await;
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    [a, b]
+}
+
+/// Waits until `/health` answers `status`; returns how long that took.
+async fn wait_health(server: &Server, status: u16, within: Duration) -> Duration {
+    let started = Instant::now();
+    let what = format!("{} answers /health {status}", server.id());
+    wait_until(within, &what, || async {
+        server.health().await.0 == status
+    })
+    .await;
+    started.elapsed()
+}
+
+/// `watchers_per_server` watchers on each server, subscribed to `rooms`.
+async fn watchers(
+    servers: &[Server],
+    rooms: &[String],
+    per_server: usize,
+    durable: bool,
+) -> Vec<Watcher> {
+    let mut watchers = Vec::new();
+    for server in servers {
+        for n in 0..per_server {
+            let label = format!("{}/watcher{n}", server.id());
+            watchers.push(Watcher::start(server, rooms, durable, &label).await);
+        }
+    }
+    watchers
+}
+
+/// `per_server` publishers on each server, each at `pace`, ids apart by ten million.
+async fn publishers(
+    servers: &[Server],
+    rooms: &[String],
+    per_server: usize,
+    pace: Pace,
+) -> Vec<Publisher> {
+    let mut publishers = Vec::new();
+    for server in servers {
+        for n in 0..per_server {
+            let base = (publishers.len() as u64 + 1) * 10_000_000;
+            let label = format!("{}/publisher{n}", server.id());
+            publishers.push(Publisher::start(server, rooms, base, pace, &label).await);
+        }
+    }
+    publishers
+}
+
+/// Waits until every watcher got at least `n` more events than it had when called.
+async fn wait_progress(watchers: &[Watcher], n: u64, within: Duration, what: &str) {
+    let from: Vec<u64> = watchers.iter().map(|w| w.seen().events).collect();
+    let what = format!("every client gets {n} more events ({what})");
+    wait_until(within, &what, || async {
+        watchers
+            .iter()
+            .zip(&from)
+            .all(|(w, from)| w.seen().events >= from + n)
+    })
+    .await;
+}
+
+/// Stops the publishers and returns every publish with its answer.
+async fn stop_publishers(publishers: Vec<Publisher>) -> Vec<Outcome> {
+    let mut outcomes = Vec::new();
+    for publisher in publishers {
+        outcomes.extend(publisher.finish(Duration::from_secs(15)).await);
+    }
+    outcomes
+}
+
+/// Waits until every watcher holds every published event, at most [`SETTLE`] (what is
+/// still missing then is for [`assert_delivered`] to name), then stops them and proves
+/// each session still open (a `ping` answered: nobody reconnected).
+async fn settle(watchers: Vec<Watcher>, outcomes: &[Outcome]) -> Vec<(String, Seen)> {
+    let settling = Instant::now();
+    let complete = || {
+        watchers
+            .iter()
+            .all(|w| has_all_published(&w.seen(), outcomes))
+    };
+    while !complete() && settling.elapsed() < SETTLE {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    eprintln!(
+        "  every client held every published event: {} ({:?} after the stream stopped)",
+        complete(),
+        settling.elapsed()
+    );
+    let mut seen = Vec::new();
+    for watcher in watchers {
+        let label = watcher.label.clone();
+        let (mut client, watched) = watcher.finish().await;
+        client.assert_alive().await;
+        seen.push((label, watched));
+    }
+    seen
+}
+
+/// The §7-8 promises at every client: no gap (when `gaps_allowed` is false), offsets
+/// contiguous in one epoch per room, every `published` event exactly once where its
+/// answer said, every other at most once.
+fn assert_delivered(seen: &[(String, Seen)], outcomes: &[Outcome], gaps_allowed: bool) {
+    for (label, watched) in seen {
+        let tally = tally(watched, outcomes);
+        eprintln!(
+            "  {label}: {} events, {} gaps, {} numbering violations, {} failed publishes \
+             delivered once",
+            watched.events,
+            watched.gaps.len(),
+            watched.violation_count,
+            tally.failed_delivered
+        );
+        if !gaps_allowed {
+            let gaps: Vec<&Value> = watched.gaps.iter().map(|(_, g)| g).take(5).collect();
+            assert!(
+                gaps.is_empty(),
+                "{label}: gap frames in durable rooms: {gaps:?}"
+            );
+        }
+        assert!(
+            watched.violations.is_empty(),
+            "{label}: {} numbering violations (§7-8), the first: {:#?}",
+            watched.violation_count,
+            watched.violations
+        );
+        assert!(tally.is_clean(), "{label}: {tally:#?}");
+        assert!(
+            watched.others.is_empty(),
+            "{label}: unexpected frames {:?}",
+            watched.others
+        );
+    }
+}
+
+/// `/stats` subscriber recovery counters of each server.
+async fn recovery_stats(servers: &[Server]) -> Vec<(String, Value)> {
+    let mut all = Vec::new();
+    for server in servers {
+        let stats = server.stats().await;
+        let subscriber = &stats["subscriber"];
+        let figures = json!({
+            "gapsRecovered": subscriber["gapsRecovered"],
+            "eventsRecovered": subscriber["eventsRecovered"],
+            "gapsUnrecovered": subscriber["gapsUnrecovered"],
+            "duplicatesDropped": subscriber["duplicatesDropped"],
+            "linksLost": subscriber["linksLost"],
+            "retries": stats["publisher"]["retries"],
+            "failedPublishes": stats["publisher"]["failedPublishes"],
+        });
+        all.push((server.id().to_owned(), figures));
+    }
+    all
+}
+
+/// One Redis outage of the kill test.
+struct Outage {
+    killed: Instant,
+    back: Instant,
+    healthy: [Duration; 2],
+}
+
+/// The issue's first test: Redis SIGKILLed ten times under 2,000 events/s over 20
+/// durable rooms, restarted from its append-only file each time. Clients notice
+/// nothing: no reconnect, no gap, offsets contiguous, every `published` event exactly
+/// once, every `publish_failed` one at most once.
+#[actix_web::test]
+async fn redis_killed_ten_times_under_a_durable_stream_loses_nothing_and_clients_notice_nothing() {
+    const KILLS: usize = 10;
+    const OUTAGE: Duration = Duration::from_millis(300);
+    // 8 publishers x 5 events every 20 ms = 2,000 events/s in all.
+    const PACE: Pace = Pace {
+        per_tick: 5,
+        tick: Duration::from_millis(20),
+    };
+    let mut redis = RedisServer::start_persistent().await;
+    let prefix = unique_prefix("dur-kill");
+    let servers = two_servers(&redis, &prefix, "dur-kill").await;
+    let rooms = rooms("dur", 20);
+    let watchers = watchers(&servers, &rooms, 2, true).await;
+    let publishers = publishers(&servers, &rooms, 4, PACE).await;
+    let started = Instant::now();
+
+    let mut outages = Vec::new();
+    for round in 0..KILLS {
+        wait_progress(
+            &watchers,
+            2000,
+            Duration::from_secs(15),
+            &format!("before kill {round}"),
+        )
+        .await;
+        redis.kill();
+        let killed = Instant::now();
+        for server in &servers {
+            wait_health(server, 503, NOTICE).await;
+        }
+        // Redis stays down a while, longer than a publish's retries (20 + 40 + 80 ms):
+        // the length of the outage is the scenario, not a wait for a condition.
+        tokio::time::sleep(OUTAGE.saturating_sub(killed.elapsed())).await;
+        redis.restart().await;
+        let back = Instant::now();
+        let healthy = [
+            wait_health(&servers[0], 200, BACK).await,
+            wait_health(&servers[1], 200, BACK).await,
+        ];
+        outages.push(Outage {
+            killed,
+            back,
+            healthy,
+        });
+    }
+    wait_progress(
+        &watchers,
+        2000,
+        Duration::from_secs(15),
+        "after the last restart",
+    )
+    .await;
+    let outcomes = stop_publishers(publishers).await;
+    let streamed = started.elapsed();
+    let seen = settle(watchers, &outcomes).await;
+
+    eprintln!(
+        "dur-kill: {KILLS} kills in {streamed:?}; {}",
+        answers_summary(&outcomes)
+    );
+    report_outages(&outages, &seen, &outcomes);
+    for (server, figures) in recovery_stats(&servers).await {
+        eprintln!("dur-kill: {server} /stats {figures}");
+    }
+    assert_delivered(&seen, &outcomes, false);
+}
+
+/// Prints, for each outage, how long the servers took to be healthy, when the first
+/// event reached every client after Redis answered again, and when every client had
+/// caught up: held every event sent before Redis answered and answered `published`
+/// (the events Redis had by then, whose deliveries the outage held up).
+fn report_outages(outages: &[Outage], seen: &[(String, Seen)], outcomes: &[Outcome]) {
+    for (round, outage) in outages.iter().enumerate() {
+        let mut first = Duration::ZERO;
+        let mut caught_up = Duration::ZERO;
+        let mut held = 0;
+        for (_, watched) in seen {
+            let first_here = watched
+                .deliveries
+                .values()
+                .filter(|d| d.at >= outage.back)
+                .map(|d| d.at - outage.back)
+                .min()
+                .unwrap_or(Duration::MAX);
+            first = first.max(first_here);
+            let before = outcomes
+                .iter()
+                .filter(|o| o.published() && o.sent < outage.back);
+            for delivery in before.filter_map(|o| watched.deliveries.get(&o.id)) {
+                if delivery.at > outage.back {
+                    caught_up = caught_up.max(delivery.at - outage.back);
+                    held += 1;
+                }
+            }
+        }
+        eprintln!(
+            "dur-kill: round {round}: Redis down {:?}; servers healthy {:?} after it \
+             answered; first event at every client {first:?} after; every client caught up \
+             {caught_up:?} after ({held} deliveries of events sent before came after)",
+            outage.back - outage.killed,
+            outage.healthy
+        );
+    }
+}
+
+/// The control: in plain rooms a lost link cannot be made good, so after each Redis
+/// outage every subscriber of every room is told `link_lost` (§8).
+#[actix_web::test]
+async fn plain_rooms_report_link_lost_after_each_redis_outage() {
+    const KILLS: usize = 3;
+    let mut redis = RedisServer::start().await;
+    let prefix = unique_prefix("plain-kill");
+    let servers = two_servers(&redis, &prefix, "plain-kill").await;
+    let rooms = rooms("plain", 3);
+    let watchers = watchers(&servers, &rooms, 2, false).await;
+
+    for round in 0..KILLS {
+        redis.kill();
+        for server in &servers {
+            wait_health(server, 503, NOTICE).await;
+        }
+        redis.restart().await;
+        let back = Instant::now();
+        for server in &servers {
+            wait_health(server, 200, BACK).await;
+        }
+        let what = format!("every client has a link_lost gap in every room after outage {round}");
+        wait_until(Duration::from_secs(5), &what, || async {
+            watchers.iter().all(|w| {
+                let seen = w.seen();
+                rooms.iter().all(|room| seen.gaps_of(room).len() > round)
+            })
+        })
+        .await;
+        eprintln!(
+            "plain-kill: round {round}: every gap in {:?} after Redis answered",
+            back.elapsed()
+        );
+    }
+    for watcher in watchers {
+        let label = watcher.label.clone();
+        let (mut client, seen) = watcher.finish().await;
+        client.assert_alive().await;
+        for room in &rooms {
+            let gaps = seen.gaps_of(room);
+            eprintln!("plain-kill: {label} {room}: {} gaps", gaps.len());
+            for gap in gaps {
+                assert_eq!(
+                    *gap,
+                    json!({"op": "gap", "room": room, "reason": "link_lost"}),
+                    "{label}"
+                );
+            }
+        }
+    }
+}
+
+/// `CLIENT KILL TYPE pubsub` under a durable stream: only the servers' pub/sub links
+/// die, publishes go on succeeding, and each server reads what its link missed from
+/// the history (§8): no gap, nothing lost or doubled, and `gapsRecovered` says so.
+#[actix_web::test]
+async fn pubsub_links_killed_under_a_durable_stream_are_caught_up_by_the_servers() {
+    const KILLS: usize = 5;
+    // 4 publishers x 5 events every 20 ms = 1,000 events/s.
+    const PACE: Pace = Pace {
+        per_tick: 5,
+        tick: Duration::from_millis(20),
+    };
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("dur-clientkill");
+    let servers = two_servers(&redis, &prefix, "dur-clientkill").await;
+    let rooms = rooms("dur", 5);
+    let watchers = watchers(&servers, &rooms, 2, true).await;
+    let publishers = publishers(&servers, &rooms, 2, PACE).await;
+    let mut killed = Vec::new();
+    for round in 0..KILLS {
+        wait_progress(
+            &watchers,
+            500,
+            Duration::from_secs(10),
+            &format!("before kill {round}"),
+        )
+        .await;
+        let count: u64 = redis
+            .query(redis::cmd("CLIENT").arg(&["KILL", "TYPE", "pubsub"]))
+            .await;
+        killed.push(count);
+    }
+    wait_progress(
+        &watchers,
+        500,
+        Duration::from_secs(10),
+        "after the last kill",
+    )
+    .await;
+    let outcomes = stop_publishers(publishers).await;
+    let seen = settle(watchers, &outcomes).await;
+    let stats = recovery_stats(&servers).await;
+    eprintln!(
+        "dur-clientkill: {KILLS} kills, pub/sub connections killed each time {killed:?}; {}",
+        answers_summary(&outcomes)
+    );
+    for (server, figures) in &stats {
+        eprintln!("dur-clientkill: {server} /stats {figures}");
+    }
+    assert!(
+        killed.iter().all(|k| *k >= 2),
+        "both servers' links killed each time: {killed:?}"
+    );
+    assert!(
+        outcomes.iter().all(Outcome::published),
+        "the publishers' connections were not killed: every publish succeeds ({})",
+        answers_summary(&outcomes)
+    );
+    assert_delivered(&seen, &outcomes, false);
+    for (server, figures) in &stats {
+        assert!(
+            u64_at(figures, "/gapsRecovered") > 0,
+            "{server}: the missed events were not read back from the history: {figures}"
+        );
+    }
+}
+
+/// One HTTP publish into a durable room, which must be answered 200 with its position.
+async fn publish_http(server: &Server, room: &str, id: u64) -> (u64, String) {
+    let body = json!({"type": "tick", "data": {"id": id}});
+    let (status, reply) = server.post_json(&format!("/publish/{room}"), &body).await;
+    assert_eq!(
+        status,
+        200,
+        "publish {id} to {room} on {}: {reply}",
+        server.id()
+    );
+    match (reply["offset"].as_u64(), reply["epoch"].as_str()) {
+        (Some(offset), Some(epoch)) => (offset, epoch.to_owned()),
+        _ => panic!("a durable publish answered without offset and epoch (§7): {reply}"),
+    }
+}
+
+/// Publishes `ids` into `room` over HTTP, one after the other, with their positions.
+async fn publish_all(
+    server: &Server,
+    room: &str,
+    ids: std::ops::Range<u64>,
+) -> Vec<(u64, u64, String)> {
+    let mut positions = Vec::new();
+    for id in ids {
+        let (offset, epoch) = publish_http(server, room, id).await;
+        positions.push((id, offset, epoch));
+    }
+    positions
+}
+
+/// Waits until every watcher holds each of `ids`.
+async fn wait_delivered(watchers: &[Watcher], ids: &[u64], what: &str) {
+    wait_until(Duration::from_secs(10), what, || async {
+        watchers
+            .iter()
+            .all(|w| ids.iter().all(|id| w.seen().deliveries.contains_key(id)))
+    })
+    .await;
+}
+
+/// Waits until every watcher has a gap in `room`; returns the first gap of each, with
+/// when it came.
+async fn wait_gaps(watchers: &[Watcher], room: &str, what: &str) -> Vec<(Instant, Value)> {
+    wait_until(Duration::from_secs(5), what, || async {
+        watchers.iter().all(|w| !w.seen().gaps_of(room).is_empty())
+    })
+    .await;
+    let first = |w: &Watcher| {
+        let seen = w.seen();
+        let (at, gap) = seen
+            .gaps
+            .iter()
+            .find(|(_, g)| g["room"] == room)
+            .expect("waited for");
+        (*at, gap.clone())
+    };
+    watchers.iter().map(first).collect()
+}
+
+/// When the last of `gaps` came.
+fn latest(gaps: &[(Instant, Value)]) -> Instant {
+    gaps.iter()
+        .map(|(at, _)| *at)
+        .max()
+        .expect("one gap or more")
+}
+
+/// Checks the first gap of each client: `history_lost` in a new epoch, the same at
+/// every client (the epoch is the room's, not the server's); returns that epoch.
+fn assert_history_lost(gaps: &[(Instant, Value)], room: &str, old_epoch: &str) -> String {
+    let epoch = gaps[0].1["epoch"].as_str().unwrap_or_default().to_owned();
+    for (_, gap) in gaps {
+        assert_eq!(gap["op"], "gap", "{gap}");
+        assert_eq!(gap["room"], room, "{gap}");
+        assert_eq!(gap["reason"], "history_lost", "{gap}");
+        assert!(
+            gap["offset"].is_u64(),
+            "a history_lost gap names its offset: {gap}"
+        );
+        assert_ne!(
+            gap["epoch"], old_epoch,
+            "the gap must name a new epoch: {gap}"
+        );
+        assert_eq!(
+            gap["epoch"],
+            epoch.as_str(),
+            "every server agrees on the new epoch: {gaps:?}"
+        );
+    }
+    epoch
+}
+
+/// The issue's fourth test: Redis restarted empty loses every room's numbering. Each
+/// server's sessions are told `history_lost` with a new epoch and offset P, then the
+/// events go on at P+1, P+2... in that epoch: in a room published to at once (the
+/// publish finds no numbering) and in a quiet one (the server's read after its link
+/// came back finds none).
+#[actix_web::test]
+async fn redis_restarted_empty_reports_history_lost_with_a_new_epoch() {
+    let mut redis = RedisServer::start_persistent().await;
+    let prefix = unique_prefix("dur-empty");
+    let servers = two_servers(&redis, &prefix, "dur-empty").await;
+    let busy = "dur:busy".to_owned();
+    let quiet = "dur:quiet".to_owned();
+    let watchers = watchers(&servers, &[busy.clone(), quiet.clone()], 2, true).await;
+    let before = [
+        publish_all(&servers[0], &busy, 1..6).await,
+        publish_all(&servers[0], &quiet, 11..16).await,
+    ];
+    let old_epochs = [before[0][0].2.clone(), before[1][0].2.clone()];
+    for positions in &before {
+        let offsets: Vec<u64> = positions.iter().map(|p| p.1).collect();
+        assert_eq!(
+            offsets,
+            (1..6).collect::<Vec<_>>(),
+            "a new room numbers from 1"
+        );
+    }
+    let ids = [1, 2, 3, 4, 5, 11, 12, 13, 14, 15];
+    wait_delivered(&watchers, &ids, "the first events arrive").await;
+
+    redis.restart_empty().await;
+    let back = Instant::now();
+    for server in &servers {
+        wait_health(server, 200, BACK).await;
+    }
+    let after = publish_all(&servers[1], &busy, 21..26).await;
+    let busy_gaps = wait_gaps(&watchers, &busy, "every client has a gap in the busy room").await;
+    let busy_epoch = assert_history_lost(&busy_gaps, &busy, &old_epochs[0]);
+    for (id, _, epoch) in &after {
+        assert_eq!(
+            *epoch, busy_epoch,
+            "publish {id} answered in the gap's epoch"
+        );
+    }
+    let ids = [21, 22, 23, 24, 25];
+    wait_delivered(&watchers, &ids, "the events after the restart arrive").await;
+    let quiet_gaps = wait_gaps(
+        &watchers,
+        &quiet,
+        "every client has a gap in the quiet room, with nothing published there",
+    )
+    .await;
+    let quiet_epoch = assert_history_lost(&quiet_gaps, &quiet, &old_epochs[1]);
+    let (offset, epoch) = publish_http(&servers[0], &quiet, 31).await;
+    assert_eq!(
+        epoch, quiet_epoch,
+        "the quiet room goes on in the gap's epoch"
+    );
+    wait_delivered(&watchers, &[31], "the quiet room's event arrives").await;
+
+    eprintln!(
+        "dur-empty: old epochs {old_epochs:?}; busy room: gap {} at every client {:?} after \
+         Redis answered, publishes after it at offsets {:?}; quiet room: gap {} at every \
+         client {:?} after Redis answered, the next publish at offset {offset}",
+        busy_gaps[0].1,
+        latest(&busy_gaps) - back,
+        after.iter().map(|p| p.1).collect::<Vec<_>>(),
+        quiet_gaps[0].1,
+        latest(&quiet_gaps) - back,
+    );
+    for watcher in watchers {
+        let label = watcher.label.clone();
+        let (_, seen) = watcher.finish().await;
+        assert!(
+            seen.violations.is_empty(),
+            "{label}: {:#?}",
+            seen.violations
+        );
+        let expected = [21, 22, 23, 24, 25].map(|id| (id, &busy_epoch));
+        for (id, epoch) in expected.into_iter().chain([(31, &quiet_epoch)]) {
+            let delivery = &seen.deliveries[&id];
+            assert_eq!(delivery.count, 1, "{label}: event {id}");
+            assert_eq!(delivery.epoch.as_ref(), Some(epoch), "{label}: event {id}");
+        }
+        assert_eq!(
+            seen.gaps.len(),
+            2,
+            "{label}: one gap per room: {:?}",
+            seen.gaps
+        );
+    }
+}
+
+/// The issue's fifth test, second half: Redis holds every write (`CLIENT PAUSE ...
+/// WRITE`) longer than the servers' response deadline, so answers to durable publishes
+/// are lost. The servers retry under their own idempotency key (§7): every publish is
+/// answered `published`, and delivered exactly once, in order.
+#[actix_web::test]
+async fn durable_publishes_whose_answers_are_lost_are_retried_never_doubled() {
+    const RESPONSE_TIMEOUT: Duration = Duration::from_millis(300);
+    const PAUSE_MS: u64 = 1000;
+    // 2 publishers x 2 events every 20 ms = 200 events/s.
+    const PACE: Pace = Pace {
+        per_tick: 2,
+        tick: Duration::from_millis(20),
+    };
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("dur-pause");
+    let mut servers = Vec::new();
+    for id in ["A-dur-pause", "B-dur-pause"] {
+        let server = durable_server(&redis, &prefix, id)
+            .env(
+                "REDIS_RESPONSE_TIMEOUT_MS",
+                &RESPONSE_TIMEOUT.as_millis().to_string(),
+            )
+            // Five retries (20 ms doubling) and six 300 ms deadlines outlast the pause.
+            .env("PUBLISH_RETRIES", "5")
+            .env("PEER_HEARTBEAT_MS", "60000")
+            .spawn()
+            .await;
+        server.wait_healthy().await;
+        servers.push(server);
+    }
+    let rooms = rooms("dur", 2);
+    let watchers = watchers(&servers, &rooms, 1, true).await;
+    let publishers = publishers(&servers, &rooms, 1, PACE).await;
+    wait_progress(&watchers, 100, Duration::from_secs(10), "before the pause").await;
+    for server in &servers {
+        server.reset_stats().await;
+    }
+    let _: () = redis
+        .query(redis::cmd("CLIENT").arg(&["PAUSE", &PAUSE_MS.to_string(), "WRITE"]))
+        .await;
+    let paused = Instant::now();
+    wait_until(Duration::from_secs(10), "the pause has ended", || async {
+        paused.elapsed() > Duration::from_millis(PAUSE_MS)
+    })
+    .await;
+    wait_progress(&watchers, 300, Duration::from_secs(10), "after the pause").await;
+    let outcomes = stop_publishers(publishers).await;
+    let seen = settle(watchers, &outcomes).await;
+    let stats = recovery_stats(&servers).await;
+
+    let held: Vec<Duration> = outcomes
+        .iter()
+        .filter_map(|o| o.answer.as_ref().map(|(at, _)| *at - o.sent))
+        .filter(|took| *took > RESPONSE_TIMEOUT)
+        .collect();
+    eprintln!(
+        "dur-pause: {}; {} answered after more than {RESPONSE_TIMEOUT:?}, the slowest in {:?}",
+        answers_summary(&outcomes),
+        held.len(),
+        held.iter().max()
+    );
+    for (server, figures) in &stats {
+        eprintln!("dur-pause: {server} /stats {figures}");
+    }
+    assert!(
+        !held.is_empty(),
+        "no publish was held by the pause: the scenario did not happen"
+    );
+    let retries: u64 = stats.iter().map(|(_, f)| u64_at(f, "/retries")).sum();
+    assert!(
+        retries > 0,
+        "publishes whose answer was lost are retried (§7): {stats:?}"
+    );
+    assert!(
+        outcomes.iter().all(Outcome::published),
+        "never reported failed only because an answer was lost (§7): {}",
+        answers_summary(&outcomes)
+    );
+    assert_delivered(&seen, &outcomes, false);
+}
+
+/// The issue's sixth test: Redis restarted from an older copy of its append-only file
+/// forgets events the clients already have. Redis's numbering is behind what the
+/// servers delivered, so each server treats it as lost (§7): `history_lost` with a new
+/// epoch, never the old epoch's offsets handed out again.
+#[actix_web::test]
+async fn redis_rolled_back_to_an_older_file_reports_history_lost_never_repeats_offsets() {
+    let mut redis = RedisServer::start_persistent().await;
+    let prefix = unique_prefix("dur-rollback");
+    let servers = two_servers(&redis, &prefix, "dur-rollback").await;
+    let room = "dur:roll".to_owned();
+    let watchers = watchers(&servers, std::slice::from_ref(&room), 2, true).await;
+    let kept = publish_all(&servers[0], &room, 1..11).await;
+    let old_epoch = kept[0].2.clone();
+    let snapshot = redis.snapshot();
+    let forgotten = publish_all(&servers[1], &room, 11..21).await;
+    let ids: Vec<u64> = (1..21).collect();
+    wait_delivered(&watchers, &ids, "the first twenty events arrive").await;
+    let offsets: Vec<u64> = kept.iter().chain(&forgotten).map(|p| p.1).collect();
+    assert_eq!(offsets, ids, "offsets 1 to 20 before the rollback");
+
+    let history = format!("{{{prefix}{room}}}:history");
+    let before = history_length(&redis, &history).await;
+    redis.restart_from(&snapshot).await;
+    let back = Instant::now();
+    let restored = history_length(&redis, &history).await;
+    for server in &servers {
+        wait_health(server, 200, BACK).await;
+    }
+    let gaps = wait_gaps(
+        &watchers,
+        &room,
+        "every client has a gap after the rollback",
+    )
+    .await;
+    let noticed = latest(&gaps) - back;
+    let new_epoch = assert_history_lost(&gaps, &room, &old_epoch);
+    let after = publish_all(&servers[0], &room, 21..26).await;
+    for (id, offset, epoch) in &after {
+        assert_eq!(
+            *epoch, new_epoch,
+            "publish {id} (offset {offset}) must be in the new epoch, not a repeat of the old"
+        );
+    }
+    wait_delivered(
+        &watchers,
+        &[21, 22, 23, 24, 25],
+        "the events after the rollback arrive",
+    )
+    .await;
+    eprintln!(
+        "dur-rollback: old epoch {old_epoch} at offset 20, rolled back to 10 (XLEN \
+         {history} {before:?} before, {restored:?} once restarted); gap {} at every client \
+         {noticed:?} after Redis answered; published after: {:?}",
+        gaps[0].1,
+        after.iter().map(|p| (p.1, &p.2)).collect::<Vec<_>>()
+    );
+    for watcher in watchers {
+        let label = watcher.label.clone();
+        let (_, seen) = watcher.finish().await;
+        assert!(
+            seen.violations.is_empty(),
+            "{label}: {:#?}",
+            seen.violations
+        );
+        assert_eq!(seen.gaps.len(), 1, "{label}: one gap: {:?}", seen.gaps);
+        for id in 21..26 {
+            let delivery = &seen.deliveries[&id];
+            assert_eq!(delivery.count, 1, "{label}: event {id}");
+            assert_eq!(
+                delivery.epoch.as_deref(),
+                Some(new_epoch.as_str()),
+                "{label}: {id}"
+            );
+        }
+    }
+}
+
+/// `XLEN` of a room's history stream, for the report (`None`: not a stream there).
+async fn history_length(redis: &RedisServer, key: &str) -> Option<u64> {
+    let mut conn = redis.client().await;
+    redis::cmd("XLEN")
+        .arg(key)
+        .query_async(&mut conn)
+        .await
+        .ok()
+}
+
+/// The WebSocket replies the tests rely on besides events: `subscribed` carries the
+/// position in a durable room (checked by [`Watcher::start`]), and a client's own
+/// `ping` is answered while the stream runs. Kept here so a failure of the basics
+/// shows before the fault tests' longer ones.
+#[actix_web::test]
+async fn a_durable_room_numbers_its_events_from_the_subscribed_position() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("dur-basics");
+    let servers = two_servers(&redis, &prefix, "dur-basics").await;
+    let room = "dur:basics".to_owned();
+    let watchers = watchers(&servers, std::slice::from_ref(&room), 1, true).await;
+    let positions = publish_all(&servers[0], &room, 1..4).await;
+    wait_delivered(&watchers, &[1, 2, 3], "three events arrive").await;
+    let mut client = WsClient::connect(&servers[1]).await;
+    let reply = client
+        .request(json!({"op": "subscribe", "room": room}))
+        .await;
+    assert_eq!(reply["offset"], 3, "{reply}");
+    assert_eq!(reply["epoch"], positions[0].2.as_str(), "{reply}");
+    client.assert_alive().await;
+    for watcher in watchers {
+        let (_, seen) = watcher.finish().await;
+        assert!(seen.violations.is_empty(), "{:#?}", seen.violations);
+    }
+}
+
+/// The premise of the kill and rollback tests, checked on Redis alone: a persistent test
+/// Redis keeps every acknowledged write across SIGKILL, goes back to a snapshot's state,
+/// and starts empty when asked.
+#[actix_web::test]
+async fn the_persistent_test_redis_survives_sigkill_and_rolls_back_to_a_snapshot() {
+    async fn get(redis: &RedisServer) -> Option<String> {
+        redis.query(redis::cmd("GET").arg("premise")).await
+    }
+    async fn set(redis: &RedisServer, value: &str) {
+        let _: () = redis
+            .query(redis::cmd("SET").arg("premise").arg(value))
+            .await;
+    }
+    let mut redis = RedisServer::start_persistent().await;
+    set(&redis, "one").await;
+    redis.kill();
+    redis.restart().await;
+    assert_eq!(
+        get(&redis).await.as_deref(),
+        Some("one"),
+        "kept across SIGKILL"
+    );
+    let snapshot = redis.snapshot();
+    set(&redis, "two").await;
+    redis.kill();
+    redis.restart().await;
+    assert_eq!(
+        get(&redis).await.as_deref(),
+        Some("two"),
+        "kept across SIGKILL"
+    );
+    redis.restart_from(&snapshot).await;
+    assert_eq!(get(&redis).await.as_deref(), Some("one"), "rolled back");
+    redis.restart_empty().await;
+    assert_eq!(get(&redis).await, None, "restarted empty");
+}

@@ -1,0 +1,515 @@
+//! The two ends of a stream of events under fault: [`Watcher`], a subscriber session
+//! whose every frame is checked as it arrives, and [`Publisher`], a WebSocket publisher
+//! at a steady pace that records each publish's answer. Both run as local tasks, so the
+//! test kills and restarts Redis meanwhile; [`tally`] then compares the two ends.
+//!
+//! Every event carries a unique id in its `data` (`{"id": n}`), so a delivery can be
+//! matched to the publish, and its answer, that produced it.
+
+use std::cell::{Cell, Ref, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use actix_web::rt::task::JoinHandle;
+use serde_json::{json, Value};
+
+use crate::support::{Server, WsClient};
+
+/// How long a task waits for a frame before it looks at its stop flag again.
+const POLL: Duration = Duration::from_millis(50);
+/// A read the task's own [`POLL`] always cuts short (`recv_json` panics on its timeout).
+const FOREVER: Duration = Duration::from_secs(3600);
+/// After its stop, a watcher reads on until the connection was quiet this long, so a
+/// late duplicate is still counted.
+const QUIET: Duration = Duration::from_millis(300);
+/// How many violations of each kind a watcher keeps word for word (all are counted).
+const KEPT: usize = 20;
+
+/// Where a durable room stands at a client: the next event must be `offset + 1` in
+/// `epoch` (PROTOCOL.md §7), unless a `gap` frame moves it first (§8).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Position {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// The first delivery of one test event at one client, and how many deliveries it had.
+#[derive(Debug)]
+pub struct Delivery {
+    pub at: Instant,
+    pub count: u32,
+    pub room: String,
+    pub epoch: Option<String>,
+    pub offset: Option<u64>,
+}
+
+/// Everything one client received, checked frame by frame.
+#[derive(Default)]
+pub struct Seen {
+    /// Durable rooms only: where each stands after the last event or gap.
+    pub positions: HashMap<String, Position>,
+    /// Keyed by the event's test id.
+    pub deliveries: HashMap<u64, Delivery>,
+    /// Every `event` frame, with or without a test id.
+    pub events: u64,
+    /// Every `gap` frame, with when it came.
+    pub gaps: Vec<(Instant, Value)>,
+    /// Broken promises of §7-8 seen in order (the first [`KEPT`]).
+    pub violations: Vec<String>,
+    pub violation_count: u64,
+    /// Frames that are neither events nor gaps (the first [`KEPT`]).
+    pub others: Vec<Value>,
+}
+
+impl Seen {
+    fn record(&mut self, at: Instant, frame: Value, durable: bool) {
+        match frame["op"].as_str() {
+            Some("event") => self.event(at, &frame, durable),
+            Some("gap") => self.gap(at, frame, durable),
+            _ if self.others.len() < KEPT => self.others.push(frame),
+            _ => {}
+        }
+    }
+
+    fn event(&mut self, at: Instant, frame: &Value, durable: bool) {
+        self.events += 1;
+        let room = frame["room"].as_str().unwrap_or_default().to_owned();
+        let envelope = &frame["event"];
+        let epoch = envelope["epoch"].as_str().map(str::to_owned);
+        let offset = envelope["offset"].as_u64();
+        if durable {
+            self.advance(&room, epoch.as_deref(), offset);
+        }
+        let Some(id) = envelope["data"]["id"].as_u64() else {
+            return;
+        };
+        self.deliveries
+            .entry(id)
+            .and_modify(|d| d.count += 1)
+            .or_insert(Delivery {
+                at,
+                count: 1,
+                room,
+                epoch,
+                offset,
+            });
+    }
+
+    /// Checks that an event continues its room's numbering, and moves the room on.
+    fn advance(&mut self, room: &str, epoch: Option<&str>, offset: Option<u64>) {
+        let (Some(epoch), Some(offset)) = (epoch, offset) else {
+            self.violation(format!("{room}: an event without offset and epoch"));
+            return;
+        };
+        let Some(position) = self.positions.get_mut(room) else {
+            self.violation(format!("{room}: an event of a room never subscribed"));
+            return;
+        };
+        if position.epoch != epoch {
+            let was = position.clone();
+            *position = Position {
+                epoch: epoch.to_owned(),
+                offset,
+            };
+            self.violation(format!(
+                "{room}: epoch {} (offset {}) changed to {epoch} (offset {offset}) with no gap frame",
+                was.epoch, was.offset
+            ));
+        } else if offset != position.offset + 1 {
+            let was = position.offset;
+            position.offset = position.offset.max(offset);
+            self.violation(format!("{room}: offset {offset} after {was} in {epoch}"));
+        } else {
+            position.offset = offset;
+        }
+    }
+
+    /// A durable room's gap must be `history_lost` with the position events go on from.
+    fn gap(&mut self, at: Instant, frame: Value, durable: bool) {
+        if durable {
+            let room = frame["room"].as_str().unwrap_or_default().to_owned();
+            let epoch = frame["epoch"]
+                .as_str()
+                .filter(|e| (1..=64).contains(&e.len()));
+            match (frame["reason"].as_str(), epoch, frame["offset"].as_u64()) {
+                (Some("history_lost"), Some(epoch), Some(offset)) => {
+                    let position = Position {
+                        epoch: epoch.to_owned(),
+                        offset,
+                    };
+                    self.positions.insert(room, position);
+                }
+                _ => self.violation(format!("a malformed gap in a durable room: {frame}")),
+            }
+        }
+        self.gaps.push((at, frame));
+    }
+
+    fn violation(&mut self, what: String) {
+        self.violation_count += 1;
+        if self.violations.len() < KEPT {
+            self.violations.push(what);
+        }
+    }
+
+    /// The `gap` frames of `room`.
+    pub fn gaps_of(&self, room: &str) -> Vec<&Value> {
+        self.gaps
+            .iter()
+            .map(|(_, gap)| gap)
+            .filter(|gap| gap["room"] == room)
+            .collect()
+    }
+}
+
+/// A subscriber session read by a local task that checks every frame as it comes.
+pub struct Watcher {
+    pub label: String,
+    seen: Rc<RefCell<Seen>>,
+    stop: Rc<Cell<bool>>,
+    task: JoinHandle<WsClient>,
+}
+
+impl Watcher {
+    /// Connects to `server` and subscribes to `rooms`. In `durable` rooms the `subscribed`
+    /// reply must carry the position the events go on from (§7).
+    pub async fn start(server: &Server, rooms: &[String], durable: bool, label: &str) -> Watcher {
+        let mut client = WsClient::connect(server).await;
+        let mut seen = Seen::default();
+        for room in rooms {
+            let reply = client
+                .request(json!({"op": "subscribe", "room": room}))
+                .await;
+            assert_eq!(
+                reply["op"], "subscribed",
+                "{label}: subscribe {room}: {reply}"
+            );
+            if durable {
+                let (Some(epoch), Some(offset)) =
+                    (reply["epoch"].as_str(), reply["offset"].as_u64())
+                else {
+                    panic!(
+                        "{label}: the `subscribed` reply of durable room {room} has no offset \
+                         and epoch (PROTOCOL.md §7): {reply}"
+                    );
+                };
+                let position = Position {
+                    epoch: epoch.to_owned(),
+                    offset,
+                };
+                seen.positions.insert(room.clone(), position);
+            }
+        }
+        let seen = Rc::new(RefCell::new(seen));
+        let stop = Rc::new(Cell::new(false));
+        let task = actix_web::rt::spawn(watch(client, seen.clone(), stop.clone(), durable));
+        Watcher {
+            label: label.to_owned(),
+            seen,
+            stop,
+            task,
+        }
+    }
+
+    /// What the session received so far. Fails the test if its reader stopped, which
+    /// only a closed connection does (the reader's own panic says how it closed).
+    pub fn seen(&self) -> Ref<'_, Seen> {
+        assert!(
+            !self.task.is_finished(),
+            "{}: the session's connection ended (see the panic above)",
+            self.label
+        );
+        self.seen.borrow()
+    }
+
+    /// Stops reading once the connection is quiet and hands back the open session.
+    pub async fn finish(self) -> (WsClient, Seen) {
+        self.stop.set(true);
+        let client = self.task.await.unwrap_or_else(|e| {
+            panic!(
+                "{}: the session's connection ended (its reader: {e})",
+                self.label
+            )
+        });
+        let seen = Rc::try_unwrap(self.seen)
+            .unwrap_or_else(|_| panic!("the reader is done with what it saw"))
+            .into_inner();
+        (client, seen)
+    }
+}
+
+async fn watch(
+    mut client: WsClient,
+    seen: Rc<RefCell<Seen>>,
+    stop: Rc<Cell<bool>>,
+    durable: bool,
+) -> WsClient {
+    let mut last = Instant::now();
+    while !stop.get() || last.elapsed() < QUIET {
+        if let Ok(frame) = tokio::time::timeout(POLL, client.recv_json(FOREVER)).await {
+            last = Instant::now();
+            seen.borrow_mut().record(last, frame, durable);
+        }
+    }
+    client
+}
+
+/// How a publish was answered.
+#[derive(Clone, Debug)]
+pub enum Answer {
+    /// `published`, with the position it names in a durable room.
+    Published {
+        offset: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// An `error` frame (its code) or anything else (the whole frame).
+    Failed(String),
+}
+
+/// One publish: its test id, room, when it was sent, and its answer once it came.
+#[derive(Debug)]
+pub struct Outcome {
+    pub id: u64,
+    pub room: String,
+    pub sent: Instant,
+    pub answer: Option<(Instant, Answer)>,
+}
+
+impl Outcome {
+    pub fn published(&self) -> bool {
+        matches!(self.answer, Some((_, Answer::Published { .. })))
+    }
+}
+
+/// A WebSocket session publishing `per_tick` events every `tick` (the server must run
+/// with `LIMIT_PUBLISH_RATE=0`), round robin over its rooms, without waiting for answers.
+pub struct Publisher {
+    label: String,
+    base: u64,
+    outcomes: Rc<RefCell<Vec<Outcome>>>,
+    stop: Rc<Cell<bool>>,
+    task: JoinHandle<WsClient>,
+}
+
+/// The pace of one [`Publisher`].
+#[derive(Clone, Copy)]
+pub struct Pace {
+    pub per_tick: u64,
+    pub tick: Duration,
+}
+
+impl Publisher {
+    /// Starts publishing on `server`; ids are `base`, `base + 1`... (`ref` is the id).
+    pub async fn start(
+        server: &Server,
+        rooms: &[String],
+        base: u64,
+        pace: Pace,
+        label: &str,
+    ) -> Publisher {
+        let client = WsClient::connect(server).await;
+        let outcomes = Rc::new(RefCell::new(Vec::new()));
+        let stop = Rc::new(Cell::new(false));
+        let stream = Stream {
+            rooms: rooms.to_vec(),
+            base,
+            pace,
+            outcomes: outcomes.clone(),
+        };
+        let task = actix_web::rt::spawn(stream.run(client, stop.clone()));
+        Publisher {
+            label: label.to_owned(),
+            base,
+            outcomes,
+            stop,
+            task,
+        }
+    }
+
+    /// Stops publishing and waits, at most `within`, for the answers still due; every
+    /// publish must be answered (§5: no Redis call can hang).
+    pub async fn finish(self, within: Duration) -> Vec<Outcome> {
+        self.stop.set(true);
+        let mut client = self
+            .task
+            .await
+            .unwrap_or_else(|e| panic!("{}: the publisher's connection ended: {e}", self.label));
+        let deadline = Instant::now() + within;
+        while self.outcomes.borrow().iter().any(|o| o.answer.is_none()) {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let unanswered: Vec<u64> = self
+                .outcomes
+                .borrow()
+                .iter()
+                .filter(|o| o.answer.is_none())
+                .map(|o| o.id)
+                .take(10)
+                .collect();
+            assert!(
+                !left.is_zero(),
+                "{}: publishes unanswered {within:?} after the stream stopped: {unanswered:?}...",
+                self.label
+            );
+            if let Ok(frame) = tokio::time::timeout(left, client.recv_json(FOREVER)).await {
+                answer(&self.outcomes, self.base, frame);
+            }
+        }
+        Rc::try_unwrap(self.outcomes)
+            .unwrap_or_else(|_| panic!("the publishing task is done with the outcomes"))
+            .into_inner()
+    }
+}
+
+/// What a publishing task needs besides its connection and its stop flag.
+struct Stream {
+    rooms: Vec<String>,
+    base: u64,
+    pace: Pace,
+    outcomes: Rc<RefCell<Vec<Outcome>>>,
+}
+
+impl Stream {
+    async fn run(self, mut client: WsClient, stop: Rc<Cell<bool>>) -> WsClient {
+        let mut next = Instant::now();
+        let mut seq = 0;
+        while !stop.get() {
+            for _ in 0..self.pace.per_tick {
+                let id = self.base + seq;
+                let room = &self.rooms[seq as usize % self.rooms.len()];
+                let event = json!({"type": "tick", "data": {"id": id}});
+                client
+                    .send_json(&json!({"op": "publish", "room": room, "ref": id, "event": event}));
+                self.outcomes.borrow_mut().push(Outcome {
+                    id,
+                    room: room.clone(),
+                    sent: Instant::now(),
+                    answer: None,
+                });
+                seq += 1;
+            }
+            // The pace of the stream; a late tick does not make up for lost time in a burst.
+            next = (next + self.pace.tick).max(Instant::now() - self.pace.tick);
+            while let Some(left) = next.checked_duration_since(Instant::now()) {
+                match tokio::time::timeout(left, client.recv_json(FOREVER)).await {
+                    Ok(frame) => answer(&self.outcomes, self.base, frame),
+                    Err(_) => break,
+                }
+            }
+        }
+        client
+    }
+}
+
+/// Files the answer `frame` under the publish its `ref` names.
+fn answer(outcomes: &RefCell<Vec<Outcome>>, base: u64, frame: Value) {
+    let at = Instant::now();
+    let index = frame["ref"]
+        .as_u64()
+        .and_then(|id| id.checked_sub(base))
+        .unwrap_or_else(|| panic!("a frame that answers no publish of this stream: {frame}"));
+    let mut outcomes = outcomes.borrow_mut();
+    let outcome = usize::try_from(index)
+        .ok()
+        .and_then(|i| outcomes.get_mut(i))
+        .unwrap_or_else(|| panic!("an answer to a publish never sent: {frame}"));
+    assert!(
+        outcome.answer.is_none(),
+        "publish {} answered twice: {:?} then {frame}",
+        outcome.id,
+        outcome.answer
+    );
+    let answer = match frame["op"].as_str() {
+        Some("published") => Answer::Published {
+            offset: frame["offset"].as_u64(),
+            epoch: frame["epoch"].as_str().map(str::to_owned),
+        },
+        Some("error") => Answer::Failed(frame["code"].as_str().unwrap_or("?").to_owned()),
+        _ => Answer::Failed(frame.to_string()),
+    };
+    outcome.answer = Some((at, answer));
+}
+
+/// How one client's deliveries compare with the publishes' answers.
+#[derive(Debug, Default)]
+pub struct Tally {
+    /// Published events that never arrived, and how many (the first few ids).
+    pub missing: Vec<u64>,
+    pub missing_count: usize,
+    /// Events that arrived more than once: (id, deliveries).
+    pub duplicated: Vec<(u64, u32)>,
+    /// Published events whose delivery names another offset or epoch than the answer.
+    pub misplaced: Vec<String>,
+    /// Events answered `publish_failed` (or anything but `published`) that arrived once.
+    pub failed_delivered: usize,
+}
+
+impl Tally {
+    pub fn is_clean(&self) -> bool {
+        self.missing_count == 0 && self.duplicated.is_empty() && self.misplaced.is_empty()
+    }
+}
+
+/// Every event answered `published` must have arrived exactly once, where its answer
+/// said (offset and epoch, in a durable room); any other at most once.
+pub fn tally<'a>(seen: &Seen, outcomes: impl IntoIterator<Item = &'a Outcome>) -> Tally {
+    let mut tally = Tally::default();
+    for outcome in outcomes {
+        let delivery = seen.deliveries.get(&outcome.id);
+        if let Some(d) = delivery.filter(|d| d.count > 1) {
+            tally.duplicated.push((outcome.id, d.count));
+        }
+        match (&outcome.answer, delivery) {
+            (Some((_, Answer::Published { offset, epoch })), Some(d)) => {
+                let answered = (outcome.room.as_str(), offset, epoch);
+                if answered != (d.room.as_str(), &d.offset, &d.epoch)
+                    && tally.misplaced.len() < KEPT
+                {
+                    tally.misplaced.push(format!(
+                        "{}: answered {answered:?}, delivered in {} at {:?} {:?}",
+                        outcome.id, d.room, d.offset, d.epoch
+                    ));
+                }
+            }
+            (Some((_, Answer::Published { .. })), None) => {
+                tally.missing_count += 1;
+                if tally.missing.len() < KEPT {
+                    tally.missing.push(outcome.id);
+                }
+            }
+            (_, Some(_)) => tally.failed_delivered += 1,
+            (_, None) => {}
+        }
+    }
+    tally
+}
+
+/// Whether `seen` holds every event of `outcomes` answered `published`.
+pub fn has_all_published(seen: &Seen, outcomes: &[Outcome]) -> bool {
+    outcomes
+        .iter()
+        .filter(|o| o.published())
+        .all(|o| seen.deliveries.contains_key(&o.id))
+}
+
+/// `n` rooms named `{stem}:0`, `{stem}:1`...
+pub fn rooms(stem: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{stem}:{i}")).collect()
+}
+
+/// A report line for a set of answers: how many were published, failed (by code).
+pub fn answers_summary(outcomes: &[Outcome]) -> String {
+    let mut failed: HashMap<&str, usize> = HashMap::new();
+    let mut published = 0;
+    for outcome in outcomes {
+        match &outcome.answer {
+            Some((_, Answer::Published { .. })) => published += 1,
+            Some((_, Answer::Failed(code))) => *failed.entry(code.as_str()).or_default() += 1,
+            None => *failed.entry("unanswered").or_default() += 1,
+        }
+    }
+    format!(
+        "{} publishes: {published} published, failed {failed:?}",
+        outcomes.len()
+    )
+}
