@@ -4,7 +4,7 @@ use std::fmt;
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use switchboard_actors::{now_ms, Room};
+use switchboard_actors::{now_ms, Pattern, Room};
 
 /// Checks tokens. Built once from `AUTH_JWT_SECRET` and `AUTH_JWT_AUDIENCE`.
 #[derive(Clone)]
@@ -125,74 +125,13 @@ impl Grant {
     /// is the user's own `player:{sub}`.
     pub fn may_subscribe(&self, room: &Room) -> bool {
         let own = room.as_str().strip_prefix("player:") == Some(self.sub.as_str())
-            && is_segment(&self.sub);
+            && Room::is_segment(&self.sub);
         own || self.subscribe.iter().any(|p| p.matches(room.as_str()))
     }
 
     /// Whether the user may publish in `room`.
     pub fn may_publish(&self, room: &Room) -> bool {
         self.publish.iter().any(|p| p.matches(room.as_str()))
-    }
-}
-
-/// A valid room segment: non-empty, room characters, no `:`.
-fn is_segment(s: &str) -> bool {
-    !s.is_empty() && s.chars().all(|c| c != ':' && Room::is_room_char(c))
-}
-
-/// A room pattern: `:`-separated segments where `*` matches one whole non-empty
-/// segment and a trailing `**` matches one or more segments.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern {
-    segments: Vec<Segment>,
-    tail: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
-    Literal(String),
-    Any,
-}
-
-impl Pattern {
-    /// Parses a pattern; `None` for one that can match nothing (an empty segment,
-    /// `**` anywhere but at the end), which is then ignored.
-    pub fn parse(pattern: &str) -> Option<Pattern> {
-        let mut parts: Vec<&str> = pattern.split(':').collect();
-        let tail = parts.last() == Some(&"**");
-        if tail {
-            parts.pop();
-        }
-        let segments = parts
-            .into_iter()
-            .map(|part| match part {
-                "*" => Some(Segment::Any),
-                "**" => None,
-                literal if is_segment(literal) => Some(Segment::Literal(literal.to_owned())),
-                _ => None,
-            })
-            .collect::<Option<Vec<_>>>()?;
-        Some(Pattern { segments, tail })
-    }
-
-    /// Whether `room` matches.
-    pub fn matches(&self, room: &str) -> bool {
-        let mut parts = room.split(':');
-        let fixed_fit = self.segments.iter().all(|segment| match parts.next() {
-            Some(part) if !part.is_empty() => match segment {
-                Segment::Any => true,
-                Segment::Literal(literal) => literal == part,
-            },
-            _ => false,
-        });
-        // What is left: nothing, or with a trailing `**` one or more non-empty segments.
-        let mut rest = parts.peekable();
-        let rest_fit = if self.tail {
-            rest.peek().is_some() && rest.all(|part| !part.is_empty())
-        } else {
-            rest.next().is_none()
-        };
-        fixed_fit && rest_fit
     }
 }
 

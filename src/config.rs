@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
-use switchboard_actors::{BackplaneConfig, BrokerConfig, PeersConfig, RedisConfig};
+use switchboard_actors::{
+    durable::DurableConfig, BackplaneConfig, BrokerConfig, Pattern, PeersConfig, RedisConfig,
+};
 
 use crate::auth::Authenticator;
 use thiserror::Error;
@@ -139,6 +141,8 @@ pub struct SessionConfig {
     pub limits: Limits,
     /// Authentication, origins, service token.
     pub security: SecurityConfig,
+    /// `HISTORY_SIZE`: the largest `limit` of a history read.
+    pub history_size: usize,
 }
 
 impl SessionConfig {
@@ -155,6 +159,7 @@ impl Default for SessionConfig {
             client_timeout: Self::DEFAULT_CLIENT_TIMEOUT,
             limits: Limits::default(),
             security: SecurityConfig::default(),
+            history_size: DurableConfig::DEFAULT_HISTORY_SIZE,
         }
     }
 }
@@ -213,6 +218,7 @@ impl Config {
             None => BackplaneConfig::Memory,
         };
         let mut broker = BrokerConfig::new(server_id.clone(), backplane);
+        broker.durable = durable(&env)?;
         broker.subscribe_timeout = env.millis(
             "SUBSCRIBE_TIMEOUT_MS",
             BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT,
@@ -231,6 +237,7 @@ impl Config {
                 .millis("CLIENT_TIMEOUT_MS", SessionConfig::DEFAULT_CLIENT_TIMEOUT)?,
             limits: limits(&env)?,
             security: security(&env)?,
+            history_size: broker.durable.history_size,
         };
         if session.client_timeout <= session.heartbeat_interval {
             return Err(ConfigError {
@@ -250,6 +257,66 @@ impl Config {
             http_workers: env.number("HTTP_WORKERS", default_workers() as u64, 1, 256)? as usize,
         })
     }
+}
+
+/// PROTOCOL.md §7's settings: which rooms are durable, and their keys' bounds.
+fn durable(env: &Env<'_>) -> Result<DurableConfig, ConfigError> {
+    let mut rooms = Vec::new();
+    for pattern in env.text("DURABLE_ROOMS")?.unwrap_or_default().split(',') {
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            continue;
+        }
+        rooms.push(Pattern::parse(pattern).ok_or_else(|| ConfigError {
+            name: "DURABLE_ROOMS",
+            why: format!(
+                "{pattern:?} is not a room pattern (segments of A-Z a-z 0-9 _ . -, `*` for \
+                 one segment, a trailing `**` for one or more)"
+            ),
+        })?);
+    }
+    let history_ttl = env.millis("HISTORY_TTL_MS", DurableConfig::DEFAULT_HISTORY_TTL)?;
+    // Unset, the key's TTL is its default or the history's, whichever is shorter.
+    let idempotency_ttl = env.millis(
+        "IDEMPOTENCY_TTL_MS",
+        DurableConfig::DEFAULT_IDEMPOTENCY_TTL.min(history_ttl),
+    )?;
+    let durable = DurableConfig {
+        rooms,
+        history_size: env.number(
+            "HISTORY_SIZE",
+            DurableConfig::DEFAULT_HISTORY_SIZE as u64,
+            1,
+            1_000_000,
+        )? as usize,
+        history_ttl,
+        meta_ttl: env.millis("HISTORY_META_TTL_MS", DurableConfig::DEFAULT_META_TTL)?,
+        idempotency_ttl,
+    };
+    let at_least_one = |name, value: Duration| {
+        if value.is_zero() {
+            return Err(ConfigError {
+                name,
+                why: "must be at least 1 ms".into(),
+            });
+        }
+        Ok(())
+    };
+    at_least_one("HISTORY_TTL_MS", durable.history_ttl)?;
+    at_least_one("IDEMPOTENCY_TTL_MS", durable.idempotency_ttl)?;
+    if durable.meta_ttl < durable.history_ttl {
+        return Err(ConfigError {
+            name: "HISTORY_META_TTL_MS",
+            why: "must be at least HISTORY_TTL_MS: a room's numbering outlives its events".into(),
+        });
+    }
+    if durable.idempotency_ttl > durable.history_ttl {
+        return Err(ConfigError {
+            name: "IDEMPOTENCY_TTL_MS",
+            why: "must be at most HISTORY_TTL_MS".into(),
+        });
+    }
+    Ok(durable)
 }
 
 fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {

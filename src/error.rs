@@ -25,6 +25,8 @@ pub enum ErrorCode {
     TooManySubscriptions,
     /// Publishing faster than `LIMIT_PUBLISH_RATE` allows.
     RateLimited,
+    /// A history read in a room that is not durable (PROTOCOL.md §7).
+    NotDurable,
 }
 
 /// A refused request, on WebSocket or HTTP.
@@ -62,6 +64,9 @@ pub enum Error {
     /// See [`ErrorCode::RateLimited`].
     #[error("publishing faster than {0} a second")]
     RateLimited(u32),
+    /// See [`ErrorCode::NotDurable`].
+    #[error("{0} is not a durable room (DURABLE_ROOMS)")]
+    NotDurable(String),
     /// A missing or wrong credential (HTTP 401; on WebSocket, close 1008).
     #[error("{0}")]
     Unauthorized(String),
@@ -81,6 +86,7 @@ impl Error {
             Error::TooManySubscriptions(_) => ErrorCode::TooManySubscriptions,
             Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::Unauthorized(_) => ErrorCode::NotAllowed,
+            Error::NotDurable(_) => ErrorCode::NotDurable,
         }
     }
 
@@ -91,6 +97,7 @@ impl Error {
             Error::Unauthorized(_) => 401,
             Error::NotAllowed(_) => 403,
             Error::RateLimited(_) => 429,
+            Error::NotDurable(_) => 404,
             Error::PublishFailed(_) | Error::SubscribeFailed(_) => 503,
             _ => 400,
         }

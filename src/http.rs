@@ -13,7 +13,10 @@ use futures_util::StreamExt;
 use serde::Serialize;
 use serde_json::{json, value::RawValue};
 use switchboard_actors::{
-    stages::STAGES, GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ResetStats,
+    durable::{Epoch, IdempotencyKey, Published, Since},
+    stages::STAGES,
+    Error as ActorError, GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish,
+    ReadHistory, ResetStats,
 };
 
 use crate::{
@@ -22,12 +25,13 @@ use crate::{
     wire, ConnectionSocket, Error, State,
 };
 
-/// Mounts `/ws`, `/publish/{room}`, `/health`, `/health/live`, `/stats` and
-/// `/stats/reset`.
+/// Mounts `/ws`, `/publish/{room}`, `/history/{room}`, `/health`, `/health/live`,
+/// `/stats` and `/stats/reset`.
 pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
     cfg.app_data(Data::from(state))
         .route("/ws", web::get().to(websocket))
         .route("/publish/{room}", web::post().to(publish))
+        .route("/history/{room}", web::get().to(history))
         .route("/health", web::get().to(health))
         .route("/health/live", web::get().to(live))
         .route("/stats", web::get().to(stats))
@@ -159,14 +163,176 @@ async fn publish(
         Ok(checked) => checked,
         Err(error) => return refusal(&error),
     };
-    let answer = match state.publish(Publish { room, event }) {
+    let key = match idempotency_key(&req) {
+        Ok(key) => key,
+        Err(error) => return refusal(&error),
+    };
+    let answer = match state.publish(Publish { room, event, key }) {
         Ok(answer) => answer,
         Err(refused) => return refusal(&refused),
     };
     match answer.await {
-        Ok(()) => HttpResponse::Ok().json(json!({"ok": true})),
+        Ok(Published { position: None }) => HttpResponse::Ok().json(json!({"ok": true})),
+        Ok(Published {
+            position: Some(position),
+        }) => HttpResponse::Ok().json(json!({
+            "ok": true,
+            "offset": position.offset,
+            "epoch": position.epoch.as_str(),
+        })),
         Err(e) => refusal(&Error::PublishFailed(e.to_string())),
     }
+}
+
+/// The `Idempotency-Key` header, when there is one (PROTOCOL.md §7).
+fn idempotency_key(req: &HttpRequest) -> Result<Option<IdempotencyKey>, Error> {
+    let Some(value) = req.headers().get("idempotency-key") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Error::BadFrame("Idempotency-Key is not ASCII".into()))?;
+    IdempotencyKey::new(text)
+        .map(Some)
+        .map_err(|e| Error::BadFrame(format!("Idempotency-Key: {e}")))
+}
+
+/// `GET /history/{room}?since=5&epoch=...&limit=100` (PROTOCOL.md §7).
+async fn history(req: HttpRequest, room: Path<String>, state: Data<State>) -> HttpResponse {
+    let room = match wire::room(&room) {
+        Ok(room) => room,
+        Err(e) => return refusal(&e),
+    };
+    if let Err(e) = check_reader(&req, &state, &room) {
+        return refusal(&e);
+    }
+    let query = match HistoryQuery::parse(req.query_string(), state.session.history_size) {
+        Ok(query) => query,
+        Err(e) => return refusal(&e),
+    };
+    let read = ReadHistory {
+        room: room.clone(),
+        since: query.since,
+        limit: query.limit,
+    };
+    let history = match state.broker.send(read).await {
+        Ok(Ok(history)) => history,
+        Ok(Err(ActorError::NotDurable(_))) => return refusal(&Error::NotDurable(room.to_string())),
+        Ok(Err(e)) => return refusal(&Error::SubscribeFailed(format!("history read: {e}"))),
+        Err(_) => return HttpResponse::ServiceUnavailable().finish(),
+    };
+    let answer = wire::HistoryAnswer::new(
+        room.as_str(),
+        &history.current,
+        history.recovered,
+        &history.events,
+        history.more,
+        state.session.limits.outbound_bytes / 2,
+    );
+    HttpResponse::Ok().json(answer)
+}
+
+/// HTTP reads with authentication on need `SERVICE_TOKEN` or a user's JWT that may
+/// subscribe to the room (PROTOCOL.md §7).
+fn check_reader(
+    req: &HttpRequest,
+    state: &State,
+    room: &switchboard_actors::Room,
+) -> Result<(), Error> {
+    let security = &state.session.security;
+    let service = security.service_token.as_ref();
+    let given = bearer(req);
+    if service.is_some_and(|t| given.is_some_and(|g| t.matches(g))) {
+        return Ok(());
+    }
+    match (&security.jwt, service) {
+        (None, None) => Ok(()),
+        (None, Some(_)) => Err(Error::Unauthorized(
+            "this endpoint needs Authorization: Bearer <SERVICE_TOKEN>".into(),
+        )),
+        (Some(jwt), _) => {
+            let token = given.ok_or_else(|| {
+                Error::Unauthorized("this endpoint needs Authorization: Bearer <token>".into())
+            })?;
+            let grant = jwt
+                .verify(token)
+                .map_err(|e| Error::Unauthorized(e.to_string()))?;
+            if grant.may_subscribe(room) {
+                Ok(())
+            } else {
+                Err(Error::NotAllowed(format!(
+                    "this token may not subscribe to {room}"
+                )))
+            }
+        }
+    }
+}
+
+/// The query of `GET /history`: `since` and `epoch` together or neither; `limit`
+/// 1 to `HISTORY_SIZE`, 100 by default.
+struct HistoryQuery {
+    since: Option<Since>,
+    limit: usize,
+}
+
+impl HistoryQuery {
+    const DEFAULT_LIMIT: usize = 100;
+
+    fn parse(query: &str, history_size: usize) -> Result<HistoryQuery, Error> {
+        let (mut since, mut epoch, mut limit) = (None, None, None);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+            let value = percent_decode(value)?;
+            match name {
+                "since" => since = Some(value),
+                "epoch" => epoch = Some(value),
+                "limit" => limit = Some(value),
+                other => {
+                    return Err(Error::BadFrame(format!(
+                        "unknown query parameter {other:?} (since, epoch, limit)"
+                    )))
+                }
+            }
+        }
+        let since = match (since, epoch) {
+            (None, None) => None,
+            (Some(offset), Some(epoch)) => Some(Since {
+                offset: offset.parse().map_err(|_| {
+                    Error::BadFrame("`since` must be a non-negative integer".into())
+                })?,
+                epoch: Epoch::new(&epoch).map_err(|e| Error::BadFrame(format!("`epoch`: {e}")))?,
+            }),
+            _ => {
+                return Err(Error::BadFrame(
+                    "`since` and `epoch` go together, or neither".into(),
+                ))
+            }
+        };
+        let limit = match limit {
+            None => Self::DEFAULT_LIMIT.min(history_size),
+            Some(text) => wire::history_limit(text.parse().ok(), history_size)?,
+        };
+        Ok(HistoryQuery { since, limit })
+    }
+}
+
+/// Decodes `%XX` escapes and `+` of a query value.
+fn percent_decode(value: &str) -> Result<String, Error> {
+    let bad = || Error::BadFrame("a query value is not valid percent-encoded UTF-8".into());
+    let mut bytes = Vec::with_capacity(value.len());
+    let mut input = value.bytes();
+    while let Some(b) = input.next() {
+        match b {
+            b'%' => {
+                let hex = [input.next().ok_or_else(bad)?, input.next().ok_or_else(bad)?];
+                let hex = std::str::from_utf8(&hex).map_err(|_| bad())?;
+                bytes.push(u8::from_str_radix(hex, 16).map_err(|_| bad())?);
+            }
+            b'+' => bytes.push(b' '),
+            b => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).map_err(|_| bad())
 }
 
 /// `GET /health`: the seed's status, the backplane and the live peers.

@@ -52,7 +52,7 @@ mod socket;
 mod state;
 pub mod wire;
 
-pub use auth::{AuthError, Authenticator, Grant, Pattern};
+pub use auth::{AuthError, Authenticator, Grant};
 pub use config::{Config, ConfigError, Limits, Secret, SecurityConfig, SessionConfig};
 pub use error::{Error, ErrorCode};
 pub use rate::{PublishBudget, Spend};
@@ -60,6 +60,7 @@ pub use server::{run, serve, Switchboard};
 pub use session::{Access, Session};
 pub use state::{Admission, ConnectionCounters, ConnectionSocket, PublishGate, State};
 pub use switchboard_actors as actors;
+pub use switchboard_actors::Pattern;
 
 /// The README's Rust examples, compiled as doctests so they cannot rot unseen
 /// (`cargo test --doc`).

@@ -113,6 +113,11 @@ impl SessionRooms {
         }
     }
 
+    /// Whether the session is in `room` (joined, not still joining).
+    pub fn is_joined(&self, room: &Room) -> bool {
+        matches!(self.rooms.get(room), Some(Membership::Joined))
+    }
+
     /// Whether the session is in `room` or asked to join it: its events are delivered.
     pub fn contains(&self, room: &Room) -> bool {
         self.rooms.contains_key(room)

@@ -12,7 +12,9 @@ use std::{
 
 use actix::Addr;
 use serde::Serialize;
-use switchboard_actors::{Broker, ConnectionGauge, Error as ActorError, Peers, Publish};
+use switchboard_actors::{
+    durable::Published, Broker, ConnectionGauge, Error as ActorError, Peers, Publish,
+};
 use tokio::sync::watch;
 
 use crate::{Error, SessionConfig};
@@ -43,7 +45,7 @@ impl State {
     pub fn publish(
         &self,
         publish: Publish,
-    ) -> Result<impl Future<Output = Result<(), ActorError>>, Error> {
+    ) -> Result<impl Future<Output = Result<Published, ActorError>>, Error> {
         let admission = self.publishes.admit(&self.server_id)?;
         let request = self.broker.send(publish);
         let answered = actix::spawn(async move {

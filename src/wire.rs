@@ -4,7 +4,10 @@
 use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use switchboard_actors::{Event, Gap, GapReason, NewEvent, Room};
+use switchboard_actors::{
+    durable::{Epoch, IdempotencyKey, Position, Since},
+    Event, Gap, GapReason, NewEvent, Room,
+};
 
 use crate::{Error, ErrorCode};
 
@@ -20,10 +23,12 @@ pub struct ClientFrame {
 /// What a client can ask.
 #[derive(Debug)]
 pub enum ClientOp {
-    /// Join a room.
+    /// Join a room; in a durable room, recover what followed `since`.
     Subscribe {
         /// The room.
         room: String,
+        /// The last event the client has (PROTOCOL.md §7).
+        since: Option<Since>,
     },
     /// Leave a room.
     Unsubscribe {
@@ -36,6 +41,17 @@ pub enum ClientOp {
         room: String,
         /// `{"type": ..., "data": ...}`, kept raw to measure and forward it.
         event: Box<RawValue>,
+        /// The publish's idempotency key.
+        key: Option<IdempotencyKey>,
+    },
+    /// Read a durable room's history.
+    History {
+        /// The room.
+        room: String,
+        /// The events after this one; without it, the latest `limit`.
+        since: Option<Since>,
+        /// At most this many events (checked against `HISTORY_SIZE` by the session).
+        limit: Option<u64>,
     },
     /// Application-level ping.
     Ping,
@@ -57,9 +73,27 @@ struct TokenFields {
 }
 
 #[derive(Deserialize)]
+struct SubscribeFields {
+    room: String,
+    #[serde(default)]
+    since: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
 struct PublishFields {
     room: String,
     event: Box<RawValue>,
+    #[serde(rename = "idempotencyKey", default)]
+    key: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HistoryFields {
+    room: String,
+    #[serde(default)]
+    since: Option<Box<RawValue>>,
+    #[serde(default)]
+    limit: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -85,31 +119,95 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<Box<RawValue>>, Er
         None => return Err((reference, Error::BadFrame("missing `op`".into()))),
     };
     let parsed = match op.as_str() {
-        "subscribe" => {
-            serde_json::from_str(text).map(|f: RoomFields| ClientOp::Subscribe { room: f.room })
-        }
-        "unsubscribe" => {
-            serde_json::from_str(text).map(|f: RoomFields| ClientOp::Unsubscribe { room: f.room })
-        }
-        "publish" => serde_json::from_str(text).map(|f: PublishFields| ClientOp::Publish {
-            room: f.room,
-            event: f.event,
+        "subscribe" => fields(text).and_then(|f: SubscribeFields| {
+            Ok(ClientOp::Subscribe {
+                room: f.room,
+                since: f.since.as_deref().map(parse_since).transpose()?,
+            })
+        }),
+        "unsubscribe" => fields(text).map(|f: RoomFields| ClientOp::Unsubscribe { room: f.room }),
+        "publish" => fields(text).and_then(|f: PublishFields| {
+            let key = f.key.as_deref().map(IdempotencyKey::new).transpose();
+            Ok(ClientOp::Publish {
+                room: f.room,
+                event: f.event,
+                key: key.map_err(|e| e.to_string())?,
+            })
+        }),
+        "history" => fields(text).and_then(|f: HistoryFields| {
+            Ok(ClientOp::History {
+                room: f.room,
+                since: f.since.as_deref().map(parse_since).transpose()?,
+                limit: f.limit.as_deref().map(parse_limit).transpose()?,
+            })
         }),
         "ping" => Ok(ClientOp::Ping),
-        "auth" => {
-            serde_json::from_str(text).map(|f: TokenFields| ClientOp::Auth { token: f.token })
-        }
+        "auth" => fields(text).map(|f: TokenFields| ClientOp::Auth { token: f.token }),
         _ => return Err((reference, Error::UnknownOp(op))),
     };
     match parsed {
         Ok(op) => Ok(ClientFrame { reference, op }),
-        Err(e) => Err((reference, Error::BadFrame(format!("bad `{op}` frame: {e}")))),
+        Err(why) => Err((
+            reference,
+            Error::BadFrame(format!("bad `{op}` frame: {why}")),
+        )),
     }
+}
+
+/// A frame's fields, or why they are not there.
+fn fields<'a, T: Deserialize<'a>>(text: &'a str) -> Result<T, String> {
+    serde_json::from_str(text).map_err(|e| e.to_string())
+}
+
+/// A `since`: `{"offset": a non-negative integer, "epoch": a string of 1-64 characters}`.
+fn parse_since(raw: &RawValue) -> Result<Since, String> {
+    #[derive(Deserialize)]
+    struct SinceFields {
+        offset: serde_json::Value,
+        epoch: serde_json::Value,
+    }
+    let fields: SinceFields = serde_json::from_str(raw.get())
+        .map_err(|e| format!("`since` is {{\"offset\": integer, \"epoch\": string}}: {e}"))?;
+    let offset = fields
+        .offset
+        .as_u64()
+        .ok_or("`since.offset` must be a non-negative integer")?;
+    let epoch = fields
+        .epoch
+        .as_str()
+        .ok_or("`since.epoch` must be a string")?;
+    let epoch = Epoch::new(epoch).map_err(|_| {
+        format!(
+            "`since.epoch` has 1 to {} characters, got {}",
+            Epoch::MAX_LEN,
+            epoch.len()
+        )
+    })?;
+    Ok(Since { offset, epoch })
+}
+
+/// A `limit`: a positive integer (its upper bound is the session's to check).
+fn parse_limit(raw: &RawValue) -> Result<u64, String> {
+    serde_json::from_str::<u64>(raw.get())
+        .ok()
+        .filter(|n| *n >= 1)
+        .ok_or_else(|| "`limit` must be a positive integer".to_owned())
 }
 
 fn is_valid_ref(raw: &RawValue) -> bool {
     let text = raw.get();
     text.starts_with('"') || text.starts_with('-') || text.starts_with(|c: char| c.is_ascii_digit())
+}
+
+/// Checks a history read's `limit` (PROTOCOL.md §7): 1 to `HISTORY_SIZE`; `None`
+/// for a value that is not a positive integer.
+pub fn history_limit(limit: Option<u64>, history_size: usize) -> Result<usize, Error> {
+    match limit {
+        Some(n) if n >= 1 && n <= history_size as u64 => Ok(n as usize),
+        _ => Err(Error::BadFrame(format!(
+            "`limit` is 1 to {history_size} (HISTORY_SIZE)"
+        ))),
+    }
 }
 
 /// Validates a room name from a client.
@@ -145,6 +243,15 @@ pub enum Reply<'a> {
     Subscribed {
         /// The room.
         room: &'a str,
+        /// In a durable room: the events after this offset follow.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// In a durable room: the numbering's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        /// With `since`: whether every event after it follows.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
     },
     /// The session is not in the room (any more).
     Unsubscribed {
@@ -158,6 +265,12 @@ pub enum Reply<'a> {
     Published {
         /// The room.
         room: &'a str,
+        /// In a durable room: the event's offset.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        /// In a durable room: the numbering's epoch.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
     },
     /// Answer to `ping`.
     Pong,
@@ -235,17 +348,90 @@ pub fn event_frame(event: &Event, max_bytes: usize) -> ByteString {
     })
 }
 
-/// The `gap` frame: `{"op":"gap","room":"r","reason":"link_lost"}` (PROTOCOL.md §8).
+/// The `gap` frame: `{"op":"gap","room":"r","reason":"link_lost"}`, with `epoch` and
+/// `offset` in a durable room (PROTOCOL.md §8).
 pub fn gap_frame(gap: &Gap) -> ByteString {
     #[derive(Serialize)]
     #[serde(tag = "op", rename = "gap")]
     struct GapFrame<'a> {
         room: &'a str,
         reason: GapReason,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
     }
+    let position = gap.position.as_ref();
     encode(&GapFrame {
         room: gap.room.as_str(),
         reason: gap.reason,
+        epoch: position.map(|p| p.epoch.as_str()),
+        offset: position.map(|p| p.offset),
+    })
+}
+
+/// A history answer (PROTOCOL.md §7), as the `history` frame and the body of
+/// `GET /history/{room}`: the events are the envelopes as they are, not re-encoded.
+#[derive(Debug, Serialize)]
+pub struct HistoryAnswer<'a> {
+    /// The room.
+    pub room: &'a str,
+    /// The room's current offset.
+    pub offset: u64,
+    /// The room's epoch.
+    pub epoch: &'a str,
+    /// Whether every event after `since` could be had.
+    pub recovered: bool,
+    /// The envelopes, ascending.
+    pub events: Vec<&'a RawValue>,
+    /// Whether more events follow the last one.
+    pub more: bool,
+}
+
+impl<'a> HistoryAnswer<'a> {
+    /// The answer for `events`, cut at `max_bytes` of envelopes (at least one event).
+    pub fn new(
+        room: &'a str,
+        current: &'a Position,
+        recovered: bool,
+        events: &'a [std::sync::Arc<Event>],
+        more: bool,
+        max_bytes: usize,
+    ) -> HistoryAnswer<'a> {
+        let mut bytes = 0;
+        let mut kept = Vec::with_capacity(events.len());
+        for event in events {
+            bytes += event.json().len() + 1;
+            if bytes > max_bytes && !kept.is_empty() {
+                break;
+            }
+            kept.push(
+                serde_json::from_str::<&RawValue>(event.json()).expect("an envelope is JSON"),
+            );
+        }
+        let cut = kept.len() < events.len();
+        HistoryAnswer {
+            room,
+            offset: current.offset,
+            epoch: current.epoch.as_str(),
+            recovered,
+            events: kept,
+            more: more || cut,
+        }
+    }
+}
+
+/// The `history` frame, with the request's `ref`.
+pub fn history_frame(answer: &HistoryAnswer<'_>, reference: Option<&RawValue>) -> ByteString {
+    #[derive(Serialize)]
+    #[serde(tag = "op", rename = "history")]
+    struct Frame<'a, 'b> {
+        #[serde(flatten)]
+        answer: &'b HistoryAnswer<'a>,
+    }
+    encode(&WithRef {
+        body: Frame { answer },
+        reference,
     })
 }
 
@@ -267,7 +453,9 @@ mod tests {
     #[test]
     fn parses_each_op() {
         let frame = parse_frame(r#"{"op":"subscribe","room":"match:42","ref":7}"#).unwrap();
-        assert!(matches!(frame.op, ClientOp::Subscribe { room } if room == "match:42"));
+        assert!(
+            matches!(frame.op, ClientOp::Subscribe { room, since: None } if room == "match:42")
+        );
         assert_eq!(frame.reference.unwrap().get(), "7");
         assert!(matches!(
             parse_frame(r#"{"op":"ping"}"#).unwrap().op,
@@ -333,7 +521,13 @@ mod tests {
     #[test]
     fn encodes_replies_with_ref() {
         let reference = RawValue::from_string("\"x\"".into()).unwrap();
-        let text = reply(Reply::Subscribed { room: "r" }, Some(&reference));
+        let subscribed = Reply::Subscribed {
+            room: "r",
+            offset: None,
+            epoch: None,
+            recovered: None,
+        };
+        let text = reply(subscribed, Some(&reference));
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(
             v,
@@ -351,12 +545,53 @@ mod tests {
         let gap = Gap {
             room: Room::new("m:1").unwrap(),
             reason: GapReason::LinkLost,
+            position: None,
         };
         let v: serde_json::Value = serde_json::from_str(&gap_frame(&gap)).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"op": "gap", "room": "m:1", "reason": "link_lost"})
         );
+    }
+
+    #[test]
+    fn parses_since_limit_and_key_and_refuses_bad_ones() {
+        let frame =
+            parse_frame(r#"{"op":"subscribe","room":"r","since":{"offset":5,"epoch":"e"}}"#)
+                .unwrap();
+        let ClientOp::Subscribe {
+            since: Some(since), ..
+        } = frame.op
+        else {
+            panic!("a subscribe with since");
+        };
+        assert_eq!((since.offset, since.epoch.as_str()), (5, "e"));
+        let frame = parse_frame(r#"{"op":"history","room":"r","limit":10}"#).unwrap();
+        assert!(matches!(
+            frame.op,
+            ClientOp::History {
+                limit: Some(10),
+                since: None,
+                ..
+            }
+        ));
+        let long = "e".repeat(65);
+        for bad in [
+            r#"{"op":"subscribe","room":"r","since":{"offset":-1,"epoch":"e"}}"#.to_owned(),
+            r#"{"op":"subscribe","room":"r","since":{"offset":1.5,"epoch":"e"}}"#.to_owned(),
+            r#"{"op":"subscribe","room":"r","since":{"offset":"5","epoch":"e"}}"#.to_owned(),
+            r#"{"op":"subscribe","room":"r","since":{"offset":5,"epoch":7}}"#.to_owned(),
+            r#"{"op":"subscribe","room":"r","since":{"offset":5,"epoch":""}}"#.to_owned(),
+            format!(r#"{{"op":"subscribe","room":"r","since":{{"offset":5,"epoch":"{long}"}}}}"#),
+            r#"{"op":"subscribe","room":"r","since":5}"#.to_owned(),
+            r#"{"op":"history","room":"r","limit":0}"#.to_owned(),
+            r#"{"op":"history","room":"r","limit":"9"}"#.to_owned(),
+            r#"{"op":"publish","room":"r","event":{"type":"t"},"idempotencyKey":""}"#.to_owned(),
+            r#"{"op":"publish","room":"r","event":{"type":"t"},"idempotencyKey":"a b"}"#.to_owned(),
+        ] {
+            let (_, error) = parse_frame(&bad).expect_err(&bad);
+            assert_eq!(error.code(), ErrorCode::BadFrame, "{bad}");
+        }
     }
 
     #[test]

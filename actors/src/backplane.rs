@@ -10,8 +10,12 @@ use actix::{
 use tokio::sync::mpsc;
 
 use crate::{
+    durable::{
+        memory::MemoryStore, scripts, DurableConfig, Epoch, HistoryPage, IdempotencyKey, Position,
+        Published,
+    },
     link::{GetLinkStatus, LinkStatus, RedisConfig},
-    publisher::{GetPublisherStats, PublishEvent},
+    publisher::{GetConnection, GetPublisherStats, PublishEvent},
     subscriber::{GetSubscriberStats, SubscriberIdentity, UnwatchRoom, WatchRoom},
     BackplaneKind, Error, Event, Inbound, PublisherStats, RedisPublisher, RedisSubscriber,
     ResetStats, Room, Shutdown, Stats, SubscriberStats,
@@ -31,12 +35,16 @@ pub(crate) enum Backplane {
     Redis {
         publisher: Addr<RedisPublisher>,
         subscriber: Addr<RedisSubscriber>,
+        config: Arc<RedisConfig>,
+        durable: Arc<DurableConfig>,
     },
     /// One server: rooms need no confirmation and a publish is done once delivered
-    /// here. The broker's backplane keeps the publisher statistics itself.
+    /// here. The broker's backplane keeps the publisher statistics itself, and the
+    /// durable rooms' histories and the idempotency keys.
     Memory {
         stats: PublisherStats,
         watched: HashSet<Room>,
+        store: Box<MemoryStore>,
     },
 }
 
@@ -45,6 +53,7 @@ impl Backplane {
     /// sending what it receives to `inbound`.
     pub(crate) fn start(
         config: BackplaneConfig,
+        durable: DurableConfig,
         identity: SubscriberIdentity,
         inbound: mpsc::Sender<Inbound>,
     ) -> Self {
@@ -52,14 +61,18 @@ impl Backplane {
             BackplaneConfig::Redis(redis) => {
                 RedisConfig::install_tls_provider();
                 let redis: Arc<RedisConfig> = Arc::from(redis);
+                let durable = Arc::new(durable);
                 Backplane::Redis {
-                    publisher: RedisPublisher::start(redis.clone()),
-                    subscriber: RedisSubscriber::start(redis, identity, inbound),
+                    publisher: RedisPublisher::start(redis.clone(), durable.clone()),
+                    subscriber: RedisSubscriber::start(redis.clone(), identity, inbound),
+                    config: redis,
+                    durable,
                 }
             }
             BackplaneConfig::Memory => Backplane::Memory {
                 stats: PublisherStats::default(),
                 watched: HashSet::new(),
+                store: Box::new(MemoryStore::new(durable)),
             },
         }
     }
@@ -95,13 +108,114 @@ impl Backplane {
         }
     }
 
-    /// Sends an event to the other servers.
+    /// Sends an event, delivered here already, to the other servers.
     pub(crate) fn publish(&mut self, event: Arc<Event>) -> Publishing {
         match self {
-            Backplane::Redis { publisher, .. } => Publishing::Forward(publisher.clone(), event),
+            Backplane::Redis { publisher, .. } => Publishing::Forward(
+                publisher.clone(),
+                Forwarded {
+                    event,
+                    durable: false,
+                    key: None,
+                },
+            ),
             Backplane::Memory { stats, .. } => {
                 stats.record(event.room().as_str(), true, 0);
-                Publishing::Done(Ok(()))
+                Publishing::Done(Ok(Published::default()))
+            }
+        }
+    }
+
+    /// Sends an event of a durable room, or one with a key, to every server, this
+    /// one included: numbered in a durable room, and not at all when its key was
+    /// used before. On the memory backplane the event to deliver here comes back.
+    pub(crate) fn publish_ordered(
+        &mut self,
+        event: Arc<Event>,
+        durable: bool,
+        key: Option<IdempotencyKey>,
+    ) -> (Publishing, Option<Arc<Event>>) {
+        match self {
+            Backplane::Redis { publisher, .. } => {
+                let forwarded = Forwarded {
+                    event,
+                    durable,
+                    key,
+                };
+                (Publishing::Forward(publisher.clone(), forwarded), None)
+            }
+            Backplane::Memory { stats, store, .. } => {
+                stats.record(event.room().as_str(), true, 0);
+                let stored = store.publish(&event, durable, key.as_ref());
+                (Publishing::Done(Ok(stored.published)), stored.deliver)
+            }
+        }
+    }
+
+    /// Reads a durable room's position and up to `limit` events from offset `from`
+    /// on (the latest ones without `from`).
+    pub(crate) fn read(
+        &mut self,
+        room: Room,
+        from: Option<u64>,
+        limit: usize,
+    ) -> ResponseFuture<Result<HistoryPage, Error>> {
+        match self {
+            Backplane::Redis {
+                publisher,
+                config,
+                durable,
+                ..
+            } => {
+                let (connection, config, durable) = (
+                    publisher.send(GetConnection),
+                    config.clone(),
+                    durable.clone(),
+                );
+                Box::pin(async move {
+                    let mut conn = connection
+                        .await?
+                        .ok_or_else(|| Error::NotConnected("no connection to redis".into()))?;
+                    scripts::read(&mut conn, &config, &durable, &room, from, limit).await
+                })
+            }
+            Backplane::Memory { store, .. } => {
+                let page = store.read(&room, from, limit);
+                Box::pin(async move { Ok(page) })
+            }
+        }
+    }
+
+    /// Replaces a durable room's epoch `lost`, whose numbering was rolled back;
+    /// answers the room's position after it (`None`: the room has no numbering now).
+    pub(crate) fn rotate(
+        &mut self,
+        room: Room,
+        lost: Epoch,
+    ) -> ResponseFuture<Result<Option<Position>, Error>> {
+        match self {
+            Backplane::Redis {
+                publisher,
+                config,
+                durable,
+                ..
+            } => {
+                let (connection, config, durable) = (
+                    publisher.send(GetConnection),
+                    config.clone(),
+                    durable.clone(),
+                );
+                Box::pin(async move {
+                    let mut conn = connection
+                        .await?
+                        .ok_or_else(|| Error::NotConnected("no connection to redis".into()))?;
+                    scripts::rotate(&mut conn, &config, &durable, &room, &lost).await
+                })
+            }
+            // The process's own numbering never goes back.
+            Backplane::Memory { store, .. } => {
+                let current = store.read(&room, None, 0).current;
+                Box::pin(async move { Ok(Some(current)) })
             }
         }
     }
@@ -112,6 +226,7 @@ impl Backplane {
             Backplane::Redis {
                 publisher,
                 subscriber,
+                ..
             } => {
                 let (p, s) = (
                     publisher.send(GetLinkStatus),
@@ -135,6 +250,7 @@ impl Backplane {
             Backplane::Redis {
                 publisher,
                 subscriber,
+                ..
             } => {
                 let (p, s) = (
                     publisher.send(GetPublisherStats),
@@ -162,6 +278,7 @@ impl Backplane {
             Backplane::Redis {
                 publisher,
                 subscriber,
+                ..
             } => tell_both(publisher, subscriber, ResetStats),
             Backplane::Memory { stats, .. } => {
                 *stats = PublisherStats::default();
@@ -176,6 +293,7 @@ impl Backplane {
             Backplane::Redis {
                 publisher,
                 subscriber,
+                ..
             } => tell_both(publisher, subscriber, Shutdown),
             Backplane::Memory { .. } => Box::pin(async {}),
         }
@@ -207,17 +325,24 @@ where
 /// spawns no task and waits on no channel of the broker's.
 pub enum Publishing {
     /// The outcome, already known.
-    Done(Result<(), Error>),
+    Done(Result<Published, Error>),
     /// Hand the event and the caller's answer channel to the Redis publisher.
-    Forward(Addr<RedisPublisher>, Arc<Event>),
+    Forward(Addr<RedisPublisher>, Forwarded),
+}
+
+/// A publish for the Redis publisher.
+pub struct Forwarded {
+    event: Arc<Event>,
+    durable: bool,
+    key: Option<IdempotencyKey>,
 }
 
 impl<A, M> MessageResponse<A, M> for Publishing
 where
     A: Actor,
-    M: Message<Result = Result<(), Error>>,
+    M: Message<Result = Result<Published, Error>>,
 {
-    fn handle(self, _ctx: &mut A::Context, tx: Option<OneshotSender<Result<(), Error>>>) {
+    fn handle(self, _ctx: &mut A::Context, tx: Option<OneshotSender<Result<Published, Error>>>) {
         match self {
             Publishing::Done(outcome) => {
                 if let Some(tx) = tx {
@@ -226,9 +351,12 @@ where
             }
             // A publisher that is gone drops `tx`: the caller sees a closed mailbox,
             // which is shutting down.
-            Publishing::Forward(publisher, event) => {
-                publisher.do_send(PublishEvent { event, reply: tx })
-            }
+            Publishing::Forward(publisher, forwarded) => publisher.do_send(PublishEvent {
+                event: forwarded.event,
+                durable: forwarded.durable,
+                key: forwarded.key,
+                reply: tx,
+            }),
         }
     }
 }

@@ -33,6 +33,12 @@ pub enum Error {
     /// publishes waiting); nothing was sent.
     #[error("too many publishes waiting for redis")]
     Overloaded,
+    /// Redis did not have a script the command called (`NOSCRIPT`): it did not run.
+    #[error("redis lacks the script (it restarted or was flushed); loading it again")]
+    NoScript,
+    /// A history read or recovery in a room that is not durable (PROTOCOL.md §7).
+    #[error("{0} is not a durable room")]
+    NotDurable(String),
     /// The broker or a link actor is gone (the system is shutting down).
     #[error("switchboard is shutting down")]
     ShuttingDown,
@@ -42,7 +48,14 @@ impl Error {
     /// Whether another attempt cannot duplicate the work: true only when the
     /// failed attempt cannot have reached Redis (PROTOCOL.md §5).
     pub fn is_retryable(&self) -> bool {
-        matches!(self, Error::NotConnected(_))
+        matches!(self, Error::NotConnected(_) | Error::NoScript)
+    }
+
+    /// Whether the attempt may have been applied or not, nobody knows: a timeout or a
+    /// connection that failed under it. A durable publish retries these under its
+    /// publish id (PROTOCOL.md §7), which its retry looks for first.
+    pub fn is_ambiguous(&self) -> bool {
+        matches!(self, Error::Timeout(..) | Error::Link(_))
     }
 
     /// Whether the connection the command ran on is likely dead (a timeout, or an
@@ -53,7 +66,9 @@ impl Error {
 
     /// Builds the error for a failed command on an open connection.
     pub(crate) fn from_redis(err: &redis::RedisError) -> Error {
-        if err.is_connection_refusal() {
+        if crate::durable::scripts::is_noscript(err) {
+            Error::NoScript
+        } else if err.is_connection_refusal() {
             Error::NotConnected(err.to_string())
         } else if err.is_io_error() || err.is_connection_dropped() || err.is_unrecoverable_error() {
             Error::Link(err.to_string())

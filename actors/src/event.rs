@@ -11,7 +11,10 @@ use bytestring::ByteString;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::{Error, Room};
+use crate::{
+    durable::{Epoch, IdempotencyKey, Position},
+    Error, Room,
+};
 
 /// An event on its way out: what a publisher hands the broker. The broker adds
 /// `serverId` and `timestamp` and encodes it once into an [`Event`].
@@ -71,6 +74,12 @@ pub struct Event {
     room: Room,
     kind: Box<str>,
     server_id: Option<Box<str>>,
+    /// In a durable room, the event's place in the numbering (the envelope's `offset`
+    /// and `epoch`, set in Redis).
+    position: Option<Position>,
+    /// The envelope carries an `idempotencyKey`: a keyed publish, which reaches its
+    /// own server through the backplane too (PROTOCOL.md §2).
+    keyed: bool,
     json: ByteString,
     /// A transport's encoding of this event (the WebSocket `event` frame), made by the
     /// first recipient that needs it and shared by the rest, so an event is encoded
@@ -95,6 +104,25 @@ struct Head<'a> {
     kind: Cow<'a, str>,
     #[serde(rename = "serverId", default, borrow)]
     server_id: Option<&'a RawValue>,
+    #[serde(default)]
+    offset: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    epoch: Option<&'a RawValue>,
+    #[serde(rename = "idempotencyKey", default)]
+    key: Option<&'a RawValue>,
+}
+
+impl Head<'_> {
+    /// The event's position: an integer `offset` with a valid string `epoch`, as the
+    /// publish script writes them. Anything else is a foreign envelope's own field.
+    fn position(&self) -> Option<Position> {
+        let offset = self.offset?.get().parse::<u64>().ok()?;
+        let epoch = serde_json::from_str::<Cow<'_, str>>(self.epoch?.get()).ok()?;
+        Some(Position {
+            offset,
+            epoch: Epoch::new(&epoch).ok()?,
+        })
+    }
 }
 
 #[derive(Serialize)]
@@ -105,22 +133,33 @@ struct Outgoing<'a> {
     #[serde(rename = "serverId")]
     server_id: &'a str,
     timestamp: u64,
+    #[serde(rename = "idempotencyKey", skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
 }
 
 impl Event {
-    /// Encodes a new event from this server: the envelope with `serverId` and `timestamp`.
-    pub fn encode(room: Room, event: &NewEvent, server_id: &str) -> Event {
+    /// Encodes a new event from this server: the envelope with `serverId` and
+    /// `timestamp`, and the publish's idempotency key when it has one.
+    pub fn encode(
+        room: Room,
+        event: &NewEvent,
+        server_id: &str,
+        key: Option<&IdempotencyKey>,
+    ) -> Event {
         let envelope = Outgoing {
             kind: &event.kind,
             data: &event.data,
             server_id,
             timestamp: now_ms(),
+            key: key.map(IdempotencyKey::as_str),
         };
         let json = serde_json::to_string(&envelope).expect("an envelope of raw JSON serializes");
         Event {
             room,
             kind: event.kind.as_str().into(),
             server_id: Some(server_id.into()),
+            position: None,
+            keyed: key.is_some(),
             json: json.into(),
             wire: OnceLock::new(),
             timing: None,
@@ -143,6 +182,8 @@ impl Event {
             .server_id
             .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
             .map(|id| id.into());
+        let position = head.position();
+        let keyed = head.key.is_some();
         let kind = head.kind.into();
         let json =
             ByteString::try_from(payload).map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
@@ -154,10 +195,48 @@ impl Event {
             room,
             kind,
             server_id,
+            position,
+            keyed,
             json,
             wire: OnceLock::new(),
             timing,
         })
+    }
+
+    /// The envelope numbered: `offset` and `epoch` added, as the publish script adds
+    /// them in Redis (the memory backplane's durable rooms).
+    pub fn numbered(&self, position: &Position) -> Event {
+        let json = format!(
+            "{},\"offset\":{},\"epoch\":\"{}\"}}",
+            self.open_json(),
+            position.offset,
+            position.epoch
+        );
+        Event::parse(self.room.clone(), Bytes::from(json)).expect("a numbered envelope parses")
+    }
+
+    /// The envelope's JSON without its closing `}`, for the publish script to add
+    /// `offset` and `epoch` to.
+    pub fn open_json(&self) -> &str {
+        let json: &str = &self.json;
+        json.trim_end()
+            .strip_suffix('}')
+            .expect("an envelope is a JSON object")
+    }
+
+    /// In a durable room, the event's offset.
+    pub fn offset(&self) -> Option<u64> {
+        Some(self.position.as_ref()?.offset)
+    }
+
+    /// In a durable room, the event's offset and epoch.
+    pub fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
+    }
+
+    /// Whether the envelope carries an idempotency key (a keyed publish).
+    pub fn is_keyed(&self) -> bool {
+        self.keyed
     }
 
     /// For a sampled event: records the subscriber-to-broker stage and stamps the
@@ -240,7 +319,7 @@ mod tests {
     #[test]
     fn encodes_the_envelope_with_server_id_and_timestamp() {
         let new = NewEvent::new("match_started", &serde_json::json!({"id": 7})).unwrap();
-        let event = Event::encode(room(), &new, "server_1_2");
+        let event = Event::encode(room(), &new, "server_1_2", None);
         let v: serde_json::Value = serde_json::from_str(event.json()).unwrap();
         assert_eq!(v["type"], "match_started");
         assert_eq!(v["data"]["id"], 7);
@@ -295,6 +374,38 @@ mod tests {
             });
         }
         assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn reads_the_position_the_script_adds_and_only_that() {
+        let new = NewEvent::new("x", &1).unwrap();
+        let event = Event::encode(room(), &new, "s", None);
+        let position = Position {
+            offset: 7,
+            epoch: Epoch::new("e1").unwrap(),
+        };
+        let numbered = event.numbered(&position);
+        assert_eq!(numbered.position(), Some(&position));
+        assert_eq!(numbered.data::<u32>().unwrap(), 1);
+        for raw in [
+            r#"{"type":"x","offset":"7","epoch":"e"}"#,
+            r#"{"type":"x","offset":-1,"epoch":"e"}"#,
+            r#"{"type":"x","offset":7}"#,
+            r#"{"type":"x","offset":7,"epoch":""}"#,
+        ] {
+            let got = Event::parse(room(), Bytes::from_static(raw.as_bytes())).unwrap();
+            assert_eq!(got.position(), None, "{raw}");
+        }
+    }
+
+    #[test]
+    fn a_keyed_envelope_says_so() {
+        let new = NewEvent::new("x", &1).unwrap();
+        let key = IdempotencyKey::new("k-1").unwrap();
+        let event = Event::encode(room(), &new, "s", Some(&key));
+        assert!(event.json().contains(r#""idempotencyKey":"k-1""#));
+        let parsed = Event::parse(room(), Bytes::from(event.json().to_string())).unwrap();
+        assert!(parsed.is_keyed());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use actix::{dev::ToEnvelope, Actor, Addr, Handler, Recipient};
 use serde::Serialize;
 
 use crate::{
+    durable::{IdempotencyKey, Published},
     events::{self, Channel},
     Broker, BrokerConfig, Delivery, Error, Evicted, Gap, GetHealth, GetStats, HealthStatus,
     NewEvent, Publish, PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats,
@@ -46,8 +47,10 @@ impl PubSub {
     }
 
     /// Publishes a typed event on its channel: delivered here at once, then through
-    /// Redis to every server; `Err` means Redis did not take it after every retry.
-    pub async fn publish<C: Channel>(&self, event: &C::Event) -> Result<(), Error> {
+    /// Redis to every server; `Err` means Redis did not take it after every retry. In
+    /// a durable room (`DURABLE_ROOMS`) it reaches this server through Redis too, and
+    /// the answer carries its offset and epoch.
+    pub async fn publish<C: Channel>(&self, event: &C::Event) -> Result<Published, Error> {
         self.publish_event(C::room(), events::new_event(event)?)
             .await
     }
@@ -58,13 +61,32 @@ impl PubSub {
         room: &str,
         kind: &str,
         data: &impl Serialize,
-    ) -> Result<(), Error> {
+    ) -> Result<Published, Error> {
         self.publish_event(Room::new(room)?, NewEvent::new(kind, data)?)
             .await
     }
 
-    async fn publish_event(&self, room: Room, event: NewEvent) -> Result<(), Error> {
-        self.broker.send(Publish { room, event }).await?
+    /// Publishes an event with an idempotency key: a key used in the room within
+    /// `IDEMPOTENCY_TTL_MS` is answered like its first publish and not published
+    /// again (PROTOCOL.md §7).
+    pub async fn publish_once(
+        &self,
+        room: &str,
+        kind: &str,
+        data: &impl Serialize,
+        key: &str,
+    ) -> Result<Published, Error> {
+        let publish = Publish {
+            room: Room::new(room)?,
+            event: NewEvent::new(kind, data)?,
+            key: Some(IdempotencyKey::new(key)?),
+        };
+        self.broker.send(publish).await?
+    }
+
+    async fn publish_event(&self, room: Room, event: NewEvent) -> Result<Published, Error> {
+        let key = None;
+        self.broker.send(Publish { room, event, key }).await?
     }
 
     /// Subscribes `recipient` to `room`; returns once Redis confirmed the room.
@@ -109,11 +131,12 @@ impl PubSub {
     ) -> Result<(), Error> {
         let subscribe = Subscribe {
             room: Room::new(room)?,
+            since: None,
             recipient,
             on_evicted,
             on_gap,
         };
-        self.broker.send(subscribe).await?
+        self.broker.send(subscribe).await?.map(|_joined| ())
     }
 
     /// Unsubscribes one recipient from `room`, or every recipient with `None` (the

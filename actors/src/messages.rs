@@ -8,27 +8,37 @@ use std::sync::Arc;
 use actix::{Message, Recipient};
 use serde::Serialize;
 
-use crate::{Error, Event, NewEvent, PublisherStats, Room, SubscriberStats};
+use crate::{
+    durable::{IdempotencyKey, Position, Published, Since},
+    Error, Event, NewEvent, PublisherStats, Room, SubscriberStats,
+};
 
-/// Publish an event in a room. The broker delivers it to this server's recipients at
-/// once, then hands it to the backplane; the result says whether Redis took it
-/// (`Err` means only this server's recipients got it).
+/// Publish an event in a room. In a plain room without a key the broker delivers it
+/// to this server's recipients at once, then hands it to the backplane; the result
+/// says whether Redis took it (`Err` means only this server's recipients got it). In
+/// a durable room, or with a key, it goes to the backplane first and reaches every
+/// server, this one included, from there (PROTOCOL.md §2, §7).
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), Error>")]
+#[rtype(result = "Result<Published, Error>")]
 pub struct Publish {
     /// Where to publish.
     pub room: Room,
     /// What to publish; the broker adds `serverId` and `timestamp`.
     pub event: NewEvent,
+    /// A publish with a key already used in the room within `IDEMPOTENCY_TTL_MS` is
+    /// answered like the first one and not published again.
+    pub key: Option<IdempotencyKey>,
 }
 
 /// Add a recipient to a room. Answers once the backplane confirmed the room's
 /// subscription, so every event published after the answer reaches the recipient.
 #[derive(Debug, Message)]
-#[rtype(result = "Result<(), Error>")]
+#[rtype(result = "Result<Joined, Error>")]
 pub struct Subscribe {
     /// The room to join.
     pub room: Room,
+    /// In a durable room: the last event the recipient has, to recover what followed.
+    pub since: Option<Since>,
     /// Who gets the room's events.
     pub recipient: Recipient<Delivery>,
     /// Told when the broker drops the recipient because its mailbox is full, so it
@@ -37,6 +47,45 @@ pub struct Subscribe {
     pub on_evicted: Option<Recipient<Evicted>>,
     /// Told when events of the room may have been lost (a [`Gap`], PROTOCOL.md §8).
     pub on_gap: Option<Recipient<Gap>>,
+}
+
+/// How a recipient entered a room.
+#[derive(Debug, Clone, Default)]
+pub struct Joined {
+    /// In a durable room, the reply's position: the events after it reach the
+    /// recipient, replayed ones first.
+    pub position: Option<Position>,
+    /// With `since`: whether every event after it could be recovered.
+    pub recovered: Option<bool>,
+    /// The first events to replay, in order (the rest are read with [`ReadHistory`]).
+    pub replay: Vec<Arc<Event>>,
+    /// Replay up to this offset; live events follow from the next one.
+    pub replay_to: u64,
+}
+
+/// Read a durable room's history (PROTOCOL.md §7 `history`).
+#[derive(Debug, Message)]
+#[rtype(result = "Result<History, Error>")]
+pub struct ReadHistory {
+    /// The room.
+    pub room: Room,
+    /// The events after this one; without it, the latest `limit`.
+    pub since: Option<Since>,
+    /// At most this many events.
+    pub limit: usize,
+}
+
+/// A durable room's history, as read.
+#[derive(Debug, Clone)]
+pub struct History {
+    /// The room's current position.
+    pub current: Position,
+    /// Whether the events after `since` could all be had (true without `since`).
+    pub recovered: bool,
+    /// The events, ascending.
+    pub events: Vec<Arc<Event>>,
+    /// Whether more events follow the last one returned.
+    pub more: bool,
 }
 
 /// Remove one recipient from a room; the last one leaving releases the room's
@@ -95,8 +144,9 @@ pub struct Evicted {
 pub enum Inbound {
     /// An event from Redis, checked.
     Event(Arc<Event>),
-    /// A room's events may have been lost before the ones that follow.
-    Gap(Gap),
+    /// The room is subscribed again after the pub/sub link was lost: what was
+    /// published meanwhile did not come.
+    Relinked(Room),
 }
 
 /// Events of a room may have been lost before the events that follow (PROTOCOL.md
@@ -108,6 +158,8 @@ pub struct Gap {
     pub room: Room,
     /// Why.
     pub reason: GapReason,
+    /// In a durable room, where the numbering stands: the events after it follow.
+    pub position: Option<Position>,
 }
 
 /// Why events may have been lost.
@@ -117,6 +169,9 @@ pub enum GapReason {
     /// The server's pub/sub link to Redis was lost and the room subscribed again:
     /// what was published meanwhile did not reach this server.
     LinkLost,
+    /// A durable room's missed events cannot be had: another epoch, a rollback, or
+    /// a history trimmed past them.
+    HistoryLost,
 }
 
 /// Which backplane carries events between servers.

@@ -155,9 +155,10 @@ impl Peers {
         let publish = NewEvent::new(kind, &data).map(|event| Publish {
             room: Room::system_events(),
             event,
+            key: None,
         });
         let broker = self.broker.clone();
-        async move { broker.send(publish?).await? }
+        async move { broker.send(publish?).await?.map(|_published| ()) }
     }
 
     fn join_system_events(
@@ -166,12 +167,14 @@ impl Peers {
     ) -> impl ActorFuture<Self, Output = ()> {
         let subscribe = self.broker.send(Subscribe {
             room: Room::system_events(),
+            since: None,
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
             on_gap: None,
         });
-        async move { subscribe.await? }.into_actor(self).map(
-            |result: Result<(), Error>, act, ctx| {
+        async move { subscribe.await?.map(|_joined| ()) }
+            .into_actor(self)
+            .map(|result: Result<(), Error>, act, ctx| {
                 if let Err(e) = result {
                     // Peers must not stay blind: try again after a heartbeat.
                     log::warn!("peers: subscribing to system:events failed: {e}; retrying");
@@ -179,8 +182,7 @@ impl Peers {
                         act.join_system_events(ctx).spawn(ctx);
                     });
                 }
-            },
-        )
+            })
     }
 
     fn heartbeat(&mut self, ctx: &mut Context<Self>) {

@@ -51,6 +51,12 @@ impl Room {
         c.is_ascii_alphanumeric() || matches!(c, '_' | ':' | '.' | '-')
     }
 
+    /// Whether `s` is one whole segment of a room name: non-empty, room characters,
+    /// no `:`.
+    pub fn is_segment(s: &str) -> bool {
+        !s.is_empty() && s.chars().all(|c| c != ':' && Self::is_room_char(c))
+    }
+
     /// Whether this room belongs to the servers (`system:` prefix).
     pub fn is_system(&self) -> bool {
         self.0.starts_with(SYSTEM_PREFIX)

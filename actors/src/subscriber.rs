@@ -13,8 +13,7 @@ use tokio::sync::mpsc::{self, error::TrySendError};
 use crate::{
     link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig, RedisLink},
     subscriptions::{Batch, Subscriptions, Want},
-    Error, Event, Gap, GapReason, Inbound, ResetStats, Room, Shutdown, SubscriberStats,
-    SYSTEM_EVENTS,
+    Error, Event, Inbound, ResetStats, Room, Shutdown, SubscriberStats, SYSTEM_EVENTS,
 };
 
 /// Owns the pub/sub connection: SUBSCRIBE and UNSUBSCRIBE as the broker asks, and
@@ -148,7 +147,7 @@ impl RedisSubscriber {
                 match result {
                     Ok(()) => {
                         for room in act.rooms.confirmed(batch) {
-                            act.report_gap(room);
+                            act.report_relinked(room);
                         }
                         act.link.prove();
                         act.mark_ready();
@@ -182,8 +181,13 @@ impl RedisSubscriber {
 
     /// Whether a message with our own `serverId` is really ours: on `system:events`
     /// a different `instanceId` means a duplicate server id, which the peers must see.
+    /// Events numbered in Redis (durable rooms) and keyed publishes are not echoes:
+    /// they reach their own server only through Redis (PROTOCOL.md §2).
     fn is_own_echo(&self, event: &Event) -> bool {
-        if event.server_id() != Some(&*self.identity.server_id) {
+        if event.server_id() != Some(&*self.identity.server_id)
+            || event.position().is_some()
+            || event.is_keyed()
+        {
             return false;
         }
         if event.room().as_str() != SYSTEM_EVENTS {
@@ -202,25 +206,23 @@ impl RedisSubscriber {
         }
     }
 
-    /// `room` is held again after a lost link: its subscribers are told that what
-    /// was published meanwhile may be lost. Never dropped: when the broker's channel
-    /// is full, the gap waits for room in it (gaps are few: one per room per link).
-    fn report_gap(&mut self, room: Room) {
-        self.stats.gaps_unrecovered += 1;
+    /// `room` is held again after a lost link: the broker decides what that means
+    /// for it (a catch-up read in a durable room, a `link_lost` gap in a plain one).
+    /// Never dropped: when the broker's channel is full, the notice waits for room in
+    /// it (there is one per room per lost link).
+    fn report_relinked(&mut self, room: Room) {
         log::info!(
-            "subscriber {}: {room} subscribed again after a lost link; its subscribers are told of a gap",
+            "subscriber {}: {room} subscribed again after a lost link",
             self.identity.server_id
         );
-        let gap = Inbound::Gap(Gap {
-            room,
-            reason: GapReason::LinkLost,
-        });
-        if let Err(TrySendError::Full(gap)) = self.inbound.try_send(gap) {
+        if let Err(TrySendError::Full(relinked)) = self.inbound.try_send(Inbound::Relinked(room)) {
             let inbound = self.inbound.clone();
             let server_id = self.identity.server_id.clone();
             actix::spawn(async move {
-                if inbound.send(gap).await.is_err() {
-                    log::debug!("subscriber {server_id}: the broker is gone; a gap was not told");
+                if inbound.send(relinked).await.is_err() {
+                    log::debug!(
+                        "subscriber {server_id}: the broker is gone; a relink was not told"
+                    );
                 }
             });
         }

@@ -93,7 +93,7 @@ async fn publish_for(pubsub: &PubSub, room: &str, concurrency: usize, seconds: f
         .buffer_unordered(concurrency);
     let tally = outcomes.fold((0, 0), |(ok, failed), outcome| async move {
         match outcome {
-            Ok(()) => (ok + 1, failed),
+            Ok(_published) => (ok + 1, failed),
             Err(_) => (ok, failed + 1),
         }
     });

@@ -23,7 +23,9 @@ use crate::{
     Error, Grant, State,
 };
 
+mod durable;
 mod ops;
+mod replay;
 
 /// Close codes this server sends (RFC 6455 §7.4).
 mod close {
@@ -73,6 +75,10 @@ pub struct Session {
     /// `LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT`).
     publishing: usize,
     rooms: SessionRooms,
+    /// Durable rooms being recovered from a client's `since`.
+    replays: replay::Replays,
+    /// A timer will feed the replays again once the outbound queue has drained.
+    replay_scheduled: bool,
     fragments: Option<Fragments>,
     last_heard: Instant,
 }
@@ -91,6 +97,8 @@ impl Session {
             budget,
             publishing: 0,
             rooms,
+            replays: replay::Replays::default(),
+            replay_scheduled: false,
             fragments: None,
             last_heard: Instant::now(),
         }
@@ -274,7 +282,7 @@ impl Handler<Delivery> for Session {
     fn handle(&mut self, msg: Delivery, ctx: &mut Context<Self>) {
         // A delivery sent before the broker took our leave may still arrive: a room
         // the session left gets no event after its `unsubscribed`.
-        if !self.rooms.contains(msg.event.room()) {
+        if !self.rooms.contains(msg.event.room()) || !self.replays.live(&msg.event) {
             return;
         }
         let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
@@ -297,6 +305,8 @@ impl Handler<Gap> for Session {
 
     fn handle(&mut self, gap: Gap, ctx: &mut Context<Self>) {
         if self.rooms.contains(&gap.room) {
+            // A replay in the room ends here: the events after the gap follow live.
+            self.replays.cancel(&gap.room);
             self.send(wire::gap_frame(&gap), ctx);
         }
     }

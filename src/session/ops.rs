@@ -8,7 +8,10 @@ use std::{
 
 use actix::prelude::*;
 use serde_json::value::RawValue;
-use switchboard_actors::{now_ms, Error as ActorError, Publish, Room, Subscribe, Unsubscribe};
+use switchboard_actors::{
+    durable::{IdempotencyKey, Published, Since},
+    now_ms, Error as ActorError, Joined, Publish, Room, Subscribe, Unsubscribe,
+};
 
 use super::{close, Access, Session};
 use crate::{
@@ -87,7 +90,7 @@ impl Session {
     }
 
     /// Whether the session's access allows `check` (always, with authentication off).
-    fn allowed(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
+    pub(super) fn allowed(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
         match &self.access {
             Access::Open => true,
             Access::Pending => false,
@@ -102,10 +105,15 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let result = match op {
-            ClientOp::Subscribe { room } => self.subscribe(&room, reference.clone(), ctx),
+            ClientOp::Subscribe { room, since } => {
+                self.subscribe(&room, since, reference.clone(), ctx)
+            }
             ClientOp::Unsubscribe { room } => self.unsubscribe(&room, reference.as_deref(), ctx),
-            ClientOp::Publish { room, event } => {
-                self.publish(&room, &event, reference.clone(), ctx)
+            ClientOp::Publish { room, event, key } => {
+                self.publish(&room, &event, key, reference.clone(), ctx)
+            }
+            ClientOp::History { room, since, limit } => {
+                self.history(&room, since, limit, reference.clone(), ctx)
             }
             ClientOp::Ping => {
                 self.reply(Reply::Pong, reference.as_deref(), ctx);
@@ -124,6 +132,7 @@ impl Session {
     fn subscribe(
         &mut self,
         name: &str,
+        since: Option<Since>,
         reference: Reference,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
@@ -133,16 +142,32 @@ impl Session {
                 "this token may not subscribe to {room}"
             )));
         }
+        if since.is_some() && self.rooms.is_joined(&room) {
+            // A joined room subscribed again with `since` recovers like a new one:
+            // the session enters the room again from `since`.
+            self.rooms.unsubscribe(&room);
+            self.leave_room(room.clone(), ctx);
+        }
         let attempt = match self.rooms.subscribe(&room, reference)? {
             Join::Joined(reference) => {
-                self.reply(Reply::Subscribed { room: name }, reference.as_deref(), ctx);
+                let subscribed = Reply::Subscribed {
+                    room: name,
+                    offset: None,
+                    epoch: None,
+                    recovered: None,
+                };
+                self.reply(subscribed, reference.as_deref(), ctx);
                 return Ok(());
             }
             Join::Waiting => return Ok(()),
             Join::Ask(attempt) => attempt,
         };
+        if let Some(since) = &since {
+            self.replays.start(room.clone(), since);
+        }
         let request = self.state.broker.send(Subscribe {
             room: room.clone(),
+            since,
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
             on_gap: Some(ctx.address().recipient()),
@@ -154,12 +179,13 @@ impl Session {
         Ok(())
     }
 
-    /// The broker answered a subscribe: reply to every frame waiting for it.
+    /// The broker answered a subscribe: reply to every frame waiting for it, then
+    /// replay what a recovery brings.
     fn joined(
         &mut self,
         room: Room,
         attempt: u64,
-        result: Result<(), ActorError>,
+        result: Result<Joined, ActorError>,
         ctx: &mut Context<Self>,
     ) {
         match self.rooms.answered(&room, attempt, result.is_ok()) {
@@ -171,9 +197,12 @@ impl Session {
                 }
                 for reference in waiting {
                     match &result {
-                        Ok(()) => self.reply(
+                        Ok(joined) => self.reply(
                             Reply::Subscribed {
                                 room: room.as_str(),
+                                offset: joined.position.as_ref().map(|p| p.offset),
+                                epoch: joined.position.as_ref().map(|p| p.epoch.as_str()),
+                                recovered: joined.recovered,
                             },
                             reference.as_deref(),
                             ctx,
@@ -186,8 +215,20 @@ impl Session {
                     }
                 }
             }
-            Answer::Leave => self.leave_room(room, ctx),
-            Answer::Nothing => {}
+            Answer::Leave => {
+                self.leave_room(room, ctx);
+                return;
+            }
+            Answer::Nothing => return,
+        }
+        match result {
+            Ok(joined) if joined.recovered == Some(true) => {
+                self.replays.joined(&room, joined.replay, joined.replay_to);
+                self.pump_room(room, ctx);
+            }
+            _ => {
+                self.replays.cancel(&room);
+            }
         }
     }
 
@@ -212,7 +253,8 @@ impl Session {
         Ok(())
     }
 
-    fn leave_room(&self, room: Room, ctx: &mut Context<Self>) {
+    pub(super) fn leave_room(&mut self, room: Room, ctx: &mut Context<Self>) {
+        self.replays.cancel(&room);
         self.state.broker.do_send(Unsubscribe {
             room,
             recipient: ctx.address().recipient(),
@@ -223,6 +265,7 @@ impl Session {
         &mut self,
         name: &str,
         event: &RawValue,
+        key: Option<IdempotencyKey>,
         reference: Option<Box<RawValue>>,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
@@ -250,6 +293,7 @@ impl Session {
         let answer = self.state.publish(Publish {
             room: room.clone(),
             event,
+            key,
         })?;
         self.publishing += 1;
         answer
@@ -284,14 +328,16 @@ impl Session {
     fn published(
         &mut self,
         room: &Room,
-        result: Result<(), ActorError>,
+        result: Result<Published, ActorError>,
         reference: Option<&RawValue>,
         ctx: &mut Context<Self>,
     ) {
         match result {
-            Ok(()) => self.reply(
+            Ok(published) => self.reply(
                 Reply::Published {
                     room: room.as_str(),
+                    offset: published.position.as_ref().map(|p| p.offset),
+                    epoch: published.position.as_ref().map(|p| p.epoch.as_str()),
                 },
                 reference,
                 ctx,
@@ -302,8 +348,8 @@ impl Session {
 }
 
 /// A broker request's answer; a broker that is gone means the server is stopping.
-async fn answer(
-    request: impl Future<Output = Result<Result<(), ActorError>, MailboxError>>,
-) -> Result<(), ActorError> {
+async fn answer<T>(
+    request: impl Future<Output = Result<Result<T, ActorError>, MailboxError>>,
+) -> Result<T, ActorError> {
     request.await?
 }

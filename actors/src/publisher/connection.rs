@@ -103,7 +103,7 @@ async fn open_resp3_or_resp2(
         }
         Err(e) => Err(e),
     };
-    match first {
+    let mut conn = match first {
         Err(e) if e.kind() == ErrorKind::RESP3NotSupported => {
             log::info!("publisher: redis does not speak RESP3; using RESP2");
             let plain = config.connection_config();
@@ -114,7 +114,12 @@ async fn open_resp3_or_resp2(
         }
         other => other,
     }
-    .map_err(|e| Error::from_redis(&e))
+    .map_err(|e| Error::from_redis(&e))?;
+    // The scripts the pipelines call by SHA are loaded before the first publish.
+    crate::durable::scripts::load(&mut conn)
+        .await
+        .map_err(|e| Error::from_redis(&e))?;
+    Ok(conn)
 }
 
 impl Handler<LinkLost> for RedisPublisher {

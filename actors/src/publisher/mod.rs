@@ -19,6 +19,7 @@ use self::{
     pipeline::{FlushState, Pending},
 };
 use crate::{
+    durable::{DurableConfig, IdempotencyKey, Published},
     link::{GetLinkStatus, LinkState, LinkStatus, RedisConfig, RedisLink},
     Error, Event, PublisherStats, ResetStats, Shutdown,
 };
@@ -35,9 +36,15 @@ use crate::{
 /// Publish retries (PROTOCOL.md §5): an attempt made while there is no connection
 /// cannot have reached Redis, so it is retried after 100, 200, 400 ms; an attempt
 /// that failed on an open connection may have been applied, so it is reported, never
-/// retried, and a retry never duplicates an event.
+/// retried, and a retry never duplicates an event. Except in a durable room (§7):
+/// each publish there carries a publish id into the room's history, and a retry of
+/// an attempt whose answer was lost looks for it there first.
 pub struct RedisPublisher {
     config: Arc<RedisConfig>,
+    durable: Arc<DurableConfig>,
+    /// Random per actor: with `published`, makes each durable publish's id.
+    id_prefix: String,
+    published: u64,
     conn: Option<MultiplexedConnection>,
     /// Bumped on every restart, so a late report about an old connection is ignored.
     generation: u64,
@@ -56,18 +63,28 @@ pub struct RedisPublisher {
 
 /// Where a publish's outcome goes: the publishing caller's own answer channel,
 /// handed through the broker, so a publish costs no task or channel of its own here.
-pub type Reply = OneshotSender<Result<(), Error>>;
+pub type Reply = OneshotSender<Result<Published, Error>>;
 
 /// Publish one encoded event on its room's channel, answering `reply` (sent by the
 /// broker, which passes the publishing caller's answer channel along).
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct PublishEvent {
-    /// The event; its JSON goes to Redis as is.
+    /// The event; its JSON goes to Redis as is (completed with `offset` and `epoch`
+    /// in a durable room).
     pub event: Arc<Event>,
+    /// A durable room's publish: numbered and kept by the publish script.
+    pub durable: bool,
+    /// The publish's idempotency key.
+    pub key: Option<IdempotencyKey>,
     /// Gets the outcome; `None` when nobody waits for it.
     pub reply: Option<Reply>,
 }
+
+/// Ask the publisher for its connection, for a read (`None` while it has none).
+#[derive(Debug, Message)]
+#[rtype(result = "Option<MultiplexedConnection>")]
+pub struct GetConnection;
 
 /// Ask the publisher for its statistics.
 #[derive(Debug, Message)]
@@ -80,10 +97,13 @@ impl RedisPublisher {
     /// 400k and 850k events/s with the placement of three busy threads (broker,
     /// publisher, redis-server) on two cores; here it runs at 850-900k every time,
     /// and an event crosses one thread fewer on its way to Redis.
-    pub fn start(config: Arc<RedisConfig>) -> Addr<RedisPublisher> {
+    pub fn start(config: Arc<RedisConfig>, durable: Arc<DurableConfig>) -> Addr<RedisPublisher> {
         let link = LinkState::new(&config);
         Supervisor::start(move |_| RedisPublisher {
             config,
+            durable,
+            id_prefix: format!("{:08x}", fastrand::u32(..)),
+            published: 0,
             conn: None,
             generation: 0,
             link,
@@ -132,12 +152,28 @@ impl Handler<PublishEvent> for RedisPublisher {
     /// ends. (Dropped unanswered only when the actor stops for good, which the
     /// caller sees as a closed mailbox: shutting down.)
     fn handle(&mut self, msg: PublishEvent, ctx: &mut Context<Self>) {
+        let publish_id = msg.durable.then(|| {
+            self.published += 1;
+            format!("{}:{:x}", self.id_prefix, self.published).into()
+        });
         let pending = Pending {
             event: msg.event,
+            durable: msg.durable,
+            key: msg.key,
+            publish_id,
+            ambiguous: false,
             retries: 0,
             reply: msg.reply,
         };
         self.accept(pending, ctx);
+    }
+}
+
+impl Handler<GetConnection> for RedisPublisher {
+    type Result = Option<MultiplexedConnection>;
+
+    fn handle(&mut self, _: GetConnection, _ctx: &mut Context<Self>) -> Self::Result {
+        self.conn.clone()
     }
 }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
-use redis::aio::MultiplexedConnection;
+use redis::{aio::MultiplexedConnection, Value};
 
 use super::{
     connection::LinkLost,
@@ -12,6 +12,7 @@ use super::{
     RedisPublisher, Reply,
 };
 use crate::{
+    durable::{scripts, IdempotencyKey, Published},
     stages::{Stage, STAGES},
     Error, Event, Room,
 };
@@ -22,16 +23,66 @@ pub(super) const MAX_PIPELINE: usize = 512;
 /// One publish on its way, with the caller's answer.
 pub(super) struct Pending {
     pub(super) event: Arc<Event>,
-    /// Retries made so far (attempts that found no connection).
+    /// In a durable room: numbered by the publish script.
+    pub(super) durable: bool,
+    pub(super) key: Option<IdempotencyKey>,
+    /// A durable publish's id, kept in the room's history with it.
+    pub(super) publish_id: Option<Box<str>>,
+    /// An earlier attempt may have been applied: the script looks for the publish id
+    /// before publishing.
+    pub(super) ambiguous: bool,
+    /// Retries made so far.
     pub(super) retries: u32,
     pub(super) reply: Option<Reply>,
 }
 
 impl Pending {
-    fn answer(self, outcome: Result<(), Error>) {
+    fn answer(self, outcome: Result<Published, Error>) {
         if let Some(reply) = self.reply {
             let _ = reply.send(outcome);
         }
+    }
+
+    /// Whether another attempt after `error` cannot publish the event twice: the
+    /// attempt did not reach Redis, or (a durable publish) the retry looks for it.
+    fn may_retry_after(&self, error: &Error) -> bool {
+        error.is_retryable() || (self.durable && error.is_ambiguous())
+    }
+
+    /// This publish's command in `pipeline`.
+    fn command(&self, publisher: &RedisPublisher, pipeline: &mut redis::Pipeline) {
+        let config = &publisher.config;
+        match (&self.publish_id, &self.key) {
+            (Some(id), key) => scripts::add_publish(
+                pipeline,
+                config,
+                &publisher.durable,
+                &self.event,
+                key.as_ref(),
+                id,
+                self.ambiguous,
+            ),
+            (None, Some(key)) => {
+                scripts::add_keyed(pipeline, config, &publisher.durable, &self.event, key)
+            }
+            (None, None) => {
+                let channel = config.channel(self.event.room());
+                let payload: &str = self.event.json();
+                pipeline.cmd("PUBLISH").arg(channel).arg(payload);
+            }
+        }
+    }
+
+    /// What Redis's answer to this publish's command means.
+    fn outcome(&self, answer: redis::RedisResult<Value>) -> Result<Published, Error> {
+        let value = answer.map_err(|e| Error::from_redis(&e))?;
+        if self.durable {
+            let position = scripts::published_position(&value)?;
+            return Ok(Published {
+                position: Some(position),
+            });
+        }
+        Ok(Published::default())
     }
 }
 
@@ -61,14 +112,18 @@ struct Flush;
 #[rtype(result = "()")]
 struct Retry(Pending);
 
-/// A pipeline ended; the actor counts its publishes.
+/// A pipeline ended; the actor counts its publishes and retries those that may be.
 #[derive(Message)]
 #[rtype(result = "()")]
 struct PipelineEnded {
     /// The connection it ran on (see [`RedisPublisher::generation`]).
     generation: u64,
-    /// Each publish's room, whether Redis took it, and its retries.
+    /// How many publishes it carried.
+    sent: usize,
+    /// Each answered publish's room, whether Redis took it, and its retries.
     outcomes: Vec<(Room, bool, u32)>,
+    /// Publishes to retry, with the error of their attempt.
+    again: Vec<(Pending, Error)>,
 }
 
 impl RedisPublisher {
@@ -170,23 +225,25 @@ impl RedisPublisher {
         }
     }
 
+    /// One pipeline for the batch; each command's answer comes back on its own
+    /// (`ignore_errors`), so one refused command does not fail the others.
     fn pipeline(&self, batch: &[Pending]) -> redis::Pipeline {
         let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
         for pending in batch {
-            let channel = self.config.channel(pending.event.room());
-            let payload: &str = pending.event.json();
-            pipeline.cmd("PUBLISH").arg(channel).arg(payload);
+            pending.command(self, &mut pipeline);
         }
         pipeline
     }
 
-    /// A publish whose attempt failed with `error`. When the error says the attempt
-    /// cannot have reached Redis ([`Error::is_retryable`]: it found no connection),
-    /// the publish is retried after 100, 200, 400 ms (from an independent timer, so
-    /// the actor's restarts while it reconnects do not lose it); otherwise, or once
-    /// its retries are spent, it fails with `error`.
+    /// A publish whose attempt failed with `error`. When another attempt cannot
+    /// duplicate it (`Pending::may_retry_after`: the attempt found no connection, or
+    /// Redis lacked the script; or, in a durable room, its answer was lost and the
+    /// retry looks for it first), it is retried after 100, 200, 400 ms (from an
+    /// independent timer, so the actor's restarts while it reconnects do not lose
+    /// it); otherwise, or once its retries are spent, it fails with `error`.
     fn retry_or_fail(&mut self, mut pending: Pending, error: &Error, ctx: &mut Context<Self>) {
-        if !error.is_retryable() || pending.retries >= self.config.publish_retries {
+        if !pending.may_retry_after(error) || pending.retries >= self.config.publish_retries {
             log::warn!(
                 "publisher: publish to {} failed after {} retries: {error}",
                 pending.event.room(),
@@ -202,11 +259,28 @@ impl RedisPublisher {
             .publish_retry_base
             .saturating_mul(1 << pending.retries.min(16));
         pending.retries += 1;
+        pending.ambiguous |= error.is_ambiguous();
+        if matches!(error, Error::NoScript) {
+            self.reload_scripts();
+        }
         self.flow.retry_started();
         let addr = ctx.address();
         actix::spawn(async move {
             tokio::time::sleep(delay).await;
             addr.do_send(Retry(pending));
+        });
+    }
+
+    /// Loads the scripts again on the current connection (Redis answered `NOSCRIPT`:
+    /// it restarted under the connection, or someone ran `SCRIPT FLUSH`).
+    fn reload_scripts(&self) {
+        let Some(mut conn) = self.conn.clone() else {
+            return;
+        };
+        actix::spawn(async move {
+            if let Err(e) = scripts::load(&mut conn).await {
+                log::warn!("publisher: loading the scripts failed: {e}");
+            }
         });
     }
 
@@ -221,38 +295,56 @@ impl RedisPublisher {
     ) {
         // The connection's response timeout (`REDIS_RESPONSE_TIMEOUT_MS`) is the
         // deadline; a failure on an open connection may have reached Redis, so it is
-        // reported, never retried.
+        // reported, and retried only where the retry cannot duplicate (a durable room).
         let sent = std::time::Instant::now();
         let result = pipeline
-            .query_async::<Vec<i64>>(&mut conn)
+            .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)
             .await
-            .map(|_receivers| ())
             .map_err(|e| Error::from_redis(&e));
-        if result.is_ok() {
-            STAGES.record(Stage::PublishRoundTrip, sent.elapsed());
-        }
-        if let Err(e) = &result {
-            log::warn!(
-                "publisher: a pipeline of {} publishes failed: {e}",
-                batch.len()
-            );
-            if e.is_link_failure() {
-                let why = e.to_string();
-                addr.do_send(LinkLost { generation, why });
+        let answers: Vec<Result<Published, Error>> = match result {
+            Ok(answers) => {
+                STAGES.record(Stage::PublishRoundTrip, sent.elapsed());
+                batch
+                    .iter()
+                    .zip(answers)
+                    .map(|(pending, answer)| pending.outcome(answer))
+                    .collect()
+            }
+            Err(e) => {
+                log::warn!(
+                    "publisher: a pipeline of {} publishes failed: {e}",
+                    batch.len()
+                );
+                if e.is_link_failure() {
+                    let why = e.to_string();
+                    addr.do_send(LinkLost { generation, why });
+                }
+                vec![Err(e); batch.len()]
+            }
+        };
+        let size = batch.len();
+        let mut done = Vec::with_capacity(size);
+        let mut again = Vec::new();
+        for (pending, outcome) in batch.into_iter().zip(answers) {
+            match outcome {
+                Err(e) if pending.may_retry_after(&e) => again.push((pending, e)),
+                outcome => done.push((pending, outcome)),
             }
         }
         // Counted before anyone is answered, so a caller that reads `/stats` right
         // after its answer sees its publish.
-        let outcomes = batch
+        let outcomes = done
             .iter()
-            .map(|p| (p.event.room().clone(), result.is_ok(), p.retries))
+            .map(|(p, outcome)| (p.event.room().clone(), outcome.is_ok(), p.retries))
             .collect();
         addr.do_send(PipelineEnded {
             generation,
+            sent: size,
             outcomes,
+            again,
         });
-        for pending in batch {
-            pending.answer(result.clone());
+        for (pending, outcome) in done {
+            pending.answer(outcome);
         }
     }
 }
@@ -279,10 +371,12 @@ impl Handler<PipelineEnded> for RedisPublisher {
     type Result = ();
 
     fn handle(&mut self, msg: PipelineEnded, ctx: &mut Context<Self>) {
-        self.flow
-            .ended(msg.outcomes.len(), msg.generation == self.generation);
+        self.flow.ended(msg.sent, msg.generation == self.generation);
         for (room, succeeded, retries) in msg.outcomes {
             self.stats.record(room.as_str(), succeeded, retries);
+        }
+        for (pending, error) in msg.again {
+            self.retry_or_fail(pending, &error, ctx);
         }
         self.schedule_flush(ctx);
     }

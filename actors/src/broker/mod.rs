@@ -1,4 +1,7 @@
 //! The `Broker` actor: the hub between publishers, the backplane and recipients.
+//! What it does for durable rooms (numbering, catch-up, recovery) is in `durable.rs`.
+
+mod durable;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,11 +12,14 @@ use std::{
 use actix::{dev::SendError, prelude::*};
 use tokio::sync::mpsc;
 
+use self::durable::DurableRooms;
 use crate::{
     backplane::{Backplane, BackplaneConfig, Publishing},
+    durable::DurableConfig,
     subscriber::SubscriberIdentity,
-    Delivery, Error, Event, EvictReason, Evicted, Gap, GetHealth, GetStats, HealthStatus, Inbound,
-    Leave, Publish, ResetStats, Room, Shutdown, Stats, Subscribe, Unsubscribe, UnsubscribeAll,
+    Delivery, Error, Event, EvictReason, Evicted, Gap, GapReason, GetHealth, GetStats,
+    HealthStatus, Inbound, Joined, Leave, Publish, ResetStats, Room, Shutdown, Stats, Subscribe,
+    Unsubscribe, UnsubscribeAll,
 };
 
 /// Events from Redis waiting for the broker, at most. Past it the subscriber drops
@@ -31,6 +37,8 @@ pub struct BrokerConfig {
     pub subscribe_timeout: Duration,
     /// The backplane.
     pub backplane: BackplaneConfig,
+    /// Which rooms are durable, and their history's bounds.
+    pub durable: DurableConfig,
 }
 
 impl BrokerConfig {
@@ -44,6 +52,7 @@ impl BrokerConfig {
             instance_id: new_instance_id(),
             subscribe_timeout: Self::DEFAULT_SUBSCRIBE_TIMEOUT,
             backplane,
+            durable: DurableConfig::default(),
         }
     }
 }
@@ -86,6 +95,8 @@ pub struct Broker {
     pending: HashMap<Room, usize>,
     /// The rooms of each recipient, so a leaving session costs its rooms, not all rooms.
     memberships: HashMap<Recipient<Delivery>, HashSet<Room>>,
+    /// What this server keeps for the durable rooms it holds.
+    durable: DurableRooms,
     evictions: u64,
     closed: bool,
 }
@@ -105,7 +116,8 @@ impl Broker {
             ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
                 events.poll_recv(cx)
             }));
-            let backplane = Backplane::start(config.backplane, identity, inbound);
+            let durable = DurableRooms::new(config.durable.clone());
+            let backplane = Backplane::start(config.backplane, config.durable, identity, inbound);
             let mut broker = Broker {
                 server_id,
                 subscribe_timeout: config.subscribe_timeout,
@@ -113,6 +125,7 @@ impl Broker {
                 rooms: HashMap::new(),
                 pending: HashMap::new(),
                 memberships: HashMap::new(),
+                durable,
                 evictions: 0,
                 closed: false,
             };
@@ -131,6 +144,7 @@ impl Broker {
         if room.as_str() == crate::SYSTEM_EVENTS {
             return;
         }
+        self.durable.release(&room);
         log::debug!("broker {}: releasing {room}", self.server_id);
         self.backplane.unwatch(room);
     }
@@ -152,13 +166,14 @@ impl Broker {
     /// Tells every recipient of the room that asked that its events may have been
     /// lost. `do_send`: a gap is never dropped for a full mailbox, and there is one per
     /// room per lost link.
-    fn report_gap(&self, gap: Gap) {
+    fn report_gap(&mut self, gap: Gap) {
         log::info!(
             "broker {}: gap in {} ({:?}); telling its recipients",
             self.server_id,
             gap.room,
             gap.reason
         );
+        self.durable.stats.gaps_unrecovered += 1;
         for notify in self
             .rooms
             .get(&gap.room)
@@ -252,19 +267,38 @@ impl Actor for Broker {
 impl Handler<Publish> for Broker {
     type Result = Publishing;
 
-    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Publishing {
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Publishing {
         if self.closed {
             return Publishing::Done(Err(Error::ShuttingDown));
         }
-        let event = Arc::new(Event::encode(msg.room, &msg.event, &self.server_id));
-        self.deliver(event.clone());
-        self.backplane.publish(event)
+        let durable = self.durable.is_durable(&msg.room);
+        let key = msg.key;
+        let event = Arc::new(Event::encode(
+            msg.room,
+            &msg.event,
+            &self.server_id,
+            key.as_ref(),
+        ));
+        if !durable && key.is_none() {
+            self.deliver(event.clone());
+            return self.backplane.publish(event);
+        }
+        // Not local-first: it comes back through the backplane, numbered, or not at
+        // all when its key was used before.
+        let (publishing, here) = self.backplane.publish_ordered(event, durable, key);
+        if let Some(event) = here {
+            self.arrive(event, ctx);
+        }
+        publishing
     }
 }
 
 impl Handler<Subscribe> for Broker {
-    type Result = ResponseActFuture<Self, Result<(), Error>>;
+    type Result = ResponseActFuture<Self, Result<Joined, Error>>;
 
+    /// Confirms the room with the backplane; in a durable room, then finds where the
+    /// recipient enters the numbering (`durable.rs`). The recipient joins in the same
+    /// step as its position is taken, so it misses no event and gets none twice.
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
         if self.closed {
             return Box::pin(fut::ready(Err(Error::ShuttingDown)));
@@ -278,30 +312,40 @@ impl Handler<Subscribe> for Broker {
             evicted: msg.on_evicted,
             gap: msg.on_gap,
         };
-        Box::pin(confirmed.into_actor(self).map(move |result, act, _ctx| {
-            if let Some(n) = act.pending.get_mut(&room) {
-                *n -= 1;
-                if *n == 0 {
-                    act.pending.remove(&room);
-                }
-            }
-            let result = match result {
-                Ok(()) if recipient.connected() && !act.closed => {
-                    act.join(room.clone(), recipient, notify);
-                    Ok(())
-                }
-                // The recipient went away while the room was being confirmed.
-                Ok(()) => Err(Error::ShuttingDown),
-                Err(e) => {
-                    log::warn!("broker {}: subscribe to {room} failed: {e}", act.server_id);
-                    Err(e)
-                }
-            };
-            if result.is_err() && !act.is_wanted(&room) {
-                act.unwatch(room);
-            }
-            result
-        }))
+        let since = msg.since;
+        let entering = room.clone();
+        Box::pin(
+            confirmed
+                .into_actor(self)
+                .then(move |result, act, ctx| match result {
+                    Ok(()) => act.enter(entering, since, ctx),
+                    Err(e) => Box::pin(fut::ready(Err(e))),
+                })
+                .map(move |result, act, _ctx| {
+                    if let Some(n) = act.pending.get_mut(&room) {
+                        *n -= 1;
+                        if *n == 0 {
+                            act.pending.remove(&room);
+                        }
+                    }
+                    let result = match result {
+                        Ok(joining) if recipient.connected() && !act.closed => {
+                            act.join(room.clone(), recipient, notify);
+                            Ok(act.durable.joined(&room, joining))
+                        }
+                        // The recipient went away while the room was being confirmed.
+                        Ok(_) => Err(Error::ShuttingDown),
+                        Err(e) => {
+                            log::warn!("broker {}: subscribe to {room} failed: {e}", act.server_id);
+                            Err(e)
+                        }
+                    };
+                    if result.is_err() && !act.is_wanted(&room) {
+                        act.unwatch(room);
+                    }
+                    result
+                }),
+        )
     }
 }
 
@@ -337,10 +381,15 @@ impl Handler<Leave> for Broker {
 }
 
 impl StreamHandler<Inbound> for Broker {
-    fn handle(&mut self, inbound: Inbound, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
         match inbound {
-            Inbound::Event(event) => self.deliver(event),
-            Inbound::Gap(gap) => self.report_gap(gap),
+            Inbound::Event(event) => self.arrive(event, ctx),
+            Inbound::Relinked(room) if self.durable.is_durable(&room) => self.relinked(room, ctx),
+            Inbound::Relinked(room) => self.report_gap(Gap {
+                room,
+                reason: GapReason::LinkLost,
+                position: None,
+            }),
         }
     }
 
@@ -375,7 +424,13 @@ impl Handler<GetStats> for Broker {
     type Result = ResponseFuture<Stats>;
 
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
-        self.backplane.stats()
+        let stats = self.backplane.stats();
+        let durable = self.durable.stats.clone();
+        Box::pin(async move {
+            let mut stats = stats.await;
+            durable.add_to(&mut stats.subscriber);
+            stats
+        })
     }
 }
 
@@ -383,6 +438,7 @@ impl Handler<ResetStats> for Broker {
     type Result = ResponseFuture<()>;
 
     fn handle(&mut self, _: ResetStats, _ctx: &mut Context<Self>) -> Self::Result {
+        self.durable.stats = Default::default();
         self.backplane.reset_stats()
     }
 }

@@ -1,0 +1,414 @@
+//! The broker's durable rooms (PROTOCOL.md §7, §8): numbered events go through each
+//! room's [`Track`], so this server delivers every offset once and in order; a skip
+//! or a lost link makes it read what it missed (one read per room, never one per
+//! recipient); what cannot be read becomes a `history_lost` gap. Recipients enter
+//! with or without `since`, and read the history through [`ReadHistory`].
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use actix::prelude::*;
+use tokio::sync::oneshot;
+
+use super::Broker;
+use crate::{
+    durable::{
+        track::{Arrival, Caught, Entry, Track, READ_PAGE},
+        DurableConfig, HistoryPage, Position, Since,
+    },
+    link::with_deadline,
+    Error, Event, Gap, GapReason, History, Joined, ReadHistory, Room, SubscriberStats,
+};
+
+/// How long a failed read waits before it is made again.
+const READ_RETRY: Duration = Duration::from_millis(200);
+
+/// The most events a room's ring keeps (fewer when `HISTORY_SIZE` is smaller).
+const RING_EVENTS: usize = 1024;
+
+/// The durable rooms this server holds, and their counters.
+pub(super) struct DurableRooms {
+    config: DurableConfig,
+    tracks: HashMap<Room, Track>,
+    /// Subscribes waiting for a room's first read.
+    waiters: HashMap<Room, Vec<oneshot::Sender<()>>>,
+    pub(super) stats: DurableStats,
+}
+
+/// The `/stats` counters of PROTOCOL.md §8, kept by the broker.
+#[derive(Debug, Clone, Default)]
+pub(super) struct DurableStats {
+    pub(super) gaps_recovered: u64,
+    pub(super) events_recovered: u64,
+    pub(super) gaps_unrecovered: u64,
+    pub(super) duplicates_dropped: u64,
+}
+
+impl DurableStats {
+    pub(super) fn add_to(&self, stats: &mut SubscriberStats) {
+        stats.gaps_recovered += self.gaps_recovered;
+        stats.events_recovered += self.events_recovered;
+        stats.gaps_unrecovered += self.gaps_unrecovered;
+        stats.duplicates_dropped += self.duplicates_dropped;
+    }
+}
+
+/// Where a recipient enters a room, before it joins.
+#[derive(Debug)]
+pub(super) enum Joining {
+    /// A plain room; `since` was given (answered `recovered: false`).
+    Plain { since: bool },
+    /// A durable room: recovered from `since` with these events first, not
+    /// recovered, or entered without `since`.
+    Durable {
+        since: Option<Since>,
+        recovered: Option<bool>,
+        replay: Vec<Arc<Event>>,
+    },
+}
+
+impl DurableRooms {
+    pub(super) fn new(config: DurableConfig) -> DurableRooms {
+        DurableRooms {
+            config,
+            tracks: HashMap::new(),
+            waiters: HashMap::new(),
+            stats: DurableStats::default(),
+        }
+    }
+
+    pub(super) fn is_durable(&self, room: &Room) -> bool {
+        self.config.is_durable(room)
+    }
+
+    /// The room is no longer held: what was kept for it goes.
+    pub(super) fn release(&mut self, room: &Room) {
+        self.tracks.remove(room);
+        self.waiters.remove(room);
+    }
+
+    /// The recipient joined: its reply's position, and what it replays up to. Taken
+    /// in the same step as the join, so the events after it reach the recipient live.
+    pub(super) fn joined(&self, room: &Room, joining: Joining) -> Joined {
+        let (since, recovered, replay) = match joining {
+            Joining::Plain { since } => {
+                return Joined {
+                    recovered: since.then_some(false),
+                    ..Joined::default()
+                }
+            }
+            Joining::Durable {
+                since,
+                recovered,
+                replay,
+            } => (since, recovered, replay),
+        };
+        let Some(now) = self.tracks.get(room).and_then(Track::position).cloned() else {
+            return Joined::default();
+        };
+        let replay_to = now.offset;
+        match (since, recovered) {
+            (Some(since), Some(true)) => Joined {
+                position: Some(Position {
+                    offset: since.offset,
+                    epoch: now.epoch,
+                }),
+                recovered,
+                replay: replay
+                    .into_iter()
+                    .filter(|e| e.offset().is_some_and(|o| o <= replay_to))
+                    .collect(),
+                replay_to,
+            },
+            (_, recovered) => Joined {
+                position: Some(now),
+                recovered,
+                replay: Vec::new(),
+                replay_to,
+            },
+        }
+    }
+}
+
+impl Broker {
+    /// An event from the backplane: through its room's track when it is numbered in
+    /// a durable room this server holds.
+    pub(super) fn arrive(&mut self, event: Arc<Event>, ctx: &mut Context<Self>) {
+        let room = event.room().clone();
+        let track = match self.durable.tracks.get_mut(&room) {
+            Some(track) if event.position().is_some() => track,
+            _ => return self.deliver(event),
+        };
+        match track.arrive(event) {
+            Arrival::Deliver(event) => self.deliver(event),
+            Arrival::Duplicate => self.durable.stats.duplicates_dropped += 1,
+            Arrival::Waiting => {}
+            Arrival::Read { from } => self.read(room, from, ctx),
+            Arrival::NewEpoch { position, event } => {
+                self.report_gap(Gap {
+                    room,
+                    reason: GapReason::HistoryLost,
+                    position: Some(position),
+                });
+                self.deliver(event);
+            }
+        }
+    }
+
+    /// The pub/sub link came back: read what the room missed meanwhile.
+    pub(super) fn relinked(&mut self, room: Room, ctx: &mut Context<Self>) {
+        if let Some(from) = self.durable.tracks.get_mut(&room).and_then(Track::relinked) {
+            self.read(room, from, ctx);
+        }
+    }
+
+    /// Reads the room from offset `from` (its latest events, to fill the ring, when
+    /// `None`), and hands the answer to its track.
+    fn read(&mut self, room: Room, from: Option<u64>, ctx: &mut Context<Self>) {
+        let Some(track) = self.durable.tracks.get(&room) else {
+            return;
+        };
+        let limit = if from.is_some() {
+            READ_PAGE
+        } else {
+            track.ring_limit()
+        };
+        self.backplane
+            .read(room.clone(), from, limit)
+            .into_actor(self)
+            .map(move |result, act, ctx| act.read_answered(room, result, ctx))
+            .spawn(ctx);
+    }
+
+    fn read_answered(
+        &mut self,
+        room: Room,
+        result: Result<HistoryPage, Error>,
+        ctx: &mut Context<Self>,
+    ) {
+        let Some(track) = self.durable.tracks.get_mut(&room) else {
+            return;
+        };
+        let page = match result {
+            Ok(page) => page,
+            Err(e) => {
+                log::warn!(
+                    "broker {}: reading {room}'s history failed ({e}); trying again",
+                    self.server_id
+                );
+                ctx.run_later(READ_RETRY, move |act, ctx| {
+                    if let Some(track) = act.durable.tracks.get(&room) {
+                        let from = track.read_from();
+                        act.read(room, from, ctx);
+                    }
+                });
+                return;
+            }
+        };
+        let first = track.position().is_none();
+        let caught = track.caught_up(page);
+        if first {
+            for waiter in self.durable.waiters.remove(&room).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+        } else if caught.gap.is_none() && caught.recovered > 0 {
+            self.durable.stats.gaps_recovered += 1;
+        }
+        self.apply(room, caught, ctx);
+    }
+
+    /// Does what a read's answer means for the room.
+    fn apply(&mut self, room: Room, caught: Caught, ctx: &mut Context<Self>) {
+        if let Some(lost) = caught.rotate {
+            log::warn!(
+                "broker {}: {room}'s numbering went back in epoch {lost} (a rollback); starting a new epoch",
+                self.server_id
+            );
+            self.backplane
+                .rotate(room.clone(), lost.clone())
+                .into_actor(self)
+                .map(move |result, act, ctx| match result {
+                    Ok(Some(position)) => {
+                        if let Some(track) = act.durable.tracks.get_mut(&room) {
+                            let caught = track.rotated(lost, position);
+                            act.apply(room, caught, ctx);
+                        }
+                    }
+                    // No numbering at all, or no answer: read again, which settles it.
+                    _ => {
+                        ctx.run_later(READ_RETRY, move |act, ctx| {
+                            let from = act.durable.tracks.get(&room).and_then(Track::read_from);
+                            act.read(room, from, ctx);
+                        });
+                    }
+                })
+                .spawn(ctx);
+            return;
+        }
+        if let Some(position) = caught.gap {
+            self.report_gap(Gap {
+                room: room.clone(),
+                reason: GapReason::HistoryLost,
+                position: Some(position),
+            });
+        }
+        self.durable.stats.events_recovered += caught.recovered as u64;
+        self.durable.stats.duplicates_dropped += caught.duplicates as u64;
+        for event in caught.deliver {
+            self.deliver(event);
+        }
+        if let Some(from) = caught.read_again {
+            self.read(room, Some(from), ctx);
+        }
+    }
+
+    /// Where a confirmed subscriber enters `room` (PROTOCOL.md §7): in a durable room,
+    /// once the room's first read answered, from the ring or, when `since` is older
+    /// than the ring, from a read of the history.
+    pub(super) fn enter(
+        &mut self,
+        room: Room,
+        since: Option<Since>,
+        ctx: &mut Context<Self>,
+    ) -> ResponseActFuture<Self, Result<Joining, Error>> {
+        if !self.durable.is_durable(&room) {
+            let since = since.is_some();
+            return Box::pin(fut::ready(Ok(Joining::Plain { since })));
+        }
+        if !self.durable.tracks.contains_key(&room) {
+            let ring = self.durable.config.history_size.min(RING_EVENTS);
+            self.durable.tracks.insert(room.clone(), Track::new(ring));
+            self.read(room.clone(), None, ctx);
+        }
+        let ready = self
+            .durable
+            .tracks
+            .get(&room)
+            .and_then(Track::position)
+            .is_some();
+        let first_read = if ready {
+            None
+        } else {
+            let (tx, rx) = oneshot::channel();
+            self.durable
+                .waiters
+                .entry(room.clone())
+                .or_default()
+                .push(tx);
+            Some(rx)
+        };
+        let deadline = self.subscribe_timeout;
+        let waited = async move {
+            if let Some(rx) = first_read {
+                with_deadline(deadline, "history read", async {
+                    rx.await.map_err(|_| Error::ShuttingDown)
+                })
+                .await?;
+            }
+            Ok::<(), Error>(())
+        };
+        Box::pin(waited.into_actor(self).then(move |waited, act, _ctx| {
+            let entry = waited.and_then(|()| {
+                act.durable
+                    .tracks
+                    .get(&room)
+                    .and_then(|t| t.enter(since.as_ref()))
+                    .ok_or(Error::ShuttingDown)
+            });
+            act.entered(room, since, entry)
+        }))
+    }
+
+    fn entered(
+        &mut self,
+        room: Room,
+        since: Option<Since>,
+        entry: Result<Entry, Error>,
+    ) -> ResponseActFuture<Self, Result<Joining, Error>> {
+        match entry {
+            Err(e) => Box::pin(fut::ready(Err(e))),
+            Ok(Entry::Ready {
+                recovered, replay, ..
+            }) => Box::pin(fut::ready(Ok(Joining::Durable {
+                since,
+                recovered,
+                replay,
+            }))),
+            Ok(Entry::Read { from }) => {
+                let read = self.backplane.read(room, Some(from), READ_PAGE);
+                Box::pin(read.into_actor(self).map(move |page, _act, _ctx| {
+                    let page = page?;
+                    let since = since.expect("a read only for a `since`");
+                    let recovered = page.current.epoch == since.epoch
+                        && since.offset <= page.current.offset
+                        && page.continues(since.offset);
+                    let replay = if recovered {
+                        page.events
+                            .into_iter()
+                            .filter(|e| e.offset().is_some_and(|o| o > since.offset))
+                            .collect()
+                    } else {
+                        Vec::new()
+                    };
+                    Ok(Joining::Durable {
+                        since: Some(since),
+                        recovered: Some(recovered),
+                        replay,
+                    })
+                }))
+            }
+        }
+    }
+}
+
+impl Handler<ReadHistory> for Broker {
+    type Result = ResponseFuture<Result<History, Error>>;
+
+    /// From the room's ring when it reaches back to `since`, else from the backplane.
+    fn handle(&mut self, msg: ReadHistory, _ctx: &mut Context<Self>) -> Self::Result {
+        if !self.durable.is_durable(&msg.room) {
+            return Box::pin(async move { Err(Error::NotDurable(msg.room.to_string())) });
+        }
+        let limit = msg.limit.max(1);
+        let track = self.durable.tracks.get(&msg.room);
+        if let (Some(track), Some(since)) = (track, &msg.since) {
+            if let Some(current) = track.position().filter(|p| {
+                !track.is_reading() && p.epoch == since.epoch && since.offset <= p.offset
+            }) {
+                if let Some(events) = track.ring_after(since.offset, limit) {
+                    let history = history_of(current.clone(), true, events, limit);
+                    return Box::pin(async move { Ok(history) });
+                }
+            }
+        }
+        let from = msg.since.as_ref().map(|s| s.offset + 1);
+        let read = self.backplane.read(msg.room, from, limit);
+        let since = msg.since;
+        Box::pin(async move {
+            let page = read.await?;
+            let recovered = since.as_ref().map_or(true, |s| {
+                s.epoch == page.current.epoch
+                    && s.offset <= page.current.offset
+                    && page.continues(s.offset)
+            });
+            let events = if recovered { page.events } else { Vec::new() };
+            Ok(history_of(page.current, recovered, events, limit))
+        })
+    }
+}
+
+/// A history answer: `more` when it stopped at `limit` before the current offset.
+fn history_of(
+    current: Position,
+    recovered: bool,
+    events: Vec<Arc<Event>>,
+    limit: usize,
+) -> History {
+    let last = events.last().and_then(|e| e.offset()).unwrap_or(0);
+    let more = events.len() >= limit && last < current.offset;
+    History {
+        current,
+        recovered,
+        events,
+        more,
+    }
+}

@@ -1,0 +1,306 @@
+//! The Redis side of durable rooms and idempotent publish: four Lua scripts, each one
+//! atomic step, loaded once and called by SHA (`EVALSHA`; reloaded on `NOSCRIPT`).
+//!
+//! A room's keys share one hash tag, its channel in braces, so every script runs
+//! unchanged on a Redis Cluster shard:
+//! - `{C}:history`: a stream of the room's envelopes; entry ids are `0-<offset>`, so
+//!   the stream's ids are the numbering, and each entry holds `p` (the publish id a
+//!   retry looks for) and `v` (the envelope);
+//! - `{C}:meta`: a hash, `o` the last offset and `e` the epoch; it outlives the
+//!   history (`HISTORY_META_TTL_MS`), so an idle room keeps its epoch;
+//! - `{C}:idem:<key>`: a publish's idempotency key, `offset:epoch` in a durable room
+//!   and `1` in a plain one, for `IDEMPOTENCY_TTL_MS`.
+
+use std::sync::{Arc, LazyLock};
+
+use bytes::Bytes;
+use redis::{aio::MultiplexedConnection, Script, Value};
+
+use super::{DurableConfig, Epoch, HistoryPage, IdempotencyKey, Position};
+use crate::{link::with_deadline, Error, Event, RedisConfig, Room};
+
+/// A durable publish: the next offset, the envelope completed with `offset` and
+/// `epoch`, appended to the history (trimmed to about `HISTORY_SIZE`: `MAXLEN ~`
+/// trims whole stream nodes, which costs Redis far less than an exact trim), both
+/// keys' TTLs refreshed, and published. With an idempotency key, a key seen before
+/// answers its first publish's position and publishes nothing; on a retry
+/// (`ARGV[9]` = 1), a publish id found in the history does the same.
+///
+/// Returns `{offset, epoch, duplicate}`.
+const PUBLISH: &str = r#"
+local history, meta, idem = KEYS[1], KEYS[2], KEYS[3]
+if idem then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+  end
+end
+local epoch = redis.call('HGET', meta, 'e')
+if epoch and ARGV[9] == '1' then
+  for _, entry in ipairs(redis.call('XREVRANGE', history, '+', '-', 'COUNT', ARGV[3])) do
+    if entry[2][2] == ARGV[8] then
+      return {tonumber(string.sub(entry[1], 3)), epoch, 1}
+    end
+  end
+end
+if not epoch then
+  epoch = ARGV[6]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'e', epoch)
+end
+local offset = redis.call('HINCRBY', meta, 'o', 1)
+redis.call('PEXPIRE', meta, ARGV[5])
+local envelope = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+redis.call('XADD', history, 'MAXLEN', '~', ARGV[3], '0-' .. offset, 'p', ARGV[8], 'v', envelope)
+redis.call('PEXPIRE', history, ARGV[4])
+redis.call('PUBLISH', ARGV[2], envelope)
+if idem then
+  redis.call('SET', idem, offset .. ':' .. epoch, 'PX', ARGV[7])
+end
+return {offset, epoch, 0}
+"#;
+
+/// A keyed publish in a plain room: published only if the key is new. Returns 1
+/// for a duplicate.
+const KEYED: &str = r#"
+if redis.call('SET', KEYS[1], '1', 'NX', 'PX', ARGV[3]) then
+  redis.call('PUBLISH', ARGV[1], ARGV[2])
+  return 0
+end
+return 1
+"#;
+
+/// A read: the room's position (an epoch created when it has none) and up to
+/// `ARGV[2]` envelopes from offset `ARGV[1]` on (the latest ones, newest first, when
+/// `ARGV[1]` is empty). Returns `{offset, epoch, {envelope, ...}}`.
+const READ: &str = r#"
+local history, meta = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'e')
+local offset = tonumber(redis.call('HGET', meta, 'o') or '0')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'e', epoch, 'o', offset)
+end
+redis.call('PEXPIRE', meta, ARGV[4])
+local entries = {}
+if ARGV[2] ~= '0' then
+  if ARGV[1] == '' then
+    entries = redis.call('XREVRANGE', history, '+', '-', 'COUNT', ARGV[2])
+  else
+    entries = redis.call('XRANGE', history, '0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
+  end
+end
+local envelopes = {}
+for i, entry in ipairs(entries) do
+  envelopes[i] = entry[2][4]
+end
+return {offset, epoch, envelopes}
+"#;
+
+/// The numbering is lost (a rollback): if the epoch is still `ARGV[1]`, a new one
+/// (`ARGV[2]`) replaces it and the history, which belongs to the old one, goes.
+/// Returns `{offset, epoch}`; the epoch is `false` when the room has no meta.
+const ROTATE: &str = r#"
+local history, meta = KEYS[1], KEYS[2]
+if redis.call('HGET', meta, 'e') == ARGV[1] then
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'e', ARGV[2])
+  redis.call('PEXPIRE', meta, ARGV[3])
+end
+return {tonumber(redis.call('HGET', meta, 'o') or '0'), redis.call('HGET', meta, 'e')}
+"#;
+
+static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH));
+static KEYED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(KEYED));
+static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
+static ROTATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROTATE));
+
+/// A room's keys.
+struct Keys {
+    history: String,
+    meta: String,
+    channel: String,
+}
+
+impl Keys {
+    fn of(config: &RedisConfig, room: &Room) -> Keys {
+        let channel = config.channel(room);
+        Keys {
+            history: format!("{{{channel}}}:history"),
+            meta: format!("{{{channel}}}:meta"),
+            channel,
+        }
+    }
+
+    fn idempotency(&self, key: &IdempotencyKey) -> String {
+        format!("{{{}}}:idem:{}", self.channel, key.as_str())
+    }
+}
+
+/// Loads the scripts the publisher calls in its pipelines, so their first `EVALSHA`
+/// finds them (a read's `Script` loads itself on `NOSCRIPT`).
+pub(crate) async fn load(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
+    PUBLISH_SCRIPT.prepare_invoke().load_async(conn).await?;
+    KEYED_SCRIPT.prepare_invoke().load_async(conn).await?;
+    Ok(())
+}
+
+/// Whether a command failed because Redis does not have the script (it restarted,
+/// or `SCRIPT FLUSH`): it was not run, so it may be sent again once loaded.
+pub(crate) fn is_noscript(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOSCRIPT")
+}
+
+/// Adds a durable publish to `pipeline`. `retry` asks the script to look for
+/// `publish_id` in the history first: an earlier attempt whose answer was lost.
+pub(crate) fn add_publish(
+    pipeline: &mut redis::Pipeline,
+    config: &RedisConfig,
+    durable: &DurableConfig,
+    event: &Event,
+    key: Option<&IdempotencyKey>,
+    publish_id: &str,
+    retry: bool,
+) {
+    let keys = Keys::of(config, event.room());
+    let command = pipeline
+        .cmd("EVALSHA")
+        .arg(PUBLISH_SCRIPT.get_hash())
+        .arg(if key.is_some() { 3 } else { 2 })
+        .arg(&keys.history)
+        .arg(&keys.meta);
+    if let Some(key) = key {
+        command.arg(keys.idempotency(key));
+    }
+    command
+        .arg(event.open_json())
+        .arg(&keys.channel)
+        .arg(durable.history_size)
+        .arg(millis(durable.history_ttl))
+        .arg(millis(durable.meta_ttl))
+        .arg(Epoch::fresh().as_str())
+        .arg(millis(durable.idempotency_ttl))
+        .arg(publish_id)
+        .arg(if retry { "1" } else { "0" });
+}
+
+/// Adds a keyed publish in a plain room to `pipeline`.
+pub(crate) fn add_keyed(
+    pipeline: &mut redis::Pipeline,
+    config: &RedisConfig,
+    durable: &DurableConfig,
+    event: &Event,
+    key: &IdempotencyKey,
+) {
+    let keys = Keys::of(config, event.room());
+    pipeline
+        .cmd("EVALSHA")
+        .arg(KEYED_SCRIPT.get_hash())
+        .arg(1)
+        .arg(keys.idempotency(key))
+        .arg(&keys.channel)
+        .arg(&**event.json())
+        .arg(millis(durable.idempotency_ttl));
+}
+
+/// A durable publish's answer: the event's position.
+pub(crate) fn published_position(value: &Value) -> Result<Position, Error> {
+    let unexpected = || Error::Redis(format!("unexpected answer to a durable publish: {value:?}"));
+    let Value::Array(items) = value else {
+        return Err(unexpected());
+    };
+    match items.as_slice() {
+        [offset, epoch, _duplicate] => Ok(Position {
+            offset: redis::from_redis_value_ref(offset).map_err(|_| unexpected())?,
+            epoch: epoch_of(epoch).ok_or_else(unexpected)?,
+        }),
+        _ => Err(unexpected()),
+    }
+}
+
+fn epoch_of(value: &Value) -> Option<Epoch> {
+    let text: String = redis::from_redis_value_ref(value).ok()?;
+    Epoch::new(&text).ok()
+}
+
+/// Reads a room's position and up to `limit` events: from offset `from` on, or the
+/// latest ones when `from` is `None`. Creates the room's epoch when it has none.
+pub(crate) async fn read(
+    conn: &mut MultiplexedConnection,
+    config: &RedisConfig,
+    durable: &DurableConfig,
+    room: &Room,
+    from: Option<u64>,
+    limit: usize,
+) -> Result<HistoryPage, Error> {
+    let keys = Keys::of(config, room);
+    let mut invocation = READ_SCRIPT.key(&keys.history);
+    invocation
+        .key(&keys.meta)
+        .arg(from.map(|f| f.to_string()).unwrap_or_default())
+        .arg(limit)
+        .arg(Epoch::fresh().as_str())
+        .arg(millis(durable.meta_ttl));
+    let answer = with_deadline(config.response_timeout, "history read", async {
+        invocation
+            .invoke_async::<(u64, String, Vec<Bytes>)>(conn)
+            .await
+            .map_err(|e| Error::from_redis(&e))
+    })
+    .await?;
+    let (offset, epoch, envelopes) = answer;
+    let epoch = Epoch::new(&epoch)?;
+    let mut events = Vec::with_capacity(envelopes.len());
+    for envelope in envelopes {
+        // Only the script writes the history; an entry that does not parse is skipped.
+        match Event::parse(room.clone(), envelope) {
+            Ok(event) if event.position().is_some() => events.push(Arc::new(event)),
+            _ => log::warn!("history of {room}: skipped an entry that is not a numbered envelope"),
+        }
+    }
+    if from.is_none() {
+        events.reverse();
+    }
+    Ok(HistoryPage {
+        current: Position { offset, epoch },
+        events,
+    })
+}
+
+/// Replaces the room's epoch `lost` with a fresh one (the numbering was rolled back),
+/// unless another server did already; answers the room's position after it.
+pub(crate) async fn rotate(
+    conn: &mut MultiplexedConnection,
+    config: &RedisConfig,
+    durable: &DurableConfig,
+    room: &Room,
+    lost: &Epoch,
+) -> Result<Option<Position>, Error> {
+    let keys = Keys::of(config, room);
+    let mut invocation = ROTATE_SCRIPT.key(&keys.history);
+    invocation
+        .key(&keys.meta)
+        .arg(lost.as_str())
+        .arg(Epoch::fresh().as_str())
+        .arg(millis(durable.meta_ttl));
+    let (offset, epoch) = with_deadline(config.response_timeout, "epoch rotation", async {
+        invocation
+            .invoke_async::<(u64, Option<String>)>(conn)
+            .await
+            .map_err(|e| Error::from_redis(&e))
+    })
+    .await?;
+    Ok(match epoch {
+        Some(epoch) => Some(Position {
+            offset,
+            epoch: Epoch::new(&epoch)?,
+        }),
+        None => None,
+    })
+}
+
+fn millis(duration: std::time::Duration) -> u64 {
+    duration.as_millis().max(1) as u64
+}

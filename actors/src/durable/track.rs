@@ -1,0 +1,357 @@
+//! What a server keeps for each durable room it holds (PROTOCOL.md §8): the epoch and
+//! the last offset it delivered, and a ring of the room's recent events. A pure type:
+//! the broker feeds it what arrives and what its reads return, and does what it says.
+
+use std::{collections::VecDeque, sync::Arc};
+
+use super::{Epoch, HistoryPage, Position, Since};
+use crate::Event;
+
+/// The most events one read asks for (a catch-up reads page after page).
+pub(crate) const READ_PAGE: usize = 500;
+
+/// The most events kept waiting while a read is out; past it they are not kept,
+/// and the next read finds them in the history.
+const MAX_WAITING: usize = 8192;
+
+/// The most bytes of envelopes a room's ring keeps (besides its count bound).
+const RING_BYTES: usize = 1 << 20;
+
+/// One durable room at this server.
+#[derive(Debug)]
+pub(crate) struct Track {
+    /// The last offset delivered here, in its epoch; `None` until the first read.
+    position: Option<Position>,
+    /// The room's latest events, contiguous, the last one at `position`.
+    ring: VecDeque<Arc<Event>>,
+    ring_bytes: usize,
+    ring_limit: usize,
+    /// A read is out: events arriving meanwhile wait here, in order.
+    waiting: Option<VecDeque<Arc<Event>>>,
+    /// Epochs this server replaced (a rollback): their late events are dropped.
+    retired: Vec<Epoch>,
+}
+
+/// What an arriving numbered event means.
+#[derive(Debug)]
+pub(crate) enum Arrival {
+    /// The next one: deliver it (it is in the ring now).
+    Deliver(Arc<Event>),
+    /// Delivered already (or of a retired epoch): drop it.
+    Duplicate,
+    /// It waits for the read that is out.
+    Waiting,
+    /// Offsets skipped before it: it waits, and a read from `from` must go out.
+    Read { from: Option<u64> },
+    /// Another epoch: the numbering was lost. Tell the room's recipients of the gap
+    /// (`position`: the events after it follow), then deliver the event.
+    NewEpoch {
+        position: Position,
+        event: Arc<Event>,
+    },
+}
+
+/// What a read's answer means.
+#[derive(Debug, Default)]
+pub(crate) struct Caught {
+    /// Missed events cannot be had: tell the room's recipients, then `deliver`.
+    pub(crate) gap: Option<Position>,
+    /// Deliver these, in order (missed events first, then those that waited).
+    pub(crate) deliver: Vec<Arc<Event>>,
+    /// Events recovered from the history.
+    pub(crate) recovered: usize,
+    /// Events dropped as already delivered.
+    pub(crate) duplicates: usize,
+    /// The read found the numbering rolled back: replace this epoch in the backplane,
+    /// then read again.
+    pub(crate) rotate: Option<Epoch>,
+    /// Read again from this offset (more missed events, or another skip).
+    pub(crate) read_again: Option<u64>,
+}
+
+/// A recipient's way into the room (`Subscribe` with or without `since`).
+#[derive(Debug)]
+pub(crate) enum Entry {
+    /// Whether it recovered, and the events to replay first (from the ring). Its
+    /// position is taken when it joins.
+    Ready {
+        recovered: Option<bool>,
+        replay: Vec<Arc<Event>>,
+    },
+    /// The ring does not reach back far enough: read from `from` first.
+    Read { from: u64 },
+}
+
+impl Track {
+    /// A room not read yet: a read of its latest `ring_limit` events must go out.
+    pub(crate) fn new(ring_limit: usize) -> Track {
+        Track {
+            position: None,
+            ring: VecDeque::new(),
+            ring_bytes: 0,
+            ring_limit: ring_limit.max(1),
+            waiting: Some(VecDeque::new()),
+            retired: Vec::new(),
+        }
+    }
+
+    /// The size of the first read, which fills the ring.
+    pub(crate) fn ring_limit(&self) -> usize {
+        self.ring_limit
+    }
+
+    /// The last offset delivered here; `None` before the first read answered.
+    pub(crate) fn position(&self) -> Option<&Position> {
+        self.position.as_ref()
+    }
+
+    /// Whether a read is out.
+    pub(crate) fn is_reading(&self) -> bool {
+        self.waiting.is_some()
+    }
+
+    /// A numbered event from the backplane.
+    pub(crate) fn arrive(&mut self, event: Arc<Event>) -> Arrival {
+        if let Some(waiting) = &mut self.waiting {
+            if waiting.len() < MAX_WAITING {
+                waiting.push_back(event);
+            }
+            return Arrival::Waiting;
+        }
+        let (Some(at), Some(ours)) = (event.position(), &self.position) else {
+            return Arrival::Duplicate;
+        };
+        if at.epoch != ours.epoch {
+            if self.retired.contains(&at.epoch) {
+                return Arrival::Duplicate;
+            }
+            let position = Position {
+                offset: at.offset.saturating_sub(1),
+                epoch: at.epoch.clone(),
+            };
+            self.reset(position.clone());
+            self.push(event.clone());
+            return Arrival::NewEpoch { position, event };
+        }
+        if at.offset <= ours.offset {
+            return Arrival::Duplicate;
+        }
+        if at.offset > ours.offset + 1 {
+            let from = self.start_read();
+            self.waiting.as_mut().expect("reading").push_back(event);
+            return Arrival::Read { from };
+        }
+        self.push(event.clone());
+        Arrival::Deliver(event)
+    }
+
+    /// The pub/sub link came back: what was published meanwhile must be read. `None`
+    /// when a read is out already (it is read again once it answers).
+    pub(crate) fn relinked(&mut self) -> Option<Option<u64>> {
+        if self.is_reading() {
+            return None;
+        }
+        Some(self.start_read())
+    }
+
+    /// Enters the reading state; the offset to read from: the last one delivered,
+    /// included, so the read can tell a rollback that reused it.
+    fn start_read(&mut self) -> Option<u64> {
+        self.waiting.get_or_insert_with(VecDeque::new);
+        self.position.as_ref().map(|p| p.offset.max(1))
+    }
+
+    /// A read could not be made: the next attempt reads from the same place.
+    pub(crate) fn read_from(&self) -> Option<u64> {
+        self.position.as_ref().map(|p| p.offset.max(1))
+    }
+
+    /// A read answered.
+    pub(crate) fn caught_up(&mut self, page: HistoryPage) -> Caught {
+        let mut caught = Caught::default();
+        let Some(ours) = self.position.clone() else {
+            // The first read: the ring starts with the latest events.
+            self.reset(page.current.clone());
+            let ring: Vec<_> = page.events;
+            self.ring_bytes = 0;
+            for event in ring {
+                if event
+                    .position()
+                    .is_some_and(|p| p.epoch == page.current.epoch)
+                {
+                    self.ring_push(event);
+                }
+            }
+            self.release(&mut caught);
+            return caught;
+        };
+        if page.current.epoch != ours.epoch {
+            caught.gap = Some(page.current.clone());
+            self.reset(page.current);
+            self.release(&mut caught);
+            return caught;
+        }
+        if page.current.offset < ours.offset || self.reused(&page, ours.offset) {
+            caught.rotate = Some(ours.epoch);
+            return caught;
+        }
+        let full = page.events.len() >= READ_PAGE;
+        let mut missed = page
+            .events
+            .into_iter()
+            .filter(|e| e.offset().is_some_and(|o| o > ours.offset))
+            .peekable();
+        if let Some(first) = missed.peek().and_then(|e| e.offset()) {
+            if first > ours.offset + 1 {
+                let position = Position {
+                    offset: first - 1,
+                    epoch: ours.epoch.clone(),
+                };
+                caught.gap = Some(position.clone());
+                self.reset(position);
+            }
+        } else if page.current.offset > ours.offset {
+            // Nothing of what was missed is left in the history.
+            caught.gap = Some(page.current.clone());
+            self.reset(page.current.clone());
+        }
+        for event in missed {
+            caught.recovered += 1;
+            self.push(event.clone());
+            caught.deliver.push(event);
+        }
+        let now = self.position.as_ref().map_or(0, |p| p.offset);
+        if full && now < page.current.offset {
+            caught.read_again = Some(now);
+            return caught;
+        }
+        self.release(&mut caught);
+        caught
+    }
+
+    /// The epoch was replaced (`Caught::rotate`) and the room now stands at
+    /// `position`: the events after it follow.
+    pub(crate) fn rotated(&mut self, lost: Epoch, position: Position) -> Caught {
+        self.retired.push(lost);
+        if self.retired.len() > 4 {
+            self.retired.remove(0);
+        }
+        let mut caught = Caught {
+            gap: Some(position.clone()),
+            ..Caught::default()
+        };
+        self.reset(position);
+        self.release(&mut caught);
+        caught
+    }
+
+    /// Whether the history's event at `offset` is not the one delivered here: the
+    /// numbering went back and forward again (a rollback followed by new publishes).
+    fn reused(&self, page: &HistoryPage, offset: u64) -> bool {
+        let Some(ours) = self.ring.back().filter(|e| e.offset() == Some(offset)) else {
+            return false;
+        };
+        page.events
+            .iter()
+            .find(|e| e.offset() == Some(offset))
+            .is_some_and(|theirs| theirs.json() != ours.json())
+    }
+
+    /// Ends the read: the events that waited go through `arrive` again.
+    fn release(&mut self, caught: &mut Caught) {
+        let waiting = self.waiting.take().unwrap_or_default();
+        let mut waiting = waiting.into_iter();
+        for event in waiting.by_ref() {
+            match self.arrive(event) {
+                Arrival::Deliver(event) => caught.deliver.push(event),
+                Arrival::Duplicate => caught.duplicates += 1,
+                Arrival::NewEpoch { position, event } => {
+                    // Rare (a restart while a read was out): the gap goes first.
+                    caught.gap = Some(position);
+                    caught.deliver.clear();
+                    caught.deliver.push(event);
+                }
+                Arrival::Read { from } => {
+                    caught.read_again = from;
+                    break;
+                }
+                Arrival::Waiting => unreachable!("not reading"),
+            }
+        }
+        if let Some(rest) = self.waiting.as_mut() {
+            rest.extend(waiting);
+        }
+    }
+
+    /// Starts over at `position`: the ring no longer continues.
+    fn reset(&mut self, position: Position) {
+        self.ring.clear();
+        self.ring_bytes = 0;
+        self.position = Some(position);
+    }
+
+    /// Appends the next event.
+    fn push(&mut self, event: Arc<Event>) {
+        if let (Some(ours), Some(at)) = (self.position.as_mut(), event.position()) {
+            ours.offset = at.offset;
+        }
+        self.ring_push(event);
+    }
+
+    fn ring_push(&mut self, event: Arc<Event>) {
+        self.ring_bytes += event.json().len();
+        self.ring.push_back(event);
+        while self.ring.len() > self.ring_limit || self.ring_bytes > RING_BYTES {
+            let Some(old) = self.ring.pop_front() else {
+                break;
+            };
+            self.ring_bytes -= old.json().len();
+        }
+    }
+
+    /// How a recipient enters the room; `None` before the first read answered.
+    pub(crate) fn enter(&self, since: Option<&Since>) -> Option<Entry> {
+        let position = self.position.as_ref()?;
+        let ready = |recovered, replay| Entry::Ready { recovered, replay };
+        let Some(since) = since else {
+            return Some(ready(None, Vec::new()));
+        };
+        if since.epoch != position.epoch || since.offset > position.offset {
+            return Some(ready(Some(false), Vec::new()));
+        }
+        if since.offset == position.offset {
+            return Some(ready(Some(true), Vec::new()));
+        }
+        let first = self.ring.front().and_then(|e| e.offset());
+        match first {
+            Some(first) if first <= since.offset + 1 => {
+                let replay = self
+                    .ring
+                    .iter()
+                    .filter(|e| e.offset().is_some_and(|o| o > since.offset))
+                    .cloned()
+                    .collect();
+                Some(ready(Some(true), replay))
+            }
+            _ => Some(Entry::Read {
+                from: since.offset + 1,
+            }),
+        }
+    }
+
+    /// The events after `after` the ring still holds, when it reaches back to them.
+    pub(crate) fn ring_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
+        let first = self.ring.front().and_then(|e| e.offset())?;
+        if first > after + 1 {
+            return None;
+        }
+        Some(
+            self.ring
+                .iter()
+                .filter(|e| e.offset().is_some_and(|o| o > after))
+                .take(limit)
+                .cloned()
+                .collect(),
+        )
+    }
+}
