@@ -17,6 +17,8 @@ pub const NOTICE: Duration = Duration::from_secs(3);
 /// How long servers get to be healthy again once Redis answers (§5 says about 1.5 s;
 /// a restart that loads an append-only file of tens of MB answers PING after loading).
 pub const BACK: Duration = Duration::from_secs(10);
+/// How long a client gets to hold a few events published one by one.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long every client gets to hold every published event once the stream stopped.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
@@ -229,14 +231,36 @@ pub async fn publish_all(
     positions
 }
 
-/// Waits until every watcher holds each of `ids`.
+/// Waits until every watcher holds each of `ids`; failing that, names what each
+/// watcher lacks and what it was told instead (its gaps and where its rooms stand).
 pub async fn wait_delivered(watchers: &[Watcher], ids: &[u64], what: &str) {
-    wait_until(Duration::from_secs(10), what, || async {
-        watchers
-            .iter()
-            .all(|w| ids.iter().all(|id| w.seen().deliveries.contains_key(id)))
-    })
-    .await;
+    let started = Instant::now();
+    let missing = |w: &Watcher| -> Vec<u64> {
+        let seen = w.seen();
+        ids.iter()
+            .copied()
+            .filter(|id| !seen.deliveries.contains_key(id))
+            .collect()
+    };
+    while watchers.iter().any(|w| !missing(w).is_empty()) {
+        if started.elapsed() > DELIVERY_TIMEOUT {
+            let report: Vec<String> = watchers
+                .iter()
+                .map(|w| {
+                    let seen = w.seen();
+                    let gaps: Vec<&Value> = seen.gaps.iter().map(|(_, g)| g).collect();
+                    format!(
+                        "{}: lacks {:?}; gaps {gaps:?}; positions {:?}",
+                        w.label,
+                        missing(w),
+                        seen.positions
+                    )
+                })
+                .collect();
+            panic!("timed out after {DELIVERY_TIMEOUT:?}: {what}\n{report:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until every watcher has a gap in `room`; returns the first gap of each, with

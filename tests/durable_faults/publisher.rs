@@ -273,3 +273,60 @@ pub fn answers_summary(outcomes: &[Outcome]) -> String {
         outcomes.len()
     )
 }
+
+/// The comparison itself: a missing, a doubled and a misplaced event are each caught.
+mod checks {
+    use super::*;
+    use crate::watcher::Delivery;
+
+    fn outcome(id: u64, answer: Answer) -> Outcome {
+        let now = Instant::now();
+        Outcome {
+            id,
+            room: "r".to_owned(),
+            sent: now,
+            answer: Some((now, answer)),
+        }
+    }
+
+    fn published(offset: u64) -> Answer {
+        Answer::Published {
+            offset: Some(offset),
+            epoch: Some("e".to_owned()),
+        }
+    }
+
+    fn delivered(seen: &mut Seen, id: u64, offset: u64, count: u32) {
+        let delivery = Delivery {
+            at: Instant::now(),
+            count,
+            room: "r".to_owned(),
+            epoch: Some("e".to_owned()),
+            offset: Some(offset),
+        };
+        seen.deliveries.insert(id, delivery);
+    }
+
+    #[test]
+    fn missing_doubled_and_misplaced_events_are_each_caught() {
+        let mut seen = Seen::default();
+        delivered(&mut seen, 1, 1, 1);
+        delivered(&mut seen, 2, 2, 2);
+        delivered(&mut seen, 3, 7, 1);
+        delivered(&mut seen, 5, 5, 1);
+        let outcomes = [
+            outcome(1, published(1)),
+            outcome(2, published(2)),
+            outcome(3, published(3)),
+            outcome(4, published(4)),
+            outcome(5, Answer::Failed("publish_failed".to_owned())),
+            outcome(6, Answer::Failed("publish_failed".to_owned())),
+        ];
+        let tally = tally(&seen, &outcomes);
+        assert_eq!(tally.missing, [4]);
+        assert_eq!(tally.duplicated, [(2, 2)]);
+        assert_eq!(tally.misplaced.len(), 1, "{:?}", tally.misplaced);
+        assert_eq!(tally.failed_delivered, 1);
+        assert!(!tally.is_clean());
+    }
+}

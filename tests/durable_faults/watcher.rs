@@ -255,3 +255,60 @@ async fn watch(
     }
     client
 }
+
+/// The checks of [`Seen`] themselves: each broken promise is caught, each kept one passes.
+mod checks {
+    use super::*;
+
+    fn seen_at(epoch: &str, offset: u64) -> Seen {
+        let mut seen = Seen::default();
+        let position = Position {
+            epoch: epoch.to_owned(),
+            offset,
+        };
+        seen.positions.insert("r".to_owned(), position);
+        seen
+    }
+
+    fn event(seen: &mut Seen, id: u64, epoch: &str, offset: u64) {
+        let envelope = json!({"type": "t", "data": {"id": id}, "epoch": epoch, "offset": offset});
+        let frame = json!({"op": "event", "room": "r", "event": envelope});
+        seen.record(Instant::now(), frame, true);
+    }
+
+    fn gap(seen: &mut Seen, epoch: &str, offset: u64) {
+        let frame = json!({"op": "gap", "room": "r", "reason": "history_lost", "epoch": epoch, "offset": offset});
+        seen.record(Instant::now(), frame, true);
+    }
+
+    #[test]
+    fn contiguous_offsets_and_a_gap_before_a_new_epoch_pass() {
+        let mut seen = seen_at("e1", 4);
+        event(&mut seen, 1, "e1", 5);
+        event(&mut seen, 2, "e1", 6);
+        gap(&mut seen, "e2", 9);
+        event(&mut seen, 3, "e2", 10);
+        assert!(seen.violations.is_empty(), "{:?}", seen.violations);
+        assert_eq!(seen.deliveries[&3].offset, Some(10));
+    }
+
+    #[test]
+    fn a_skip_a_repeat_and_a_silent_epoch_change_are_each_caught() {
+        let mut seen = seen_at("e1", 4);
+        event(&mut seen, 1, "e1", 6);
+        event(&mut seen, 2, "e1", 6);
+        event(&mut seen, 2, "e2", 1);
+        assert_eq!(seen.violation_count, 3, "{:?}", seen.violations);
+        assert_eq!(seen.deliveries[&2].count, 2);
+    }
+
+    #[test]
+    fn an_event_without_a_position_or_a_malformed_gap_is_caught() {
+        let mut seen = seen_at("e1", 0);
+        let frame = json!({"op": "event", "room": "r", "event": {"type": "t", "data": {"id": 1}}});
+        seen.record(Instant::now(), frame, true);
+        let frame = json!({"op": "gap", "room": "r", "reason": "link_lost"});
+        seen.record(Instant::now(), frame, true);
+        assert_eq!(seen.violation_count, 2, "{:?}", seen.violations);
+    }
+}
