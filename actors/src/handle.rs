@@ -6,9 +6,9 @@ use actix::{dev::ToEnvelope, Actor, Addr, Handler, Recipient};
 use serde::Serialize;
 
 use crate::{
-    durable::{IdempotencyKey, Published},
+    durable::{IdempotencyKey, Published, Since},
     events::{self, Channel},
-    Broker, BrokerConfig, Delivery, Error, Evicted, Gap, GetHealth, GetStats, HealthStatus,
+    Broker, BrokerConfig, Delivery, Error, Evicted, Gap, GetHealth, GetStats, HealthStatus, Joined,
     NewEvent, Publish, PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats,
     Unsubscribe, UnsubscribeAll,
 };
@@ -119,6 +119,34 @@ impl PubSub {
             .await
     }
 
+    /// Subscribes an actor like [`PubSub::subscribe_actor`], recovering what followed
+    /// `since` in a durable room (PROTOCOL.md §7): when [`Joined::recovered`] is
+    /// true, the missed events reach the actor as [`Delivery`]s before any live one;
+    /// when false, nothing is replayed and the actor should reload its state. The
+    /// broker replays what its ring and one history read hold (up to 1,024 events
+    /// back, or 500 past the ring); a recovery reaching further back ends with a
+    /// [`Gap`] where the replay stops.
+    pub async fn subscribe_actor_since<A>(
+        &self,
+        room: &str,
+        actor: &Addr<A>,
+        since: Since,
+    ) -> Result<Joined, Error>
+    where
+        A: Actor + Handler<Delivery> + Handler<Evicted> + Handler<Gap>,
+        A::Context: ToEnvelope<A, Delivery> + ToEnvelope<A, Evicted> + ToEnvelope<A, Gap>,
+    {
+        let subscribe = Subscribe {
+            room: Room::new(room)?,
+            since: Some(since),
+            deliver_replay: true,
+            recipient: actor.clone().recipient(),
+            on_evicted: Some(actor.clone().recipient()),
+            on_gap: Some(actor.clone().recipient()),
+        };
+        self.broker.send(subscribe).await?
+    }
+
     /// Subscribes `recipient` to `room`; `on_evicted`, when given, is told if the
     /// broker drops the recipient because its mailbox was full, and `on_gap` when
     /// events of the room may have been lost.
@@ -132,6 +160,7 @@ impl PubSub {
         let subscribe = Subscribe {
             room: Room::new(room)?,
             since: None,
+            deliver_replay: false,
             recipient,
             on_evicted,
             on_gap,
@@ -303,6 +332,95 @@ mod tests {
         assert_eq!(
             pubsub.health_status().await.unwrap().active_subscriptions,
             1
+        );
+    }
+
+    /// Keeps the offsets it receives, and the gaps.
+    struct Offsets(tokio::sync::mpsc::UnboundedSender<Result<u64, Gap>>);
+
+    impl Actor for Offsets {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Delivery> for Offsets {
+        type Result = ();
+
+        fn handle(&mut self, msg: Delivery, _ctx: &mut Context<Self>) {
+            let _ = self.0.send(Ok(msg.event.offset().expect("numbered")));
+        }
+    }
+
+    impl Handler<Evicted> for Offsets {
+        type Result = ();
+
+        fn handle(&mut self, _: Evicted, _ctx: &mut Context<Self>) {}
+    }
+
+    impl Handler<Gap> for Offsets {
+        type Result = ();
+
+        fn handle(&mut self, gap: Gap, _ctx: &mut Context<Self>) {
+            let _ = self.0.send(Err(gap));
+        }
+    }
+
+    /// PROTOCOL.md §7 in process: publishes in a durable room answer their offset, and
+    /// an actor subscribing with `since` gets the missed events, then live ones.
+    #[actix_rt::test]
+    async fn an_actor_subscribing_with_since_gets_the_missed_events_then_live_ones() {
+        let mut config = BrokerConfig::new("since", BackplaneConfig::Memory);
+        config.durable.rooms = vec![crate::Pattern::parse("d:*").unwrap()];
+        let pubsub = PubSub::start(config);
+        let mut epoch = None;
+        for n in 1..=5u64 {
+            let published = pubsub.publish_to("d:1", "n", &n).await.unwrap();
+            let position = published
+                .position
+                .expect("a durable room answers its position");
+            assert_eq!(position.offset, n);
+            epoch = Some(position.epoch);
+        }
+        let epoch = epoch.unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let actor = Offsets(tx).start();
+        let since = Since {
+            offset: 2,
+            epoch: epoch.clone(),
+        };
+        let joined = pubsub
+            .subscribe_actor_since("d:1", &actor, since)
+            .await
+            .unwrap();
+        assert_eq!(joined.recovered, Some(true));
+        pubsub.publish_to("d:1", "n", &6).await.unwrap();
+        for want in 3..=6u64 {
+            assert_eq!(rx.recv().await.unwrap().unwrap(), want);
+        }
+        // Another epoch: nothing replayed, the actor must reload.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let other = Offsets(tx).start();
+        let stale = Since {
+            offset: 1,
+            epoch: crate::durable::Epoch::new("another").unwrap(),
+        };
+        let joined = pubsub
+            .subscribe_actor_since("d:1", &other, stale)
+            .await
+            .unwrap();
+        assert_eq!(joined.recovered, Some(false));
+        assert_eq!(joined.position.map(|p| p.offset), Some(6));
+        pubsub.publish_to("d:1", "n", &7).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap(), 7);
+        // The same key twice: one event, the same answer.
+        let first = pubsub.publish_once("d:1", "n", &8, "k-8").await.unwrap();
+        let again = pubsub.publish_once("d:1", "n", &8, "k-8").await.unwrap();
+        assert_eq!(first, again);
+        pubsub.publish_to("d:1", "n", &9).await.unwrap();
+        assert_eq!(rx.recv().await.unwrap().unwrap(), 8);
+        assert_eq!(
+            rx.recv().await.unwrap().unwrap(),
+            9,
+            "the repeated key published nothing"
         );
     }
 }

@@ -39,6 +39,11 @@ pub struct Subscribe {
     pub room: Room,
     /// In a durable room: the last event the recipient has, to recover what followed.
     pub since: Option<Since>,
+    /// Who replays what `since` recovers: `true`, the broker, which sends the missed
+    /// events to the recipient before any live one (in-process recipients); `false`,
+    /// the recipient itself, from [`Joined::replay`] and [`ReadHistory`] at its own
+    /// pace (WebSocket sessions, whose outbound queue is bounded).
+    pub deliver_replay: bool,
     /// Who gets the room's events.
     pub recipient: Recipient<Delivery>,
     /// Told when the broker drops the recipient because its mailbox is full, so it

@@ -168,6 +168,7 @@ impl Peers {
         let subscribe = self.broker.send(Subscribe {
             room: Room::system_events(),
             since: None,
+            deliver_replay: false,
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
             on_gap: None,

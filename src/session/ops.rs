@@ -168,6 +168,7 @@ impl Session {
         let request = self.state.broker.send(Subscribe {
             room: room.clone(),
             since,
+            deliver_replay: false,
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
             on_gap: Some(ctx.address().recipient()),

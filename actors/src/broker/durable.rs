@@ -16,7 +16,7 @@ use crate::{
         DurableConfig, HistoryPage, Position, Since,
     },
     link::with_deadline,
-    Error, Event, Gap, GapReason, History, Joined, ReadHistory, Room, SubscriberStats,
+    Delivery, Error, Event, Gap, GapReason, History, Joined, ReadHistory, Room, SubscriberStats,
 };
 
 /// How long a failed read waits before it is made again.
@@ -125,6 +125,60 @@ impl DurableRooms {
                 replay: Vec::new(),
                 replay_to,
             },
+        }
+    }
+}
+
+impl DurableRooms {
+    /// Replays what `joined` recovered to an in-process recipient, before any live
+    /// event (it joined in this same step): the events it carries, then what the
+    /// ring holds up to `joined.replay_to`. What neither holds ends the replay with a
+    /// `history_lost` gap.
+    pub(super) fn replay(
+        &self,
+        room: &Room,
+        joined: &Joined,
+        recipient: &Recipient<Delivery>,
+        on_gap: &Option<Recipient<Gap>>,
+    ) {
+        let (Some(true), Some(position)) = (joined.recovered, &joined.position) else {
+            return;
+        };
+        let mut last = position.offset;
+        for event in &joined.replay {
+            last = event.offset().unwrap_or(last);
+            recipient.do_send(Delivery {
+                event: event.clone(),
+            });
+        }
+        if last >= joined.replay_to {
+            return;
+        }
+        let rest = self
+            .tracks
+            .get(room)
+            .and_then(|t| t.ring_after(last, usize::MAX));
+        match rest {
+            Some(events) => {
+                for event in events
+                    .into_iter()
+                    .filter(|e| e.offset().is_some_and(|o| o <= joined.replay_to))
+                {
+                    recipient.do_send(Delivery { event });
+                }
+            }
+            None => {
+                if let Some(on_gap) = on_gap {
+                    on_gap.do_send(Gap {
+                        room: room.clone(),
+                        reason: GapReason::HistoryLost,
+                        position: Some(Position {
+                            offset: joined.replay_to,
+                            epoch: position.epoch.clone(),
+                        }),
+                    });
+                }
+            }
         }
     }
 }

@@ -313,6 +313,7 @@ impl Handler<Subscribe> for Broker {
             gap: msg.on_gap,
         };
         let since = msg.since;
+        let deliver_replay = msg.deliver_replay;
         let entering = room.clone();
         Box::pin(
             confirmed
@@ -330,8 +331,12 @@ impl Handler<Subscribe> for Broker {
                     }
                     let result = match result {
                         Ok(joining) if recipient.connected() && !act.closed => {
-                            act.join(room.clone(), recipient, notify);
-                            Ok(act.durable.joined(&room, joining))
+                            act.join(room.clone(), recipient.clone(), notify.clone());
+                            let joined = act.durable.joined(&room, joining);
+                            if deliver_replay {
+                                act.durable.replay(&room, &joined, &recipient, &notify.gap);
+                            }
+                            Ok(joined)
                         }
                         // The recipient went away while the room was being confirmed.
                         Ok(_) => Err(Error::ShuttingDown),

@@ -355,3 +355,156 @@ impl Track {
         )
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Room;
+    use bytes::Bytes;
+
+    fn event(offset: u64, epoch: &str, body: &str) -> Arc<Event> {
+        let json = format!(r#"{{"type":"{body}","offset":{offset},"epoch":"{epoch}"}}"#);
+        Arc::new(Event::parse(Room::new("d:1").unwrap(), Bytes::from(json)).unwrap())
+    }
+
+    fn page(offset: u64, epoch: &str, events: Vec<Arc<Event>>) -> HistoryPage {
+        HistoryPage {
+            current: Position {
+                offset,
+                epoch: Epoch::new(epoch).unwrap(),
+            },
+            events,
+        }
+    }
+
+    /// A track that read the room at offset 3 in epoch `e`, with 1-3 in its ring.
+    fn synced() -> Track {
+        let mut track = Track::new(8);
+        let first = page(3, "e", (1..=3).map(|o| event(o, "e", "t")).collect());
+        let caught = track.caught_up(first);
+        assert!(caught.gap.is_none() && caught.deliver.is_empty());
+        track
+    }
+
+    fn offsets(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().filter_map(|e| e.offset()).collect()
+    }
+
+    #[test]
+    fn delivers_in_order_and_drops_what_it_delivered() {
+        let mut track = synced();
+        assert!(matches!(
+            track.arrive(event(4, "e", "t")),
+            Arrival::Deliver(_)
+        ));
+        assert!(matches!(
+            track.arrive(event(4, "e", "t")),
+            Arrival::Duplicate
+        ));
+        assert!(matches!(
+            track.arrive(event(2, "e", "t")),
+            Arrival::Duplicate
+        ));
+        assert_eq!(track.position().unwrap().offset, 4);
+    }
+
+    #[test]
+    fn a_skip_reads_the_missed_events_and_delivers_them_first() {
+        let mut track = synced();
+        let Arrival::Read { from } = track.arrive(event(6, "e", "t")) else {
+            panic!("a skip reads");
+        };
+        assert_eq!(from, Some(3), "from the last delivered, to check it");
+        assert!(matches!(track.arrive(event(7, "e", "t")), Arrival::Waiting));
+        let read = page(7, "e", (3..=7).map(|o| event(o, "e", "t")).collect());
+        let caught = track.caught_up(read);
+        assert!(caught.gap.is_none());
+        assert_eq!(caught.recovered, 4);
+        assert_eq!(offsets(&caught.deliver), vec![4, 5, 6, 7]);
+        assert_eq!(caught.duplicates, 2, "6 and 7 waited and were read too");
+    }
+
+    #[test]
+    fn a_trimmed_history_is_a_gap_then_the_rest() {
+        let mut track = synced();
+        assert!(track.relinked().is_some());
+        let read = page(9, "e", (7..=9).map(|o| event(o, "e", "t")).collect());
+        let caught = track.caught_up(read);
+        assert_eq!(caught.gap.as_ref().map(|p| p.offset), Some(6));
+        assert_eq!(offsets(&caught.deliver), vec![7, 8, 9]);
+    }
+
+    #[test]
+    fn another_epoch_is_a_gap_at_its_position() {
+        let mut track = synced();
+        assert!(track.relinked().is_some());
+        let caught = track.caught_up(page(0, "f", Vec::new()));
+        assert_eq!(
+            caught.gap.map(|p| (p.offset, p.epoch)),
+            Some((0, Epoch::new("f").unwrap()))
+        );
+        let Arrival::NewEpoch { .. } = track.arrive(event(1, "g", "t")) else {
+            panic!("an event of yet another epoch is a gap too");
+        };
+    }
+
+    #[test]
+    fn a_rollback_rotates_the_epoch_and_old_events_are_dropped() {
+        // Redis went back to offset 2.
+        let mut track = synced();
+        assert!(track.relinked().is_some());
+        let caught = track.caught_up(page(2, "e", vec![]));
+        assert_eq!(caught.rotate, Some(Epoch::new("e").unwrap()));
+        let rotated = Position {
+            offset: 2,
+            epoch: Epoch::new("e2").unwrap(),
+        };
+        let caught = track.rotated(Epoch::new("e").unwrap(), rotated);
+        assert_eq!(caught.gap.map(|p| p.offset), Some(2));
+        assert!(matches!(
+            track.arrive(event(3, "e", "late")),
+            Arrival::Duplicate
+        ));
+        assert!(matches!(
+            track.arrive(event(3, "e2", "t")),
+            Arrival::Deliver(_)
+        ));
+        // Redis went back and forward again: offset 3 holds another event.
+        let mut track = synced();
+        assert!(track.relinked().is_some());
+        let reused = page(4, "e", vec![event(3, "e", "other"), event(4, "e", "t")]);
+        assert!(track.caught_up(reused).rotate.is_some());
+    }
+
+    #[test]
+    fn entering_with_since_replays_from_the_ring_or_asks_for_a_read() {
+        let mut track = Track::new(2);
+        track.caught_up(page(5, "e", (4..=5).map(|o| event(o, "e", "t")).collect()));
+        let since = |offset, epoch: &str| Since {
+            offset,
+            epoch: Epoch::new(epoch).unwrap(),
+        };
+        let Some(Entry::Ready { recovered, replay }) = track.enter(Some(&since(3, "e"))) else {
+            panic!("the ring reaches back to 4");
+        };
+        assert_eq!((recovered, offsets(&replay)), (Some(true), vec![4, 5]));
+        assert!(matches!(
+            track.enter(Some(&since(1, "e"))),
+            Some(Entry::Read { from: 2 })
+        ));
+        assert!(matches!(
+            track.enter(Some(&since(6, "e"))),
+            Some(Entry::Ready {
+                recovered: Some(false),
+                ..
+            })
+        ));
+        assert!(matches!(
+            track.enter(Some(&since(5, "x"))),
+            Some(Entry::Ready {
+                recovered: Some(false),
+                ..
+            })
+        ));
+    }
+}
