@@ -16,7 +16,7 @@ mod watcher;
 
 use std::time::{Duration, Instant};
 
-use serde_json::json;
+use serde_json::{json, Value};
 use support::{u64_at, unique_prefix, wait_until, RedisServer, WsClient};
 
 use fixture::{
@@ -524,6 +524,81 @@ async fn redis_rolled_back_to_an_older_file_reports_history_lost_never_repeats_o
                 "{label}: {id}"
             );
         }
+    }
+}
+
+/// The sixth test again, with publishes going on as soon as the servers are healthy,
+/// before they may have read the room again: Redis hands out the old epoch's offsets
+/// 11, 12... a second time unless a server noticed the rollback first. No client may
+/// take such an event for a continuation of what it has: it is told `history_lost`,
+/// every event it gets after the restart is in a new epoch, and the stream goes on.
+#[actix_web::test]
+async fn redis_rolled_back_under_publishes_never_hands_clients_an_old_offset_again() {
+    let mut redis = RedisServer::start_persistent().await;
+    let prefix = unique_prefix("dur-rollback-busy");
+    let servers = two_servers(&redis, &prefix, "dur-rollback-busy").await;
+    let room = "dur:roll".to_owned();
+    let watchers = watchers(&servers, std::slice::from_ref(&room), 2, true).await;
+    let old_epoch = publish_all(&servers[0], &room, 1..11).await[0].2.clone();
+    let snapshot = redis.snapshot();
+    publish_all(&servers[1], &room, 11..21).await;
+    let ids: Vec<u64> = (1..21).collect();
+    wait_delivered(&watchers, &ids, "the first twenty events arrive").await;
+
+    redis.restart_from(&snapshot).await;
+    for server in &servers {
+        wait_health(server, 200, BACK).await;
+    }
+    let racing = publish_all(&servers[1], &room, 21..26).await;
+    wait_gaps(
+        &watchers,
+        &room,
+        "every client has a gap after the rollback",
+    )
+    .await;
+    let (offset, epoch) = publish_http(&servers[0], &room, 26).await;
+    assert_ne!(
+        epoch, old_epoch,
+        "once every client was told, the epoch is new"
+    );
+    wait_delivered(
+        &watchers,
+        &[26],
+        "an event published after the gaps arrives",
+    )
+    .await;
+    eprintln!(
+        "dur-rollback-busy: old epoch {old_epoch} at offset 20, rolled back to 10; \
+         published at once after: {:?}; after the gaps: ({offset}, {epoch})",
+        racing.iter().map(|p| (p.1, &p.2)).collect::<Vec<_>>()
+    );
+    for watcher in watchers {
+        let label = watcher.label.clone();
+        let (_, seen) = watcher.finish().await;
+        let gaps: Vec<&Value> = seen.gaps.iter().map(|(_, g)| g).collect();
+        eprintln!("dur-rollback-busy: {label}: gaps {gaps:?}");
+        assert!(
+            seen.violations.is_empty(),
+            "{label}: {:#?}",
+            seen.violations
+        );
+        for id in 21..27 {
+            let Some(delivery) = seen.deliveries.get(&id) else {
+                continue;
+            };
+            assert_eq!(delivery.count, 1, "{label}: event {id}");
+            assert_ne!(
+                delivery.epoch.as_deref(),
+                Some(old_epoch.as_str()),
+                "{label}: event {id} delivered in the old epoch, at {:?}",
+                delivery.offset
+            );
+        }
+        assert_eq!(
+            seen.deliveries[&26].epoch.as_ref(),
+            Some(&epoch),
+            "{label}: event 26"
+        );
     }
 }
 
