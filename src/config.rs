@@ -275,11 +275,18 @@ fn durable(env: &Env<'_>) -> Result<DurableConfig, ConfigError> {
             ),
         })?);
     }
-    let history_ttl = env.millis("HISTORY_TTL_MS", DurableConfig::DEFAULT_HISTORY_TTL)?;
+    // A room's keys may live for weeks: these three go up to 365 days.
+    const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
+    let history_ttl = env.millis_up_to(
+        "HISTORY_TTL_MS",
+        DurableConfig::DEFAULT_HISTORY_TTL,
+        YEAR_MS,
+    )?;
     // Unset, the key's TTL is its default or the history's, whichever is shorter.
-    let idempotency_ttl = env.millis(
+    let idempotency_ttl = env.millis_up_to(
         "IDEMPOTENCY_TTL_MS",
         DurableConfig::DEFAULT_IDEMPOTENCY_TTL.min(history_ttl),
+        YEAR_MS,
     )?;
     let durable = DurableConfig {
         rooms,
@@ -290,20 +297,14 @@ fn durable(env: &Env<'_>) -> Result<DurableConfig, ConfigError> {
             1_000_000,
         )? as usize,
         history_ttl,
-        meta_ttl: env.millis("HISTORY_META_TTL_MS", DurableConfig::DEFAULT_META_TTL)?,
+        meta_ttl: env.millis_up_to(
+            "HISTORY_META_TTL_MS",
+            DurableConfig::DEFAULT_META_TTL,
+            YEAR_MS,
+        )?,
         idempotency_ttl,
     };
-    let at_least_one = |name, value: Duration| {
-        if value.is_zero() {
-            return Err(ConfigError {
-                name,
-                why: "must be at least 1 ms".into(),
-            });
-        }
-        Ok(())
-    };
-    at_least_one("HISTORY_TTL_MS", durable.history_ttl)?;
-    at_least_one("IDEMPOTENCY_TTL_MS", durable.idempotency_ttl)?;
+
     if durable.meta_ttl < durable.history_ttl {
         return Err(ConfigError {
             name: "HISTORY_META_TTL_MS",
@@ -527,7 +528,17 @@ impl Env<'_> {
 
     /// A duration in milliseconds, at least 1.
     fn millis(&self, name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-        let ms = self.number(name, default.as_millis() as u64, 1, 24 * 3600 * 1000)?;
+        self.millis_up_to(name, default, 24 * 3600 * 1000)
+    }
+
+    /// A duration in milliseconds, 1 to `max`.
+    fn millis_up_to(
+        &self,
+        name: &'static str,
+        default: Duration,
+        max: u64,
+    ) -> Result<Duration, ConfigError> {
+        let ms = self.number(name, default.as_millis() as u64, 1, max)?;
         Ok(Duration::from_millis(ms))
     }
 }
@@ -652,6 +663,40 @@ mod tests {
             assert!(err
                 .to_string()
                 .starts_with(&format!("switchboard: invalid configuration: {name}: ")));
+        }
+    }
+
+    #[test]
+    fn durable_settings_are_read_and_checked() {
+        let config = load(&[
+            ("DURABLE_ROOMS", "chat:*, orders:**"),
+            ("HISTORY_SIZE", "50"),
+            ("HISTORY_TTL_MS", "1000"),
+            ("HISTORY_META_TTL_MS", "604800000"),
+        ])
+        .unwrap();
+        let durable = &config.broker.durable;
+        let room = |name| switchboard_actors::Room::new(name).unwrap();
+        assert!(durable.is_durable(&room("chat:1")));
+        assert!(durable.is_durable(&room("orders:eu:7")));
+        assert!(!durable.is_durable(&room("chat:1:x")));
+        assert_eq!(durable.history_size, 50);
+        assert_eq!(config.session.history_size, 50);
+        assert_eq!(
+            durable.idempotency_ttl,
+            Duration::from_millis(1000),
+            "unset, the keys live no longer than the history"
+        );
+        assert!(load(&[]).unwrap().broker.durable.rooms.is_empty());
+        for (name, value, names) in [
+            ("DURABLE_ROOMS", "chat:**:x", "DURABLE_ROOMS"),
+            ("DURABLE_ROOMS", "a b", "DURABLE_ROOMS"),
+            ("HISTORY_SIZE", "0", "HISTORY_SIZE"),
+            ("HISTORY_META_TTL_MS", "1000", "HISTORY_META_TTL_MS"),
+            ("IDEMPOTENCY_TTL_MS", "400000", "IDEMPOTENCY_TTL_MS"),
+        ] {
+            let error = load(&[(name, value)]).expect_err(value);
+            assert_eq!(error.name, names, "{value}: {error}");
         }
     }
 }

@@ -119,6 +119,7 @@ impl Session {
             }
             match self.replays.step(&room) {
                 Step::Send(event) => {
+                    self.advance(&event);
                     let frame = wire::event_frame(&event, self.state.session.limits.outbound_bytes);
                     self.send(frame, ctx);
                 }
@@ -168,6 +169,7 @@ impl Session {
     /// Events of a replay cannot be had: the client is told, and the events after
     /// `position` follow.
     fn tell_lost(&mut self, room: &Room, position: Position, ctx: &mut Context<Self>) {
+        self.positions.insert(room.clone(), position.clone());
         let gap = Gap {
             room: room.clone(),
             reason: GapReason::HistoryLost,

@@ -1,6 +1,7 @@
 //! The session actor: one per WebSocket client (PROTOCOL.md §2).
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -11,8 +12,9 @@ use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use serde_json::value::RawValue;
 use switchboard_actors::{
+    durable::Position,
     stages::{Stage, STAGES},
-    Delivery, Evicted, Gap, Leave,
+    Delivery, Event, Evicted, Gap, Leave, Room,
 };
 
 use crate::{
@@ -77,6 +79,9 @@ pub struct Session {
     rooms: SessionRooms,
     /// Durable rooms being recovered from a client's `since`.
     replays: replay::Replays,
+    /// Per durable room joined, where this client stands: the offset of the last
+    /// event sent (or of the `subscribed` reply), for a repeated `subscribe`'s reply.
+    positions: HashMap<Room, Position>,
     /// A timer will feed the replays again once the outbound queue has drained.
     replay_scheduled: bool,
     fragments: Option<Fragments>,
@@ -98,6 +103,7 @@ impl Session {
             publishing: 0,
             rooms,
             replays: replay::Replays::default(),
+            positions: HashMap::new(),
             replay_scheduled: false,
             fragments: None,
             last_heard: Instant::now(),
@@ -226,6 +232,21 @@ impl Session {
     }
 }
 
+impl Session {
+    /// An event of a durable room goes to the client: it stands at its offset now.
+    fn advance(&mut self, event: &Event) {
+        if let Some(position) = event.position() {
+            match self.positions.get_mut(event.room()) {
+                Some(at) => *at = position.clone(),
+                None => {
+                    self.positions
+                        .insert(event.room().clone(), position.clone());
+                }
+            }
+        }
+    }
+}
+
 impl Actor for Session {
     type Context = Context<Self>;
 
@@ -285,6 +306,7 @@ impl Handler<Delivery> for Session {
         if !self.rooms.contains(msg.event.room()) || !self.replays.live(&msg.event) {
             return;
         }
+        self.advance(&msg.event);
         let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
         match msg.event.dispatched_at() {
             Some(dispatched) => {
@@ -307,6 +329,9 @@ impl Handler<Gap> for Session {
         if self.rooms.contains(&gap.room) {
             // A replay in the room ends here: the events after the gap follow live.
             self.replays.cancel(&gap.room);
+            if let Some(position) = &gap.position {
+                self.positions.insert(gap.room.clone(), position.clone());
+            }
             self.send(wire::gap_frame(&gap), ctx);
         }
     }

@@ -150,10 +150,13 @@ impl Session {
         }
         let attempt = match self.rooms.subscribe(&room, reference)? {
             Join::Joined(reference) => {
+                // Where this client stands in a durable room: the events after it follow.
+                let position = self.positions.get(&room).cloned();
+                let position = position.as_ref();
                 let subscribed = Reply::Subscribed {
                     room: name,
-                    offset: None,
-                    epoch: None,
+                    offset: position.map(|p| p.offset),
+                    epoch: position.map(|p| p.epoch.as_str()),
                     recovered: None,
                 };
                 self.reply(subscribed, reference.as_deref(), ctx);
@@ -162,9 +165,7 @@ impl Session {
             Join::Waiting => return Ok(()),
             Join::Ask(attempt) => attempt,
         };
-        if let Some(since) = &since {
-            self.replays.start(room.clone(), since);
-        }
+        self.replays.start(room.clone(), since.as_ref());
         let request = self.state.broker.send(Subscribe {
             room: room.clone(),
             since,
@@ -196,6 +197,9 @@ impl Session {
                     // broker meanwhile: the session is in no room it was not told of.
                     self.leave_room(room.clone(), ctx);
                 }
+                if let Some(position) = result.as_ref().ok().and_then(|j| j.position.clone()) {
+                    self.positions.insert(room.clone(), position);
+                }
                 for reference in waiting {
                     match &result {
                         Ok(joined) => self.reply(
@@ -223,8 +227,15 @@ impl Session {
             Answer::Nothing => return,
         }
         match result {
-            Ok(joined) if joined.recovered == Some(true) => {
-                self.replays.joined(&room, joined.replay, joined.replay_to);
+            Ok(Joined {
+                position: Some(position),
+                recovered,
+                replay,
+                replay_to,
+            }) => {
+                let recovered = recovered == Some(true);
+                self.replays
+                    .joined(&room, &position, recovered, replay, replay_to);
                 self.pump_room(room, ctx);
             }
             _ => {
@@ -256,6 +267,7 @@ impl Session {
 
     pub(super) fn leave_room(&mut self, room: Room, ctx: &mut Context<Self>) {
         self.replays.cancel(&room);
+        self.positions.remove(&room);
         self.state.broker.do_send(Unsubscribe {
             room,
             recipient: ctx.address().recipient(),

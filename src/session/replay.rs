@@ -1,6 +1,9 @@
-//! A session's recoveries (PROTOCOL.md §7): the events after a client's `since`,
-//! replayed before the room's live events, fed into the bounded outbound queue as it
-//! drains. A pure type: the session asks it what to do next.
+//! A session's entries into durable rooms (PROTOCOL.md §7): the reply first, then the
+//! events after a client's `since`, then live events. A numbered event that reaches
+//! the session before the broker's answer (the answer and the deliveries take
+//! different ways) waits in the history and is read in its turn; a recovery is fed
+//! into the bounded outbound queue as it drains. A pure type: the session asks it what
+//! to do next.
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -20,9 +23,10 @@ pub struct Replays {
 
 #[derive(Debug)]
 struct Replay {
-    /// The next offset to send.
+    /// The next offset to send (with `since`, until the broker answers).
     next: u64,
-    epoch: Epoch,
+    /// The numbering's epoch (with `since`, until the broker answers).
+    epoch: Option<Epoch>,
     /// Replay up to here; `None` until the broker answered the subscribe.
     to: Option<u64>,
     /// The highest live offset dropped while replaying: replayed too.
@@ -49,12 +53,12 @@ pub enum Step {
 }
 
 impl Replays {
-    /// A subscribe with `since` went to the broker: the room's numbered events wait
-    /// until it answers.
-    pub fn start(&mut self, room: Room, since: &Since) {
+    /// A subscribe went to the broker: the room's numbered events wait until it
+    /// answers.
+    pub fn start(&mut self, room: Room, since: Option<&Since>) {
         let replay = Replay {
-            next: since.offset + 1,
-            epoch: since.epoch.clone(),
+            next: since.map_or(0, |s| s.offset + 1),
+            epoch: since.map(|s| s.epoch.clone()),
             to: None,
             seen: 0,
             pending: VecDeque::new(),
@@ -63,10 +67,23 @@ impl Replays {
         self.rooms.insert(room, replay);
     }
 
-    /// The broker answered: replay `replay`, then read up to `to`.
-    pub fn joined(&mut self, room: &Room, replay: Vec<Arc<Event>>, to: u64) {
-        if let Some(state) = self.rooms.get_mut(room) {
-            state.to = Some(to.max(state.seen));
+    /// The broker answered: the client stands at `position`; when it `recovered`,
+    /// replay `replay` first; then read up to `to` (and any live event held back).
+    pub fn joined(
+        &mut self,
+        room: &Room,
+        position: &Position,
+        recovered: bool,
+        replay: Vec<Arc<Event>>,
+        to: u64,
+    ) {
+        let Some(state) = self.rooms.get_mut(room) else {
+            return;
+        };
+        state.next = position.offset + 1;
+        state.epoch = Some(position.epoch.clone());
+        state.to = Some(to.max(state.seen));
+        if recovered {
             state.pending.extend(replay);
         }
     }
@@ -77,7 +94,7 @@ impl Replays {
         let state = self.rooms.remove(room)?;
         Some(Position {
             offset: state.to?,
-            epoch: state.epoch,
+            epoch: state.epoch?,
         })
     }
 
@@ -104,7 +121,7 @@ impl Replays {
         let Some(state) = self.rooms.get_mut(room) else {
             return Step::Done;
         };
-        let Some(to) = state.to else {
+        let (Some(to), Some(epoch)) = (state.to, state.epoch.clone()) else {
             return Step::Wait;
         };
         while let Some(event) = state.pending.pop_front() {
@@ -118,7 +135,7 @@ impl Replays {
                 state.pending.push_front(event);
                 let lost = Position {
                     offset: offset - 1,
-                    epoch: state.epoch.clone(),
+                    epoch,
                 };
                 state.next = offset;
                 return Step::Lost(lost);
@@ -136,7 +153,7 @@ impl Replays {
         state.fetching = true;
         Step::Fetch(Since {
             offset: state.next - 1,
-            epoch: state.epoch.clone(),
+            epoch,
         })
     }
 
@@ -176,6 +193,13 @@ mod tests {
         }
     }
 
+    fn at(offset: u64) -> Position {
+        Position {
+            offset,
+            epoch: Epoch::new("e").unwrap(),
+        }
+    }
+
     fn sent(replays: &mut Replays) -> Vec<u64> {
         let mut out = Vec::new();
         while let Step::Send(e) = replays.step(&room()) {
@@ -187,15 +211,15 @@ mod tests {
     #[test]
     fn replays_then_reads_up_to_the_live_events_it_held_back() {
         let mut replays = Replays::default();
-        replays.start(room(), &since(2));
+        replays.start(room(), Some(&since(2)));
         // A live event before the answer: held back, and replayed in its turn.
         assert!(!replays.live(&event(6)));
         assert!(matches!(replays.step(&room()), Step::Wait));
-        replays.joined(&room(), vec![event(3), event(4)], 5);
+        replays.joined(&room(), &at(2), true, vec![event(3), event(4)], 5);
         assert_eq!(sent(&mut replays), vec![3, 4]);
         let mut replays2 = Replays::default();
-        replays2.start(room(), &since(2));
-        replays2.joined(&room(), vec![event(3), event(4)], 5);
+        replays2.start(room(), Some(&since(2)));
+        replays2.joined(&room(), &at(2), true, vec![event(3), event(4)], 5);
         assert!(!replays2.live(&event(6)));
         let mut out = Vec::new();
         loop {
@@ -214,10 +238,31 @@ mod tests {
     }
 
     #[test]
+    fn events_that_beat_the_reply_wait_for_it() {
+        let mut replays = Replays::default();
+        replays.start(room(), None);
+        assert!(!replays.live(&event(8)));
+        assert!(!replays.live(&event(9)));
+        // The reply says 7: 8 and 9 are read from the history after it.
+        replays.joined(&room(), &at(7), false, Vec::new(), 7);
+        let Step::Fetch(from) = replays.step(&room()) else {
+            panic!("8 and 9 are read");
+        };
+        assert_eq!(from.offset, 7);
+        assert!(replays.fetched(&room(), vec![event(8), event(9)]));
+        assert_eq!(sent(&mut replays), vec![8, 9]);
+        assert!(matches!(replays.step(&room()), Step::Done));
+        // Nothing raced: done at once.
+        replays.start(room(), None);
+        replays.joined(&room(), &at(9), false, Vec::new(), 9);
+        assert!(matches!(replays.step(&room()), Step::Done));
+    }
+
+    #[test]
     fn a_hole_in_the_history_is_reported() {
         let mut replays = Replays::default();
-        replays.start(room(), &since(0));
-        replays.joined(&room(), vec![event(1), event(4)], 4);
+        replays.start(room(), Some(&since(0)));
+        replays.joined(&room(), &at(0), true, vec![event(1), event(4)], 4);
         assert!(matches!(replays.step(&room()), Step::Send(_)));
         assert!(matches!(replays.step(&room()), Step::Lost(p) if p.offset == 3));
         assert!(matches!(replays.step(&room()), Step::Send(e) if e.offset() == Some(4)));

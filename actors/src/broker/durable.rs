@@ -12,7 +12,7 @@ use tokio::sync::oneshot;
 use super::Broker;
 use crate::{
     durable::{
-        track::{Arrival, Caught, Entry, Track, READ_PAGE},
+        track::{Arrival, Caught, Entry, Out, Track, READ_PAGE},
         DurableConfig, HistoryPage, Position, Since,
     },
     link::with_deadline,
@@ -264,7 +264,7 @@ impl Broker {
             for waiter in self.durable.waiters.remove(&room).unwrap_or_default() {
                 let _ = waiter.send(());
             }
-        } else if caught.gap.is_none() && caught.recovered > 0 {
+        } else if !caught.has_gap() && caught.recovered > 0 {
             self.durable.stats.gaps_recovered += 1;
         }
         self.apply(room, caught, ctx);
@@ -298,17 +298,17 @@ impl Broker {
                 .spawn(ctx);
             return;
         }
-        if let Some(position) = caught.gap {
-            self.report_gap(Gap {
-                room: room.clone(),
-                reason: GapReason::HistoryLost,
-                position: Some(position),
-            });
-        }
         self.durable.stats.events_recovered += caught.recovered as u64;
         self.durable.stats.duplicates_dropped += caught.duplicates as u64;
-        for event in caught.deliver {
-            self.deliver(event);
+        for out in caught.out {
+            match out {
+                Out::Event(event) => self.deliver(event),
+                Out::Gap(position) => self.report_gap(Gap {
+                    room: room.clone(),
+                    reason: GapReason::HistoryLost,
+                    position: Some(position),
+                }),
+            }
         }
         if let Some(from) = caught.read_again {
             self.read(room, Some(from), ctx);
@@ -330,7 +330,10 @@ impl Broker {
         }
         if !self.durable.tracks.contains_key(&room) {
             let ring = self.durable.config.history_size.min(RING_EVENTS);
-            self.durable.tracks.insert(room.clone(), Track::new(ring));
+            let ttl = self.durable.config.history_ttl;
+            self.durable
+                .tracks
+                .insert(room.clone(), Track::new(ring, ttl));
             self.read(room.clone(), None, ctx);
         }
         let ready = self

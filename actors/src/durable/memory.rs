@@ -19,6 +19,8 @@ pub(crate) struct MemoryStore {
     /// How many keys there were after the last sweep of expired ones: the next sweep
     /// runs when there are twice as many, so sweeping costs O(1) per publish.
     keys_swept_at: usize,
+    /// The same for rooms whose numbering expired (`HISTORY_META_TTL_MS`).
+    rooms_swept_at: usize,
 }
 
 /// One durable room: its position and its last `HISTORY_SIZE` events.
@@ -51,6 +53,7 @@ impl MemoryStore {
             rooms: HashMap::new(),
             keys: HashMap::new(),
             keys_swept_at: 0,
+            rooms_swept_at: 0,
         }
     }
 
@@ -73,6 +76,7 @@ impl MemoryStore {
             }
         }
         let (published, deliver) = if durable {
+            self.sweep_rooms(now);
             let size = self.config.history_size;
             let log = self.log(event.room(), now);
             log.position.offset += 1;
@@ -105,7 +109,9 @@ impl MemoryStore {
     /// The room's position and up to `limit` events from offset `from` on, or the
     /// latest ones.
     pub(crate) fn read(&mut self, room: &Room, from: Option<u64>, limit: usize) -> HistoryPage {
-        let log = self.log(room, Instant::now());
+        let now = Instant::now();
+        self.sweep_rooms(now);
+        let log = self.log(room, now);
         let events: Vec<Arc<Event>> = match from {
             Some(from) => log
                 .events
@@ -151,6 +157,24 @@ impl MemoryStore {
             log.events.clear();
         }
         log
+    }
+
+    /// Forgets the rooms idle past `HISTORY_META_TTL_MS` and drops the events of those
+    /// idle past `HISTORY_TTL_MS`, as Redis expires their keys, once there are twice
+    /// as many rooms as after the last sweep: memory follows the rooms in use.
+    fn sweep_rooms(&mut self, now: Instant) {
+        if self.rooms.len() < 2 * self.rooms_swept_at.max(512) {
+            return;
+        }
+        let (meta_ttl, history_ttl) = (self.config.meta_ttl, self.config.history_ttl);
+        self.rooms.retain(|_, log| {
+            let idle = now.duration_since(log.touched);
+            if idle >= history_ttl {
+                log.events = VecDeque::new();
+            }
+            idle < meta_ttl
+        });
+        self.rooms_swept_at = self.rooms.len();
     }
 
     fn sweep_keys(&mut self, now: Instant) {

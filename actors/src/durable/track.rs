@@ -2,7 +2,11 @@
 //! the last offset it delivered, and a ring of the room's recent events. A pure type:
 //! the broker feeds it what arrives and what its reads return, and does what it says.
 
-use std::{collections::VecDeque, sync::Arc};
+use std::{
+    collections::VecDeque,
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use super::{Epoch, HistoryPage, Position, Since};
 use crate::Event;
@@ -10,8 +14,8 @@ use crate::Event;
 /// The most events one read asks for (a catch-up reads page after page).
 pub(crate) const READ_PAGE: usize = 500;
 
-/// The most events kept waiting while a read is out; past it they are not kept,
-/// and the next read finds them in the history.
+/// The most events kept waiting while a read is out; past it they are not kept, and
+/// the room is read again once the read ends, which finds them in the history.
 const MAX_WAITING: usize = 8192;
 
 /// The most bytes of envelopes a room's ring keeps (besides its count bound).
@@ -26,8 +30,15 @@ pub(crate) struct Track {
     ring: VecDeque<Arc<Event>>,
     ring_bytes: usize,
     ring_limit: usize,
+    /// `HISTORY_TTL_MS`: the ring's events expire with the history, once nothing
+    /// arrived for this long, so this server recovers no more than the history holds.
+    ttl: Duration,
+    /// When the ring's last event arrived.
+    touched: Instant,
     /// A read is out: events arriving meanwhile wait here, in order.
     waiting: Option<VecDeque<Arc<Event>>>,
+    /// Events arrived past [`MAX_WAITING`] and were not kept: read again after.
+    overflowed: bool,
     /// Epochs this server replaced (a rollback): their late events are dropped.
     retired: Vec<Epoch>,
 }
@@ -54,10 +65,9 @@ pub(crate) enum Arrival {
 /// What a read's answer means.
 #[derive(Debug, Default)]
 pub(crate) struct Caught {
-    /// Missed events cannot be had: tell the room's recipients, then `deliver`.
-    pub(crate) gap: Option<Position>,
-    /// Deliver these, in order (missed events first, then those that waited).
-    pub(crate) deliver: Vec<Arc<Event>>,
+    /// Do these, in order: missed events first, then those that waited; a gap where
+    /// missed events cannot be had.
+    pub(crate) out: Vec<Out>,
     /// Events recovered from the history.
     pub(crate) recovered: usize,
     /// Events dropped as already delivered.
@@ -67,6 +77,23 @@ pub(crate) struct Caught {
     pub(crate) rotate: Option<Epoch>,
     /// Read again from this offset (more missed events, or another skip).
     pub(crate) read_again: Option<u64>,
+}
+
+/// One thing to hand the room's recipients.
+#[derive(Debug)]
+pub(crate) enum Out {
+    /// Deliver the event.
+    Event(Arc<Event>),
+    /// Events before the ones that follow cannot be had: a `history_lost` gap; the
+    /// events after this position follow.
+    Gap(Position),
+}
+
+impl Caught {
+    /// Whether the answer holds a gap.
+    pub(crate) fn has_gap(&self) -> bool {
+        self.out.iter().any(|o| matches!(o, Out::Gap(_)))
+    }
 }
 
 /// A recipient's way into the room (`Subscribe` with or without `since`).
@@ -84,13 +111,16 @@ pub(crate) enum Entry {
 
 impl Track {
     /// A room not read yet: a read of its latest `ring_limit` events must go out.
-    pub(crate) fn new(ring_limit: usize) -> Track {
+    pub(crate) fn new(ring_limit: usize, ttl: Duration) -> Track {
         Track {
             position: None,
             ring: VecDeque::new(),
             ring_bytes: 0,
             ring_limit: ring_limit.max(1),
+            ttl,
+            touched: Instant::now(),
             waiting: Some(VecDeque::new()),
+            overflowed: false,
             retired: Vec::new(),
         }
     }
@@ -115,6 +145,12 @@ impl Track {
         if let Some(waiting) = &mut self.waiting {
             if waiting.len() < MAX_WAITING {
                 waiting.push_back(event);
+            } else if !self.overflowed {
+                self.overflowed = true;
+                log::warn!(
+                    "{}: {MAX_WAITING} events wait for a history read; the next ones are read again after it",
+                    event.room()
+                );
             }
             return Arrival::Waiting;
         }
@@ -186,7 +222,7 @@ impl Track {
             return caught;
         };
         if page.current.epoch != ours.epoch {
-            caught.gap = Some(page.current.clone());
+            caught.out.push(Out::Gap(page.current.clone()));
             self.reset(page.current);
             self.release(&mut caught);
             return caught;
@@ -207,18 +243,18 @@ impl Track {
                     offset: first - 1,
                     epoch: ours.epoch.clone(),
                 };
-                caught.gap = Some(position.clone());
+                caught.out.push(Out::Gap(position.clone()));
                 self.reset(position);
             }
         } else if page.current.offset > ours.offset {
             // Nothing of what was missed is left in the history.
-            caught.gap = Some(page.current.clone());
+            caught.out.push(Out::Gap(page.current.clone()));
             self.reset(page.current.clone());
         }
         for event in missed {
             caught.recovered += 1;
             self.push(event.clone());
-            caught.deliver.push(event);
+            caught.out.push(Out::Event(event));
         }
         let now = self.position.as_ref().map_or(0, |p| p.offset);
         if full && now < page.current.offset {
@@ -237,7 +273,7 @@ impl Track {
             self.retired.remove(0);
         }
         let mut caught = Caught {
-            gap: Some(position.clone()),
+            out: vec![Out::Gap(position.clone())],
             ..Caught::default()
         };
         self.reset(position);
@@ -263,13 +299,11 @@ impl Track {
         let mut waiting = waiting.into_iter();
         for event in waiting.by_ref() {
             match self.arrive(event) {
-                Arrival::Deliver(event) => caught.deliver.push(event),
+                Arrival::Deliver(event) => caught.out.push(Out::Event(event)),
                 Arrival::Duplicate => caught.duplicates += 1,
                 Arrival::NewEpoch { position, event } => {
-                    // Rare (a restart while a read was out): the gap goes first.
-                    caught.gap = Some(position);
-                    caught.deliver.clear();
-                    caught.deliver.push(event);
+                    caught.out.push(Out::Gap(position));
+                    caught.out.push(Out::Event(event));
                 }
                 Arrival::Read { from } => {
                     caught.read_again = from;
@@ -280,6 +314,9 @@ impl Track {
         }
         if let Some(rest) = self.waiting.as_mut() {
             rest.extend(waiting);
+        } else if std::mem::take(&mut self.overflowed) {
+            // Events were not kept while the read was out: they are in the history.
+            caught.read_again = Some(self.start_read().unwrap_or(0));
         }
     }
 
@@ -299,6 +336,7 @@ impl Track {
     }
 
     fn ring_push(&mut self, event: Arc<Event>) {
+        self.touched = Instant::now();
         self.ring_bytes += event.json().len();
         self.ring.push_back(event);
         while self.ring.len() > self.ring_limit || self.ring_bytes > RING_BYTES {
@@ -307,6 +345,14 @@ impl Track {
             };
             self.ring_bytes -= old.json().len();
         }
+    }
+
+    /// The offset of the ring's first event, unless the ring expired with the history.
+    fn ring_first(&self) -> Option<u64> {
+        if self.touched.elapsed() >= self.ttl {
+            return None;
+        }
+        self.ring.front().and_then(|e| e.offset())
     }
 
     /// How a recipient enters the room; `None` before the first read answered.
@@ -322,8 +368,7 @@ impl Track {
         if since.offset == position.offset {
             return Some(ready(Some(true), Vec::new()));
         }
-        let first = self.ring.front().and_then(|e| e.offset());
-        match first {
+        match self.ring_first() {
             Some(first) if first <= since.offset + 1 => {
                 let replay = self
                     .ring
@@ -341,7 +386,7 @@ impl Track {
 
     /// The events after `after` the ring still holds, when it reaches back to them.
     pub(crate) fn ring_after(&self, after: u64, limit: usize) -> Option<Vec<Arc<Event>>> {
-        let first = self.ring.front().and_then(|e| e.offset())?;
+        let first = self.ring_first()?;
         if first > after + 1 {
             return None;
         }
@@ -379,15 +424,33 @@ mod tests {
 
     /// A track that read the room at offset 3 in epoch `e`, with 1-3 in its ring.
     fn synced() -> Track {
-        let mut track = Track::new(8);
+        let mut track = Track::new(8, Duration::from_secs(60));
         let first = page(3, "e", (1..=3).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(first);
-        assert!(caught.gap.is_none() && caught.deliver.is_empty());
+        assert!(caught.out.is_empty());
         track
     }
 
     fn offsets(events: &[Arc<Event>]) -> Vec<u64> {
         events.iter().filter_map(|e| e.offset()).collect()
+    }
+
+    fn delivered(caught: &Caught) -> Vec<u64> {
+        caught
+            .out
+            .iter()
+            .filter_map(|o| match o {
+                Out::Event(e) => e.offset(),
+                Out::Gap(_) => None,
+            })
+            .collect()
+    }
+
+    fn gap(caught: &Caught) -> Option<Position> {
+        caught.out.iter().find_map(|o| match o {
+            Out::Gap(p) => Some(p.clone()),
+            Out::Event(_) => None,
+        })
     }
 
     #[test]
@@ -418,9 +481,9 @@ mod tests {
         assert!(matches!(track.arrive(event(7, "e", "t")), Arrival::Waiting));
         let read = page(7, "e", (3..=7).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(read);
-        assert!(caught.gap.is_none());
+        assert!(!caught.has_gap());
         assert_eq!(caught.recovered, 4);
-        assert_eq!(offsets(&caught.deliver), vec![4, 5, 6, 7]);
+        assert_eq!(delivered(&caught), vec![4, 5, 6, 7]);
         assert_eq!(caught.duplicates, 2, "6 and 7 waited and were read too");
     }
 
@@ -430,8 +493,8 @@ mod tests {
         assert!(track.relinked().is_some());
         let read = page(9, "e", (7..=9).map(|o| event(o, "e", "t")).collect());
         let caught = track.caught_up(read);
-        assert_eq!(caught.gap.as_ref().map(|p| p.offset), Some(6));
-        assert_eq!(offsets(&caught.deliver), vec![7, 8, 9]);
+        assert_eq!(gap(&caught).map(|p| p.offset), Some(6));
+        assert_eq!(delivered(&caught), vec![7, 8, 9]);
     }
 
     #[test]
@@ -440,7 +503,7 @@ mod tests {
         assert!(track.relinked().is_some());
         let caught = track.caught_up(page(0, "f", Vec::new()));
         assert_eq!(
-            caught.gap.map(|p| (p.offset, p.epoch)),
+            gap(&caught).map(|p| (p.offset, p.epoch)),
             Some((0, Epoch::new("f").unwrap()))
         );
         let Arrival::NewEpoch { .. } = track.arrive(event(1, "g", "t")) else {
@@ -460,7 +523,7 @@ mod tests {
             epoch: Epoch::new("e2").unwrap(),
         };
         let caught = track.rotated(Epoch::new("e").unwrap(), rotated);
-        assert_eq!(caught.gap.map(|p| p.offset), Some(2));
+        assert_eq!(gap(&caught).map(|p| p.offset), Some(2));
         assert!(matches!(
             track.arrive(event(3, "e", "late")),
             Arrival::Duplicate
@@ -478,7 +541,7 @@ mod tests {
 
     #[test]
     fn entering_with_since_replays_from_the_ring_or_asks_for_a_read() {
-        let mut track = Track::new(2);
+        let mut track = Track::new(2, Duration::from_secs(60));
         track.caught_up(page(5, "e", (4..=5).map(|o| event(o, "e", "t")).collect()));
         let since = |offset, epoch: &str| Since {
             offset,
