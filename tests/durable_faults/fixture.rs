@@ -22,16 +22,19 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long every client gets to hold every published event once the stream stopped.
 pub const SETTLE: Duration = Duration::from_secs(20);
 
-/// A server with durable `dur:*` rooms, no publish rate limit (the publishers are the
-/// test's), and outbound queues deep enough that a test process busy with its checks
-/// for a moment is not taken for a slow consumer: the slow-consumer close is not what
-/// these tests are about, and it would end the sessions whose survival they check.
+/// A server with durable `dur:*` rooms and no publish rate limit (the publishers are the
+/// test's). A test process that falls behind its 2,000 events/s on a loaded machine must
+/// not be taken for a dead or slow client: the server's pings wait behind the events
+/// queued for it, so a watcher seems silent for as long as it lags. Hence a client
+/// timeout of 30 s and outbound queues deep enough for any lag: neither close is what
+/// these tests are about, and either would end the sessions whose survival they check.
 pub fn durable_server(redis: &RedisServer, prefix: &str, id: &str) -> ServerBuilder {
     ServerBuilder::new()
         .redis(redis, prefix)
         .id(id)
         .env("DURABLE_ROOMS", DURABLE_ROOMS)
         .env("LIMIT_PUBLISH_RATE", "0")
+        .env("CLIENT_TIMEOUT_MS", "30000")
         .env("LIMIT_OUTBOUND_FRAMES", "1000000")
         .env("LIMIT_OUTBOUND_BYTES", "268435456")
 }

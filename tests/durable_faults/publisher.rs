@@ -5,7 +5,7 @@
 //! [`Watcher`]: crate::watcher::Watcher
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -23,8 +23,8 @@ pub enum Answer {
         offset: Option<u64>,
         epoch: Option<String>,
     },
-    /// An `error` frame (its code) or anything else (the whole frame).
-    Failed(String),
+    /// An `error` frame (its code and message) or anything else (the whole frame).
+    Failed { code: String, message: String },
 }
 
 /// One publish: its test id, room, when it was sent, and its answer once it came.
@@ -184,8 +184,14 @@ fn answer(outcomes: &RefCell<Vec<Outcome>>, base: u64, frame: Value) {
             offset: frame["offset"].as_u64(),
             epoch: frame["epoch"].as_str().map(str::to_owned),
         },
-        Some("error") => Answer::Failed(frame["code"].as_str().unwrap_or("?").to_owned()),
-        _ => Answer::Failed(frame.to_string()),
+        Some("error") => Answer::Failed {
+            code: frame["code"].as_str().unwrap_or("?").to_owned(),
+            message: frame["message"].as_str().unwrap_or_default().to_owned(),
+        },
+        _ => Answer::Failed {
+            code: "unexpected".to_owned(),
+            message: frame.to_string(),
+        },
     };
     outcome.answer = Some((at, answer));
 }
@@ -257,19 +263,25 @@ pub fn rooms(stem: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{stem}:{i}")).collect()
 }
 
-/// A report line for a set of answers: how many were published, failed (by code).
+/// A report line for a set of answers: how many were published, how many failed by
+/// code, with the first message of each code.
 pub fn answers_summary(outcomes: &[Outcome]) -> String {
-    let mut failed: HashMap<&str, usize> = HashMap::new();
+    let mut failed: BTreeMap<&str, (usize, &str)> = BTreeMap::new();
     let mut published = 0;
     for outcome in outcomes {
         match &outcome.answer {
             Some((_, Answer::Published { .. })) => published += 1,
-            Some((_, Answer::Failed(code))) => *failed.entry(code.as_str()).or_default() += 1,
-            None => *failed.entry("unanswered").or_default() += 1,
+            Some((_, Answer::Failed { code, message })) => {
+                failed
+                    .entry(code.as_str())
+                    .or_insert((0, message.as_str()))
+                    .0 += 1;
+            }
+            None => failed.entry("unanswered").or_insert((0, "")).0 += 1,
         }
     }
     format!(
-        "{} publishes: {published} published, failed {failed:?}",
+        "{} publishes: {published} published, failed (count, first message) {failed:?}",
         outcomes.len()
     )
 }
@@ -296,6 +308,13 @@ mod checks {
         }
     }
 
+    fn failed() -> Answer {
+        Answer::Failed {
+            code: "publish_failed".to_owned(),
+            message: String::new(),
+        }
+    }
+
     fn delivered(seen: &mut Seen, id: u64, offset: u64, count: u32) {
         let delivery = Delivery {
             at: Instant::now(),
@@ -319,8 +338,8 @@ mod checks {
             outcome(2, published(2)),
             outcome(3, published(3)),
             outcome(4, published(4)),
-            outcome(5, Answer::Failed("publish_failed".to_owned())),
-            outcome(6, Answer::Failed("publish_failed".to_owned())),
+            outcome(5, failed()),
+            outcome(6, failed()),
         ];
         let tally = tally(&seen, &outcomes);
         assert_eq!(tally.missing, [4]);

@@ -7,7 +7,7 @@
 //! be matched to the publish, and its answer, that produced it ([`crate::publisher`]).
 
 use std::cell::{Cell, Ref, RefCell};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -50,6 +50,8 @@ pub struct Delivery {
 pub struct Seen {
     /// Durable rooms only: where each stands after the last event or gap.
     pub positions: HashMap<String, Position>,
+    /// Durable rooms only: the epochs each room left through a gap.
+    left: HashMap<String, HashSet<String>>,
     /// Keyed by the event's test id.
     pub deliveries: HashMap<u64, Delivery>,
     /// Every `event` frame, with or without a test id.
@@ -126,7 +128,10 @@ impl Seen {
         }
     }
 
-    /// A durable room's gap must be `history_lost` with the position events go on from.
+    /// A durable room's gap must be `history_lost` with the position events go on from:
+    /// a new epoch, or the same one further on (a history trimmed past the missed
+    /// events), never back to an epoch the room left nor back within its epoch, where
+    /// offsets the client already had would come again with other events.
     fn gap(&mut self, at: Instant, frame: Value, durable: bool) {
         if durable {
             let room = frame["room"].as_str().unwrap_or_default().to_owned();
@@ -139,12 +144,28 @@ impl Seen {
                         epoch: epoch.to_owned(),
                         offset,
                     };
-                    self.positions.insert(room, position);
+                    self.move_to(room, position, &frame);
                 }
                 _ => self.violation(format!("a malformed gap in a durable room: {frame}")),
             }
         }
         self.gaps.push((at, frame));
+    }
+
+    fn move_to(&mut self, room: String, to: Position, frame: &Value) {
+        let left = self.left.entry(room.clone()).or_default();
+        let from = self.positions.insert(room, to.clone());
+        if left.contains(&to.epoch) {
+            self.violation(format!(
+                "a gap back to an epoch the room left before: {frame}"
+            ));
+        } else if let Some(from) = from {
+            if from.epoch == to.epoch && to.offset < from.offset {
+                self.violation(format!("a gap back from offset {}: {frame}", from.offset));
+            } else if from.epoch != to.epoch {
+                left.insert(from.epoch);
+            }
+        }
     }
 
     fn violation(&mut self, what: String) {
@@ -300,6 +321,18 @@ mod checks {
         event(&mut seen, 2, "e2", 1);
         assert_eq!(seen.violation_count, 3, "{:?}", seen.violations);
         assert_eq!(seen.deliveries[&2].count, 2);
+    }
+
+    #[test]
+    fn a_gap_back_to_a_left_epoch_or_back_within_the_epoch_is_caught() {
+        let mut seen = seen_at("e1", 20);
+        gap(&mut seen, "e2", 11);
+        gap(&mut seen, "e1", 10);
+        assert_eq!(seen.violation_count, 1, "{:?}", seen.violations);
+        let mut seen = seen_at("e1", 20);
+        gap(&mut seen, "e1", 25);
+        gap(&mut seen, "e1", 10);
+        assert_eq!(seen.violation_count, 1, "{:?}", seen.violations);
     }
 
     #[test]
