@@ -66,6 +66,31 @@ start_server() {
   return 1
 }
 
+# start_proxy ADDR_VAR PID_VAR LOADGEN REDIS_PORT: a `switchboard-loadgen proxy` to the
+# Redis on REDIS_PORT (SIGUSR1 cuts every connection through it, SIGUSR2 lets them
+# through again); waits up to 10 s for its line "proxy listening on HOST:PORT".
+start_proxy() {
+  local addr_var="$1" pid_var="$2" loadgen="$3" port="$4"
+  local out="$BENCH_TMP/proxy-$RANDOM$RANDOM.out"
+  "$loadgen" proxy --to "127.0.0.1:$port" >"$out" 2>"$out.err" &
+  local pid=$!
+  BENCH_PIDS+=("$pid")
+  local deadline=$((SECONDS + 10))
+  while [ $SECONDS -lt $deadline ] && kill -0 "$pid" 2>/dev/null; do
+    local line
+    line="$(grep -m1 -o 'proxy listening on [0-9.:]*' "$out" 2>/dev/null || true)"
+    if [ -n "$line" ]; then
+      printf -v "$addr_var" '%s' "${line#proxy listening on }"
+      printf -v "$pid_var" '%s' "$pid"
+      return 0
+    fi
+    sleep 0.05
+  done
+  echo "bench: the Redis proxy did not start" >&2
+  cat "$out.err" >&2 || true
+  return 1
+}
+
 # stop_pid PID: stops one process started here (SIGTERM, then SIGKILL after 5 s).
 stop_pid() {
   local pid="$1" deadline=$((SECONDS + 5))

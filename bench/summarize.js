@@ -3,6 +3,8 @@
 // from the run's manifest.json, every figure from a result file, and a missing file
 // is an error, not a placeholder. bench/notes.md is appended as hand-written analysis,
 // marked as such, and refused if it has a figure that does not cite a result file.
+// The "Durable rooms" section (issue 9) comes from the run's d1-* to d4-* files, its
+// catch-up set against the run's own scenario 2 ceiling.
 // The soak section appears when the run has a soak (soak-switchboard.json), or when
 // --soak names another committed run that has one (a `scripts/bench.sh --soak-only`).
 // Usage: node bench/summarize.js bench/results/RUN [--soak bench/results/SOAK_RUN]
@@ -234,6 +236,98 @@ p("| --- | --- | --- |");
 p(`| ${num(s4 && s4.events_per_s)} | ${num(rbRate)} | ${times(s4 && rbRate ? s4.events_per_s / rbRate : null, "redis-benchmark")} |`);
 p();
 
+// Durable rooms (issue 9): their own Redis and servers, plain and durable rooms side
+// by side on them; the catch-up is set against scenario 2's ceiling above.
+const d1 = { plain: load("d1-publish-path-plain.json"), durable: load("d1-publish-path-durable.json") };
+const d2 = { plain: load("d2-latency-plain.json"), durable: load("d2-latency-durable.json") };
+const d3 = load("d3-catch-up.json");
+const d4 = load("d4-storm.json");
+const d2phase = (r) => r.phases[0] || fail(`${r.label}'s D2 result has no phase`);
+const [d2p, d2d] = [d2phase(d2.plain), d2phase(d2.durable)];
+const d1ratio = d1.plain.events_per_s ? d1.durable.events_per_s / d1.plain.events_per_s : null;
+const d2diff = d2d.cross_server_latency_us.p99 - d2p.cross_server_latency_us.p99;
+const ceiling1000 = fan[1000].sb.max_sustained_deliveries_per_s;
+const d3ratio = ceiling1000 && d3.deliveries_per_s ? d3.deliveries_per_s / ceiling1000 : null;
+const d3clean = d3.deliveries === d3.expected_deliveries && d3.missing === 0 && d3.duplicated === 0 && d3.gaps === 0 && d3.disconnected === 0;
+const d4clean = d4.recovered === d4.clients && d4.live === d4.clients && d4.failed === 0 && d4.replayed === d4.expected_replayed && d4.missing === 0 && d4.duplicated === 0 && d4.gaps === 0;
+const signedMs = (us) => `${us >= 0 ? "+" : "−"}${ms(Math.abs(us))}`;
+p("## 5. Durable rooms");
+p();
+p("Switchboard alone, on a Redis and two servers of its own started with");
+p("`DURABLE_ROOMS=dur:*`: rooms named `dur:...` are durable (numbered by the publish");
+p("script, kept in a stream), every other room is plain, so plain and durable rooms");
+p("are measured on the same servers, one after the other.");
+p();
+p("### D1. Publish path into a durable room");
+p();
+p(`Scenario 4's in-process \`PubSub::publish_to\`, ${d1.durable.concurrency} publishes in flight for ${d1.durable.seconds.toFixed(1)} s, into a`);
+p("plain room and then into a durable one (`--durable`: each publish is the numbering");
+p("script instead of a `PUBLISH`), on the same Redis.");
+p();
+p("| plain room events/s | durable room events/s | durable ÷ plain | failed (plain / durable) |");
+p("| --- | --- | --- | --- |");
+p(`| ${num(d1.plain.events_per_s)} | ${num(d1.durable.events_per_s)} | ${times(d1ratio, "plain")} | ${d1.plain.failed} / ${d1.durable.failed} |`);
+p();
+p(`### D2. Latency at ${num(d2d.offered_publishes_per_s)} publishes/s, plain and durable rooms`);
+p();
+p(`Scenario 1's shape (${num(d2.durable.clients)} subscribers over ${num(d2.durable.rooms)} rooms, ${num(d2.durable.publishers)} publishers spread over both`);
+p("servers, subscribers alternating between them), plain rooms then durable rooms.");
+p("A durable publish is not local first: every delivery, on the publisher's server too,");
+p("comes through Redis after the script; the cross-server row compares like with like.");
+p();
+p("| | plain rooms | durable rooms | durable − plain | |");
+p("| --- | --- | --- | --- | --- |");
+const d2rows = [
+  ["deliveries/s", (ph) => ph.deliveries_per_s, num, null, "more"],
+  ["p50 ms", (ph) => ph.latency_us.p50, ms, signedMs, "slower"],
+  ["p99 ms", (ph) => ph.latency_us.p99, ms, signedMs, "slower"],
+  ["p99.9 ms", (ph) => ph.latency_us.p999, ms, signedMs, "slower"],
+  ["max ms", (ph) => ph.latency_us.max, ms, signedMs, "slower"],
+  ["cross-server p99 ms", (ph) => ph.cross_server_latency_us.p99, ms, signedMs, "slower"],
+  ["load generator's send lag p99 ms", (ph) => ph.send_lag_us.p99, ms, signedMs, "later"],
+];
+for (const [name, f, fmt, diff, word] of d2rows) {
+  const [a, b] = [f(d2p), f(d2d)];
+  const cmp = compare(a, b, word, "durable").replace(/^Switchboard/, "plain");
+  p(`| ${name} | ${fmt(a)} | ${fmt(b)} | ${diff ? diff(b - a) : ""} | ${cmp} |`);
+}
+p(`| lost / dup / reordered | ${d2p.lost} / ${d2p.duplicated} / ${d2p.reordered} | ${d2d.lost} / ${d2d.duplicated} / ${d2d.reordered} | | |`);
+p(`| server CPU % (node A / B) | ${d2p.servers.map((x) => x.cpu_percent.toFixed(0)).join(" / ")} | ${d2d.servers.map((x) => x.cpu_percent.toFixed(0)).join(" / ")} | | |`);
+p();
+p("### D3. Catch-up after a blip");
+p();
+p(`${num(d3.subscribed)} subscribers in one durable room, all on one server whose Redis link runs through a proxy`);
+p(`(\`switchboard-loadgen proxy\`). The proxy cuts the link; once \`PUBSUB NUMSUB\` shows nobody subscribed to the`);
+p(`room, ${num(d3.events)} events are published through the other server (${(d3.publish_s * 1000).toFixed(0)} ms), and \`PUBSUB NUMSUB\` is`);
+p("checked again (still nobody), so every one of them was missed; then the proxy lets the link back.");
+p("The server reconnects after its backoff, reads the room's history from the last offset it");
+p("delivered, and delivers the missed events to every subscriber.");
+p();
+p("**What is timed**: from the first delivery of a missed event at any subscriber to the last");
+p("delivery at any subscriber; the rate is the distinct deliveries over that time. The reconnect");
+p("backoff and the history read before the first delivery are not in it: they are the");
+p("\"restore → first\" column. It is set against scenario 2's ceiling for a 1,000-subscriber room");
+p("in this run, which spreads its subscribers over two servers where this puts them on one.");
+p();
+p("| deliveries (owed) | restore → first ms | first → last ms | catch-up deliveries/s | scenario 2 ceiling deliveries/s | catch-up ÷ ceiling | per subscriber, restore → caught up p50 / p99 ms | missing / dup / gaps / closed |");
+p("| --- | --- | --- | --- | --- | --- | --- | --- |");
+p(`| ${num(d3.deliveries)} (${num(d3.expected_deliveries)}) | ${d3.restored_to_first_ms.toFixed(1)} | ${d3.first_to_last_ms.toFixed(1)} | ${num(d3.deliveries_per_s)} | ${ceiling1000 == null ? "none sustained" : num(ceiling1000)} | ${times(d3ratio, "the ceiling")} | ${ms(d3.client_caught_up_us.p50)} / ${ms(d3.client_caught_up_us.p99)} | ${d3.missing} / ${d3.duplicated} / ${d3.gaps} / ${d3.disconnected} |`);
+p();
+p("### D4. Recovery storm");
+p();
+p(`${num(d4.clients)} clients (alternating between the two servers) subscribe to one of ${d4.rooms} durable rooms, note the`);
+p(`reply's offset and epoch, and leave; ${num(d4.missed)} events are published in each room; then every client`);
+p("connects again at once and subscribes with `since`, while a live event is published in each");
+p(`room every ${num(d4.live_every_ms)} ms from the storm's start. A client is live when, its offsets contiguous from`);
+p("`since`, it has an event published after the start. **What is timed**: from the start (all");
+p("connects issued together, no limit) to each client's `subscribed` reply and to it being live;");
+p("the storm's length is the last client live.");
+p();
+p("| clients | recovered: true / false | failed / closed | live | replayed (owed) | missing / dup / gaps | to subscribed p50 / p99 ms | to live p50 / p99 / max ms | storm s |");
+p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
+p(`| ${num(d4.clients)} | ${num(d4.recovered)} / ${num(d4.not_recovered)} | ${d4.failed} / ${d4.disconnected} | ${num(d4.live)} | ${num(d4.replayed)} (${num(d4.expected_replayed)}) | ${d4.missing} / ${d4.duplicated} / ${d4.gaps} | ${ms(d4.subscribed_us.p50)} / ${ms(d4.subscribed_us.p99)} | ${ms(d4.live_us.p50)} / ${ms(d4.live_us.p99)} / ${ms(d4.live_us.max)} | ${d4.storm_s.toFixed(2)} |`);
+p();
+
 // The soak, when there is one.
 const soakFile = path.join(soakDir, "soak-switchboard.json");
 const soakAsked = soakDir !== dir;
@@ -298,6 +392,10 @@ p(`| in-process publish ≥ ½ redis-benchmark | ${times(pr, "redis-benchmark")}
 const sbRuns = [s1sb, f1.sb, fan[5000].sb];
 const sbClean = sbRuns.every((r) => r && r.phases.every((ph) => ph.sustained || ph === r.phases[r.phases.length - 1]))
   && clean([s1sb]);
+p(`| durable publish path ≥ ½ plain (D1) | ${times(d1ratio, "plain")} | ${verdict(d1ratio != null && d1ratio >= 0.5)} |`);
+p(`| durable cross-server p99 within 0.5 ms of plain at ${num(d2d.offered_publishes_per_s)}/s (D2) | ${ms(d2d.cross_server_latency_us.p99)} ms against ${ms(d2p.cross_server_latency_us.p99)} ms (${signedMs(d2diff)} ms) | ${verdict(d2diff <= 500 && d2d.lost === 0)} |`);
+p(`| catch-up ≥ ½ the sustained fan-out (D3) | ${times(d3ratio, "the ceiling")}${d3clean ? "" : ", not every delivery clean"} | ${verdict(d3ratio != null && d3ratio >= 0.5 && d3clean)} |`);
+p(`| recovery storm: every client recovered:true and live (D4) | ${num(d4.recovered)} of ${num(d4.clients)} recovered, ${num(d4.live)} live, the last after ${d4.storm_s.toFixed(2)} s | ${verdict(d4clean)} |`);
 if (soak) {
   p(`| soak: RSS growth after the warm-up under 1 MiB/hour | ${soak.rss.servers.map((x) => (x.growth_kib_per_hour == null ? "n/a" : num(x.growth_kib_per_hour))).join(" / ")} KiB/hour | ${verdict(soakOk)} |`);
 }

@@ -10,6 +10,18 @@
 # machine). Commit that folder with the page: docs/benchmarks.md is generated from
 # it alone and names it. Console logs go to bench/results/RUN/log/ (not committed).
 #
+# Durable rooms (issue 9) run in the same run, after scenarios 1-4: Switchboard alone,
+# on a Redis of their own, servers started with DURABLE_ROOMS=dur:* (rooms `dur:NAME`
+# durable, every other room plain): D1 the publish path (scenario 4) into a plain and
+# a durable room; D2 scenario 1's shape at 2,000 publishes/s in plain rooms, then in
+# durable rooms, on the same servers; D3 the catch-up after a blip (1,000 subscribers,
+# 1,000 events published while their server's Redis link is cut through a
+# `switchboard-loadgen proxy`), set against scenario 2's ceiling on the page; D4 the
+# recovery storm (5,000 clients back at once with `since`, 100 events missed each).
+# Results: d1-publish-path-{plain,durable}.json, d2-latency-{plain,durable}.json,
+# d3-catch-up.json, d4-storm.json. The page's "Durable rooms" section is made from
+# them (with s2-fanout-1000-switchboard.json).
+#
 # The soak (issue 8, item 16) is off unless asked for: two Switchboard servers on one
 # Redis, 1,000 subscribers in 50 rooms, 1,000 events/s, each server's RSS sampled from
 # /proc every minute, the growth after the warm-up fitted by least squares, and a
@@ -22,6 +34,11 @@
 #   SOAK_MINUTES=90 scripts/bench.sh    # the same, with a soak of 90 minutes
 #   scripts/bench.sh --soak-only        # the soak alone (docs/benchmarks.md untouched)
 #   SOAK_MINUTES=2 SOAK_WARMUP_MINUTES=0.5 SOAK_SAMPLE_SECONDS=10 scripts/bench.sh --soak-only
+#   BENCH_ONLY=durable scripts/bench.sh # the durable-room scenarios alone, about two
+#                                       # minutes (docs/benchmarks.md untouched: the
+#                                       # page comes from a full run only)
+#   BENCH_ONLY=durable BENCH_DURATION=3 DURABLE_STORM_CLIENTS=1000 scripts/bench.sh
+#                                       # a quick trial of them
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -40,14 +57,23 @@ soak_minutes="${SOAK_MINUTES:-}"
 soak_warmup="${SOAK_WARMUP_MINUTES:-5}"
 soak_every="${SOAK_SAMPLE_SECONDS:-60}"
 standard=1
+durable=1
+case "${BENCH_ONLY:-}" in
+  "") ;;
+  durable) standard=0 ;;
+  *) echo "bench: BENCH_ONLY is durable or unset" >&2; exit 2 ;;
+esac
+storm_clients="${DURABLE_STORM_CLIENTS:-5000}"
 for arg in "$@"; do
   case "$arg" in
     --soak) soak_minutes="${soak_minutes:-60}" ;;
-    --soak-only) soak_minutes="${soak_minutes:-60}" standard=0 ;;
+    --soak-only) soak_minutes="${soak_minutes:-60}" standard=0 durable=0 ;;
     *) echo "usage: scripts/bench.sh [--soak | --soak-only]" >&2; exit 2 ;;
   esac
 done
 bench_command="scripts/bench.sh $* (BENCH_DURATION=$duration, BENCH_RAMP_DURATION=$ramp_secs"
+if [ -n "${BENCH_ONLY:-}" ]; then bench_command+=", BENCH_ONLY=$BENCH_ONLY"; fi
+if [ "$durable" = 1 ]; then bench_command+=", DURABLE_STORM_CLIENTS=$storm_clients"; fi
 if [ -n "$soak_minutes" ]; then
   bench_command+=", SOAK_MINUTES=$soak_minutes, SOAK_WARMUP_MINUTES=$soak_warmup"
   bench_command+=", SOAK_SAMPLE_SECONDS=$soak_every"
@@ -161,6 +187,51 @@ standard_scenarios() {
     >"$results/s4-redis-benchmark.json"
 }
 
+# Durable rooms (issue 9): D1-D4 on a Redis and servers of their own.
+durable_scenarios() {
+  local durable_env=(DURABLE_ROOMS='dur:*')
+  start_redis dur_redis
+  start_server dur_a dur_a_pid env REDIS_URL="redis://127.0.0.1:$dur_redis" "${durable_env[@]}" "$bin/switchboard"
+  start_server dur_b dur_b_pid env REDIS_URL="redis://127.0.0.1:$dur_redis" "${durable_env[@]}" "$bin/switchboard"
+  echo "durable rooms: switchboard $dur_a $dur_b (redis $dur_redis, DURABLE_ROOMS=dur:*)"
+
+  echo "== D1: publish path into a plain room, then into a durable one"
+  timeout 120 "$loadgen" publish-path --redis-url "redis://127.0.0.1:$dur_redis" --duration 5 \
+    --concurrency 1024 --room d1-plain --out "$results/d1-publish-path-plain.json"
+  timeout 120 "$loadgen" publish-path --redis-url "redis://127.0.0.1:$dur_redis" --duration 5 \
+    --concurrency 1024 --room dur:d1 --durable --out "$results/d1-publish-path-durable.json"
+
+  # Scenario 1's flags at 2,000/s; plain rooms first, then durable ones.
+  local kind prefix
+  for kind in plain durable; do
+    prefix=d2-plain
+    if [ "$kind" = durable ]; then prefix=dur:d2; fi
+    echo "== D2: latency at 2,000 publishes/s, $kind rooms"
+    timeout 300 "$loadgen" run --servers "$dur_a,$dur_b" --server-pids "$dur_a_pid,$dur_b_pid" \
+      --label "switchboard-$kind" --room-prefix "$prefix" --clients 1000 --rooms 100 \
+      --publishers 10 --workers 2 --rates 2000 --duration "$duration" --drain 5 \
+      --out "$results/d2-latency-$kind.json" | tee "$logs/d2-latency-$kind.txt"
+  done
+
+  echo "== D4: recovery storm, $storm_clients clients back at once with since"
+  timeout 300 "$loadgen" storm --servers "$dur_a,$dur_b" --clients "$storm_clients" --rooms 5 \
+    --room-prefix dur:d4 --missed 100 --live-every-ms 100 --timeout 120 \
+    --out "$results/d4-storm.json" | tee "$logs/d4-storm.txt"
+
+  # The subscribers' server reaches Redis through the proxy, which the loadgen cuts.
+  echo "== D3: catch-up after a blip, 1,000 subscribers, 1,000 events missed"
+  stop_pid "$dur_b_pid"
+  start_proxy dur_proxy dur_proxy_pid "$loadgen" "$dur_redis"
+  start_server dur_c dur_c_pid env REDIS_URL="redis://$dur_proxy" "${durable_env[@]}" "$bin/switchboard"
+  timeout 300 "$loadgen" catch-up --publish-server "$dur_a" --subscribe-server "$dur_c" \
+    --proxy-pid "$dur_proxy_pid" --redis-url "redis://127.0.0.1:$dur_redis" --clients 1000 \
+    --events 1000 --room dur:d3 --timeout 60 --out "$results/d3-catch-up.json" \
+    | tee "$logs/d3-catch-up.txt"
+  stop_pid "$dur_a_pid"
+  stop_pid "$dur_c_pid"
+  stop_pid "$dur_proxy_pid"
+}
+
 # The soak: RSS of two servers under steady load for SOAK_MINUTES.
 soak_scenario() {
   local seconds warmup_s
@@ -192,9 +263,12 @@ write_page() {
 }
 
 if [ "$standard" = 1 ]; then standard_scenarios; fi
+if [ "$durable" = 1 ]; then durable_scenarios; fi
 if [ -n "$soak_minutes" ]; then soak_scenario; fi
 if [ "$standard" = 1 ]; then
   write_page
+elif [ "$durable" = 1 ]; then
+  echo "bench: durable-room results in $results (docs/benchmarks.md untouched: the page comes from a full run)"
 else
   echo "bench: soak results in $results (docs/benchmarks.md untouched; summarize.js --soak $results adds them to a page)"
 fi

@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# tests/metrics.rs checks a live scrape with promtool, from Debian's prometheus package.
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
   echo "== installing ${missing[*]} (apt-get)"
   sudo_cmd=""

@@ -64,6 +64,10 @@ pub enum Error {
     /// See [`ErrorCode::RateLimited`].
     #[error("publishing faster than {0} a second")]
     RateLimited(u32),
+    /// Too many requests of one connection wait for their answer (code
+    /// `rate_limited`, HTTP 429).
+    #[error("{0}")]
+    TooManyWaiting(String),
     /// See [`ErrorCode::NotDurable`].
     #[error("{0} is not a durable room (DURABLE_ROOMS)")]
     NotDurable(String),
@@ -87,6 +91,7 @@ impl Error {
             Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::Unauthorized(_) => ErrorCode::NotAllowed,
             Error::NotDurable(_) => ErrorCode::NotDurable,
+            Error::TooManyWaiting(_) => ErrorCode::RateLimited,
         }
     }
 
@@ -96,7 +101,7 @@ impl Error {
             Error::TooLarge { .. } => 413,
             Error::Unauthorized(_) => 401,
             Error::NotAllowed(_) => 403,
-            Error::RateLimited(_) => 429,
+            Error::RateLimited(_) | Error::TooManyWaiting(_) => 429,
             Error::NotDurable(_) => 404,
             Error::PublishFailed(_) | Error::SubscribeFailed(_) => 503,
             _ => 400,

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// Mounts `/ws`, `/publish/{room}`, `/history/{room}`, `/health`, `/health/live`,
-/// `/stats` and `/stats/reset`.
+/// `/stats`, `/stats/reset` and `/metrics`.
 pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
     cfg.app_data(Data::from(state))
         .route("/ws", web::get().to(websocket))
@@ -35,7 +35,8 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
         .route("/health", web::get().to(health))
         .route("/health/live", web::get().to(live))
         .route("/stats", web::get().to(stats))
-        .route("/stats/reset", web::post().to(reset_stats));
+        .route("/stats/reset", web::post().to(reset_stats))
+        .route("/metrics", web::get().to(crate::metrics::serve));
 }
 
 /// The bearer token of a request, if it has one. The scheme is case-insensitive
@@ -50,7 +51,7 @@ fn bearer(req: &HttpRequest) -> Option<&str> {
 }
 
 /// `SERVICE_TOKEN`, when set, guards the endpoints that change things.
-fn check_service_token(req: &HttpRequest, state: &State) -> Result<(), Error> {
+pub(crate) fn check_service_token(req: &HttpRequest, state: &State) -> Result<(), Error> {
     match &state.session.security.service_token {
         Some(token) if !bearer(req).is_some_and(|given| token.matches(given)) => Err(
             Error::Unauthorized("this endpoint needs Authorization: Bearer <SERVICE_TOKEN>".into()),
@@ -110,7 +111,7 @@ async fn websocket(
     Ok(response.streaming(body))
 }
 
-fn refusal(error: &Error) -> HttpResponse {
+pub(crate) fn refusal(error: &Error) -> HttpResponse {
     let status = StatusCode::from_u16(error.http_status()).unwrap_or(StatusCode::BAD_REQUEST);
     HttpResponse::build(status).json(json!({"ok": false, "error": error.to_string()}))
 }
@@ -215,6 +216,7 @@ async fn history(req: HttpRequest, room: Path<String>, state: Data<State>) -> Ht
         since: query.since,
         limit: query.limit,
     };
+    state.metrics.history_read();
     let history = match state.broker.send(read).await {
         Ok(Ok(history)) => history,
         Ok(Err(ActorError::NotDurable(_))) => return refusal(&Error::NotDurable(room.to_string())),
@@ -392,9 +394,11 @@ async fn reset_stats(req: HttpRequest, state: Data<State>) -> HttpResponse {
     if let Err(e) = check_service_token(&req, &state) {
         return refusal(&e);
     }
+    let metrics = state.metrics.before_reset(&state).await;
     let _ = state.broker.send(ResetStats).await;
     state.counters.reset();
     state.publishes.reset();
     STAGES.reset();
+    metrics.finish();
     HttpResponse::NoContent().finish()
 }

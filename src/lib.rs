@@ -19,6 +19,9 @@
 //!   [`ConnectionCounters`] and the [`PublishGate`] that bounds publishes in flight.
 //! - `http.rs`: `POST /publish/{room}`, `GET /health`, `GET /health/live`,
 //!   `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
+//! - `metrics/`: `GET /metrics` and the server's [`Metrics`]: a Prometheus
+//!   registry read mostly from the statistics above at scrape time, with counters
+//!   that never go down across `POST /stats/reset`.
 //! - `session/`: [`Session`], one actor per WebSocket client, with its [`Access`]
 //!   (`mod.rs`: frames, heartbeat, closing; `ops.rs`: what each client op does).
 //!   Accepts `Delivery` and `Evicted` from the broker and the client's frames as a
@@ -43,6 +46,7 @@ mod failing;
 mod http;
 mod inbound;
 mod memory;
+mod metrics;
 mod outbound;
 mod rate;
 mod rooms;
@@ -55,6 +59,7 @@ pub mod wire;
 pub use auth::{AuthError, Authenticator, Grant};
 pub use config::{Config, ConfigError, Limits, Secret, SecurityConfig, SessionConfig};
 pub use error::{Error, ErrorCode};
+pub use metrics::{Metrics, ResetGuard};
 pub use rate::{PublishBudget, Spend};
 pub use server::{run, serve, Switchboard};
 pub use session::{Access, Session};

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 
+use prometheus::IntGauge;
 use serde_json::value::RawValue;
 use switchboard_actors::Room;
 
@@ -33,6 +34,9 @@ pub struct SessionRooms {
     rooms: HashMap<Room, Membership>,
     attempts: u64,
     limit: usize,
+    /// The server's `switchboard_subscriptions`: one for each room joined here, given
+    /// back when the room is left or these rooms are dropped with their session.
+    joined: IntGauge,
 }
 
 /// What a subscribe frame leads to.
@@ -60,11 +64,12 @@ pub enum Answer {
 
 impl SessionRooms {
     /// No rooms yet.
-    pub fn new(limit: usize) -> SessionRooms {
+    pub fn new(limit: usize, joined: IntGauge) -> SessionRooms {
         SessionRooms {
             rooms: HashMap::new(),
             attempts: 0,
             limit,
+            joined,
         }
     }
 
@@ -103,6 +108,7 @@ impl SessionRooms {
                 };
                 if joined {
                     self.rooms.insert(room.clone(), Membership::Joined);
+                    self.joined.inc();
                 }
                 Answer::Reply(waiting)
             }
@@ -141,8 +147,25 @@ impl SessionRooms {
     pub fn unsubscribe(&mut self, room: &Room) -> Vec<Reference> {
         match self.rooms.remove(room) {
             Some(Membership::Joining { waiting, .. }) => waiting,
-            Some(Membership::Joined) | None => Vec::new(),
+            Some(Membership::Joined) => {
+                self.joined.dec();
+                Vec::new()
+            }
+            None => Vec::new(),
         }
+    }
+
+    fn joined_count(&self) -> usize {
+        self.rooms
+            .values()
+            .filter(|m| matches!(m, Membership::Joined))
+            .count()
+    }
+}
+
+impl Drop for SessionRooms {
+    fn drop(&mut self) {
+        self.joined.sub(self.joined_count() as i64);
     }
 }
 
@@ -152,6 +175,10 @@ mod tests {
 
     fn room(name: &str) -> Room {
         Room::new(name).unwrap()
+    }
+
+    fn gauge() -> IntGauge {
+        IntGauge::new("joined", "rooms joined").unwrap()
     }
 
     fn reference(n: u32) -> Reference {
@@ -167,7 +194,7 @@ mod tests {
 
     #[test]
     fn one_request_per_room_and_every_frame_answered() {
-        let mut rooms = SessionRooms::new(10);
+        let mut rooms = SessionRooms::new(10, gauge());
         let attempt = ask(&mut rooms, "a");
         assert!(matches!(
             rooms.subscribe(&room("a"), reference(1)).unwrap(),
@@ -185,7 +212,7 @@ mod tests {
 
     #[test]
     fn a_stale_answer_does_not_undo_a_newer_subscribe() {
-        let mut rooms = SessionRooms::new(10);
+        let mut rooms = SessionRooms::new(10, gauge());
         let first = ask(&mut rooms, "a");
         assert_eq!(rooms.unsubscribe(&room("a")).len(), 1);
         let second = ask(&mut rooms, "a");
@@ -205,7 +232,7 @@ mod tests {
 
     #[test]
     fn a_join_after_unsubscribing_is_left_again() {
-        let mut rooms = SessionRooms::new(10);
+        let mut rooms = SessionRooms::new(10, gauge());
         let attempt = ask(&mut rooms, "a");
         rooms.unsubscribe(&room("a"));
         assert!(matches!(
@@ -220,7 +247,7 @@ mod tests {
 
     #[test]
     fn a_failed_join_frees_the_slot() {
-        let mut rooms = SessionRooms::new(1);
+        let mut rooms = SessionRooms::new(1, gauge());
         let attempt = ask(&mut rooms, "a");
         assert!(matches!(
             rooms.subscribe(&room("b"), None),
@@ -235,7 +262,7 @@ mod tests {
 
     #[test]
     fn retain_leaves_refused_rooms_joined_or_joining() {
-        let mut rooms = SessionRooms::new(10);
+        let mut rooms = SessionRooms::new(10, gauge());
         let joined = ask(&mut rooms, "a:1");
         rooms.answered(&room("a:1"), joined, true);
         ask(&mut rooms, "b:1");
@@ -251,7 +278,7 @@ mod tests {
 
     #[test]
     fn waiting_frames_are_bounded() {
-        let mut rooms = SessionRooms::new(10);
+        let mut rooms = SessionRooms::new(10, gauge());
         ask(&mut rooms, "a");
         for n in 1..MAX_WAITING as u32 {
             assert!(matches!(
@@ -263,5 +290,22 @@ mod tests {
             rooms.subscribe(&room("a"), None),
             Err(Error::SubscribeFailed(_))
         ));
+    }
+
+    #[test]
+    fn the_gauge_counts_joined_rooms_until_they_are_left_or_dropped() {
+        let joined = gauge();
+        let mut rooms = SessionRooms::new(10, joined.clone());
+        for name in ["a", "b", "c"] {
+            let attempt = ask(&mut rooms, name);
+            rooms.answered(&room(name), attempt, name != "c");
+        }
+        ask(&mut rooms, "d");
+        assert_eq!(joined.get(), 2, "a failed and a pending join do not count");
+        rooms.unsubscribe(&room("a"));
+        rooms.unsubscribe(&room("d"));
+        assert_eq!(joined.get(), 1);
+        drop(rooms);
+        assert_eq!(joined.get(), 0);
     }
 }

@@ -11,10 +11,12 @@ use std::{
 
 use actix::Addr;
 use actix_web::{dev::Extensions, web, App, HttpServer};
-use switchboard_actors::{AnnounceStop, BackplaneConfig, Broker, GetHealth, Peers, Shutdown};
+use switchboard_actors::{
+    AnnounceStop, BackplaneConfig, BackplaneKind, Broker, GetHealth, Peers, Shutdown,
+};
 use tokio::sync::watch;
 
-use crate::{Config, ConnectionCounters, ConnectionSocket, PublishGate, State};
+use crate::{Config, ConnectionCounters, ConnectionSocket, Metrics, PublishGate, State};
 
 /// A running Switchboard: its broker, its peers, and what its routes share.
 #[derive(Clone)]
@@ -46,6 +48,11 @@ impl Switchboard {
             log::warn!("SERVICE_TOKEN unset: anyone may POST /publish and /stats/reset");
         }
         crate::memory::start_trimming();
+        let backplane = match config.broker.backplane {
+            BackplaneConfig::Redis(_) => BackplaneKind::Redis,
+            BackplaneConfig::Memory => BackplaneKind::Memory,
+        };
+        let metrics = Metrics::new(&config.broker.server_id, backplane);
         let broker = Broker::start(config.broker.clone());
         let counters = ConnectionCounters::default();
         let peers = Peers::start(config.peers.clone(), broker.clone(), counters.gauge());
@@ -58,6 +65,7 @@ impl Switchboard {
             counters,
             publishes: Arc::new(PublishGate::new(config.session.limits.publishes_in_flight)),
             shutdown: stopping,
+            metrics,
         };
         Switchboard {
             state: Arc::new(state),

@@ -17,7 +17,7 @@ use switchboard_actors::{
 };
 use tokio::sync::watch;
 
-use crate::{Error, SessionConfig};
+use crate::{Error, Metrics, SessionConfig};
 
 /// What every request handler and session shares.
 pub struct State {
@@ -35,6 +35,8 @@ pub struct State {
     pub publishes: Arc<PublishGate>,
     /// Turns true when the server shuts down; every session then closes with 1001.
     pub shutdown: watch::Receiver<bool>,
+    /// What `GET /metrics` serves.
+    pub metrics: Metrics,
 }
 
 impl State {
@@ -47,9 +49,13 @@ impl State {
         publish: Publish,
     ) -> Result<impl Future<Output = Result<Published, ActorError>>, Error> {
         let admission = self.publishes.admit(&self.server_id)?;
+        let (duration, started) = (self.metrics.publish_duration(), std::time::Instant::now());
         let request = self.broker.send(publish);
         let answered = actix::spawn(async move {
             let result = request.await;
+            if result.is_ok() {
+                duration.observe(started.elapsed().as_secs_f64());
+            }
             drop(admission);
             result
         });
@@ -102,12 +108,17 @@ impl ConnectionCounters {
         self.open.get()
     }
 
+    /// Clients closed with 1013 since the start or the last reset.
+    pub fn slow_consumer_closes(&self) -> u64 {
+        self.slow_consumer_closes.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn snapshot(&self, publishes: &PublishGate) -> impl Serialize {
         ConnectionsSnapshot {
             open: self.open.get(),
-            slow_consumer_closes: self.slow_consumer_closes.load(Ordering::Relaxed),
-            publishes_in_flight: publishes.in_flight.load(Ordering::Relaxed),
-            publishes_refused: publishes.refused.load(Ordering::Relaxed),
+            slow_consumer_closes: self.slow_consumer_closes(),
+            publishes_in_flight: publishes.in_flight(),
+            publishes_refused: publishes.refused(),
         }
     }
 
@@ -197,6 +208,11 @@ impl PublishGate {
     /// Publishes waiting now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Publishes refused since the start or the last reset.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// Back to zero for `POST /stats/reset` (the in-flight gauge stays true).

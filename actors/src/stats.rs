@@ -54,6 +54,8 @@ pub struct PublisherStats {
     pub waiting: u64,
     /// Publishes sent to Redis and not answered yet (a gauge).
     pub unanswered: u64,
+    /// Publishing links lost after being up; each one is followed by a reconnect.
+    pub links_lost: u64,
 }
 
 impl PublisherStats {
@@ -101,8 +103,14 @@ pub struct SubscriberStats {
     /// Gaps reported to a room's subscribers as they are (`gap` frames, one count
     /// per room and gap on this server): a room held again after a lost link.
     pub gaps_unrecovered: u64,
+    /// Of `gaps_unrecovered`, those of a lost link (`link_lost`); the others are
+    /// `history_lost`.
+    pub gaps_link_lost: u64,
     /// Events dropped as already delivered (durable rooms; none yet).
     pub duplicates_dropped: u64,
+    /// Events waiting for the broker on its inbound channel now (a gauge; at most
+    /// `INBOUND_CAPACITY`, then they are dropped).
+    pub inbound_queued: u64,
     /// Per room.
     pub channel_stats: BTreeMap<String, ReceiveCounts>,
 }

@@ -423,7 +423,11 @@ impl Handler<GetSubscriberStats> for RedisSubscriber {
     type Result = MessageResult<GetSubscriberStats>;
 
     fn handle(&mut self, _: GetSubscriberStats, _ctx: &mut Context<Self>) -> Self::Result {
-        MessageResult(self.stats.clone())
+        let queued = self.inbound.max_capacity() - self.inbound.capacity();
+        MessageResult(SubscriberStats {
+            inbound_queued: queued as u64,
+            ..self.stats.clone()
+        })
     }
 }
 

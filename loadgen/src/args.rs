@@ -30,6 +30,14 @@ pub enum Command {
     PublishPath(PublishPathArgs),
     /// Draws an SVG chart from `run` result files.
     Chart(ChartArgs),
+    /// A TCP proxy to Redis that cuts every connection through it on SIGUSR1 (and
+    /// refuses new ones) until SIGUSR2: one server's Redis link, made to fail.
+    Proxy(ProxyArgs),
+    /// Durable rooms: the catch-up after a server's Redis link was cut (through a
+    /// `proxy`) while events were published.
+    CatchUp(CatchUpArgs),
+    /// Durable rooms: clients reconnecting all at once with `since`.
+    Storm(StormArgs),
 }
 
 /// Who connects where (the flags [`crate::plan::Plan`] is built from).
@@ -136,6 +144,87 @@ pub struct PublishPathArgs {
     /// The room (Redis channel suffix) published to.
     #[arg(long, default_value = "ch")]
     pub room: String,
+    /// Make the room durable (as `DURABLE_ROOMS=**`): each publish is the numbering
+    /// script (offset, stream, publish) instead of a `PUBLISH`.
+    #[arg(long)]
+    pub durable: bool,
+    /// Where to write the result JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The flags of `proxy`.
+#[derive(Debug, Clone, Args)]
+pub struct ProxyArgs {
+    /// Where to listen (port 0: a free one, printed as `proxy listening on ADDR`).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// The Redis to forward to.
+    #[arg(long)]
+    pub to: SocketAddr,
+}
+
+/// The flags of `catch-up`.
+#[derive(Debug, Clone, Args)]
+pub struct CatchUpArgs {
+    /// The server the events are published through (its Redis link stays up).
+    #[arg(long)]
+    pub publish_server: SocketAddr,
+    /// The server the subscribers are on, whose Redis link goes through the proxy.
+    #[arg(long)]
+    pub subscribe_server: SocketAddr,
+    /// The `proxy` process (cut with SIGUSR1, restored with SIGUSR2).
+    #[arg(long)]
+    pub proxy_pid: i32,
+    /// The Redis both servers use (to see that nobody is subscribed to the room
+    /// while the events are published).
+    #[arg(long)]
+    pub redis_url: String,
+    /// Subscribers in the room.
+    #[arg(long, default_value_t = 1000)]
+    pub clients: usize,
+    /// Events published while the link is cut.
+    #[arg(long, default_value_t = 1000)]
+    pub events: u64,
+    /// The room; the servers' `DURABLE_ROOMS` must match it.
+    #[arg(long, default_value = "dur:catchup")]
+    pub room: String,
+    /// Seconds to wait for the catch-up before giving up.
+    #[arg(long, default_value_t = 60.0)]
+    pub timeout: f64,
+    /// Where to write the result JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+/// The flags of `storm`.
+#[derive(Debug, Clone, Args)]
+pub struct StormArgs {
+    /// The servers, `host:port,host:port..`: clients alternate between them; the
+    /// publisher is on the first.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, required = true)]
+    pub servers: Vec<SocketAddr>,
+    /// Clients that disconnect, miss events and reconnect together.
+    #[arg(long, default_value_t = 5000)]
+    pub clients: usize,
+    /// Durable rooms the clients are spread over.
+    #[arg(long, default_value_t = 5)]
+    pub rooms: usize,
+    /// Room names are `{prefix}-{index}`; the servers' `DURABLE_ROOMS` must match.
+    #[arg(long, default_value = "dur:storm")]
+    pub room_prefix: String,
+    /// Events published in each room while the clients are away.
+    #[arg(long, default_value_t = 100)]
+    pub missed: u64,
+    /// Milliseconds between live events in each room once the storm has started.
+    #[arg(long, default_value_t = 100)]
+    pub live_every_ms: u64,
+    /// Connection attempts in flight while the clients first connect.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Seconds to wait for every client to be live before giving up.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
     /// Where to write the result JSON.
     #[arg(long)]
     pub out: Option<PathBuf>,
@@ -258,6 +347,36 @@ mod tests {
             parse("chart --out c.svg a.json b.json").unwrap().command,
             Command::Chart(ChartArgs { ref results, .. }) if results.len() == 2
         ));
+        // The durable scenarios.
+        assert!(matches!(
+            parse("publish-path --redis-url redis://127.0.0.1:1 --durable")
+                .unwrap()
+                .command,
+            Command::PublishPath(PublishPathArgs { durable: true, .. })
+        ));
+        assert!(matches!(
+            parse(
+                "catch-up --publish-server 127.0.0.1:1 --subscribe-server 127.0.0.1:2 \
+                   --proxy-pid 7 --redis-url redis://127.0.0.1:3 --clients 1000 --events 1000"
+            )
+            .unwrap()
+            .command,
+            Command::CatchUp(CatchUpArgs { proxy_pid: 7, .. })
+        ));
+        assert!(matches!(
+            parse("storm --servers 127.0.0.1:1,127.0.0.1:2 --clients 5000 --missed 100")
+                .unwrap()
+                .command,
+            Command::Storm(StormArgs {
+                clients: 5000,
+                missed: 100,
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse("proxy --to 127.0.0.1:6379").unwrap().command,
+            Command::Proxy(ProxyArgs { .. })
+        ));
         // A worker gets run's flags and its index.
         assert!(matches!(
             parse("worker --servers 127.0.0.1:1 --rates 5 --worker-index 1")
@@ -302,6 +421,8 @@ mod tests {
             "run --clients 10",
             "publish-path --duration 5",
             "chart --out c.svg",
+            "catch-up --publish-server 127.0.0.1:1 --subscribe-server 127.0.0.1:2",
+            "storm --clients 10",
             "walk --servers 127.0.0.1:1",
         ] {
             assert!(parse(line).is_err(), "{line} parsed");

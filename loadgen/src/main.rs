@@ -18,7 +18,11 @@
 //! - [`client`]: connecting one client. WebSockets come from `tokio-tungstenite`: a
 //!   hand-written client would be smaller, but the handshake, masking and
 //!   fragmentation are where a measuring tool must not have bugs of its own.
-//! - [`publish_path`]: scenario 4, in-process `PubSub::publish_to` into Redis.
+//! - [`publish_path`]: scenario 4, in-process `PubSub::publish_to` into Redis
+//!   (`--durable`: into a durable room).
+//! - [`catchup`], [`storm`]: durable rooms (`bench.sh`'s D3 and D4): the catch-up
+//!   after a server's Redis link was cut through a [`proxy`], and clients
+//!   reconnecting all at once with `since`; [`durable`] has what they share.
 //! - [`memory`]: a server's RSS and CPU from `/proc`, and the soak's RSS trace
 //!   (`--rss-every`) with its growth after the warm-up fitted by least squares.
 //! - [`chart`]: the SVG charts (latency against offered rate, RSS over time),
@@ -36,19 +40,27 @@
 //! switchboard-loadgen publish-path --redis-url redis://127.0.0.1:6379 --duration 5
 //! switchboard-loadgen chart --out chart.svg a.json b.json
 //! switchboard-loadgen chart --rss --out rss.svg soak.json   # after run --rss-every 60
+//! switchboard-loadgen proxy --to 127.0.0.1:6379     # then a server's REDIS_URL at it
+//! switchboard-loadgen catch-up --publish-server A --subscribe-server B --proxy-pid P \
+//!     --redis-url redis://127.0.0.1:6379 --clients 1000 --events 1000
+//! switchboard-loadgen storm --servers A,B --clients 5000 --rooms 5 --missed 100
 //! ```
 
 mod args;
+mod catchup;
 mod chart;
 mod client;
 mod coordinator;
+mod durable;
 mod memory;
 mod plan;
 mod proto;
+mod proxy;
 mod publish_path;
 mod publisher;
 mod report;
 mod stats;
+mod storm;
 mod timer;
 mod worker;
 
@@ -66,18 +78,24 @@ use clap::Parser;
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The flags after the subcommand, as given: recorded in results (and given to
+/// `run`'s workers).
+fn raw_flags() -> Vec<String> {
+    std::env::args().skip(2).collect()
+}
+
 fn main() -> ExitCode {
     // Exits with clap's message (and status 2) on a bad command line.
     let cli = Cli::parse();
     let outcome = match cli.command {
-        // The raw flags after `run`: recorded in the result, and given to the workers.
-        Command::Run(args) => {
-            coordinator::run(&args, &std::env::args().skip(2).collect::<Vec<_>>())
-        }
+        Command::Run(args) => coordinator::run(&args, &raw_flags()),
         Command::Worker(args) => plan::Plan::from_args(&args.run.plan)
             .and_then(|plan| worker::run(plan, args.worker_index)),
         Command::PublishPath(args) => publish_path::run(&args),
         Command::Chart(args) => chart::run(&args),
+        Command::Proxy(args) => proxy::run(&args),
+        Command::CatchUp(args) => catchup::run(&args, &raw_flags()),
+        Command::Storm(args) => storm::run(&args, &raw_flags()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -205,6 +205,101 @@ fn parse_socketio(text: &str) -> Inbound<'_> {
     }
 }
 
+/// A Switchboard frame of a durable room (PROTOCOL.md §7-8), as the durable
+/// scenarios (`catch-up`, `storm`) read it: the positions the measured scenarios
+/// do not need ([`Inbound`]) are what these are about.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DurableFrame<'a> {
+    /// `subscribed`, with the room's position and, after a `since`, whether every
+    /// missed event follows.
+    Subscribed {
+        /// The events after this offset follow.
+        offset: Option<u64>,
+        /// The room's numbering.
+        epoch: Option<String>,
+        /// With `since`: every event after it follows.
+        recovered: Option<bool>,
+    },
+    /// An event, with its offset when numbered.
+    Event {
+        /// The room it was published in.
+        room: &'a str,
+        /// Its place in the room's numbering.
+        offset: Option<u64>,
+    },
+    /// A publish was accepted, at this offset.
+    Published {
+        /// The room it was published in.
+        room: Option<&'a str>,
+        /// The event's offset.
+        offset: Option<u64>,
+    },
+    /// `gap`: the server says events were lost.
+    Gap,
+    /// The server refused something.
+    Error,
+    /// Anything else.
+    Other,
+}
+
+#[derive(Deserialize)]
+struct DurableSbFrame<'a> {
+    #[serde(borrow)]
+    op: &'a str,
+    #[serde(borrow, default)]
+    room: Option<&'a str>,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
+    #[serde(default)]
+    recovered: Option<bool>,
+    #[serde(default)]
+    event: Option<NumberedBody>,
+}
+
+#[derive(Deserialize)]
+struct NumberedBody {
+    #[serde(default)]
+    offset: Option<u64>,
+}
+
+/// Classifies one Switchboard text frame for the durable scenarios.
+pub fn parse_durable(text: &str) -> DurableFrame<'_> {
+    let Ok(frame) = serde_json::from_str::<DurableSbFrame<'_>>(text) else {
+        return DurableFrame::Other;
+    };
+    match (frame.op, frame.room, frame.event) {
+        ("event", Some(room), Some(event)) => DurableFrame::Event {
+            room,
+            offset: event.offset,
+        },
+        ("subscribed", _, _) => DurableFrame::Subscribed {
+            offset: frame.offset,
+            epoch: frame.epoch,
+            recovered: frame.recovered,
+        },
+        ("published", room, _) => DurableFrame::Published {
+            room,
+            offset: frame.offset,
+        },
+        ("gap", _, _) => DurableFrame::Gap,
+        ("error", _, _) => DurableFrame::Error,
+        _ => DurableFrame::Other,
+    }
+}
+
+/// A subscribe to `room`, recovering from `since` (offset, epoch) when given.
+pub fn subscribe_since(room: &str, since: Option<(u64, &str)>) -> String {
+    match since {
+        Some((offset, epoch)) => format!(
+            r#"{{"op":"subscribe","room":"{room}","since":{{"offset":{offset},"epoch":{}}}}}"#,
+            serde_json::Value::from(epoch)
+        ),
+        None => Protocol::Switchboard.subscribe(room),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,6 +331,57 @@ mod tests {
             Protocol::Switchboard.parse_frame(r#"{"op":"subscribed","room":"a"}"#),
             Inbound::Subscribed
         );
+    }
+
+    #[test]
+    fn durable_frames_parse_both_ways() {
+        // The measured scenarios take a numbered event and the durable replies as
+        // they take plain ones (extra fields ignored).
+        let event = r#"{"op":"event","room":"dur:a-1","event":{"type":"bench","data":{"p":3,"s":7,"t":1700000000000000000,"h":2,"n":1,"x":""},"serverId":"s","timestamp":1,"offset":12,"epoch":"e1"}}"#;
+        assert_eq!(
+            Protocol::Switchboard.parse_frame(event),
+            Inbound::Event {
+                room: "dur:a-1",
+                probe: Some(PROBE)
+            }
+        );
+        let published = r#"{"op":"published","room":"dur:a-1","offset":12,"epoch":"e1"}"#;
+        assert_eq!(
+            Protocol::Switchboard.parse_frame(published),
+            Inbound::Published
+        );
+        assert_eq!(
+            parse_durable(event),
+            DurableFrame::Event {
+                room: "dur:a-1",
+                offset: Some(12)
+            }
+        );
+        assert_eq!(
+            parse_durable(published),
+            DurableFrame::Published {
+                room: Some("dur:a-1"),
+                offset: Some(12)
+            }
+        );
+        assert_eq!(
+            parse_durable(
+                r#"{"op":"subscribed","room":"r","offset":5,"epoch":"e1","recovered":true}"#
+            ),
+            DurableFrame::Subscribed {
+                offset: Some(5),
+                epoch: Some("e1".into()),
+                recovered: Some(true)
+            }
+        );
+        assert_eq!(
+            parse_durable(r#"{"op":"gap","room":"r","reason":"history_lost"}"#),
+            DurableFrame::Gap
+        );
+        let since: serde_json::Value =
+            serde_json::from_str(&subscribe_since("r", Some((5, "e\"1")))).unwrap();
+        assert_eq!(since["since"]["offset"], 5);
+        assert_eq!(since["since"]["epoch"], "e\"1");
     }
 
     #[test]

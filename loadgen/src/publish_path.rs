@@ -1,18 +1,21 @@
 //! Scenario 4, the publish path: events a second from an in-process service through
 //! [`PubSub::publish_to`] (the broker, the Redis publisher) into Redis, with many
-//! publishes in flight so the publisher can pipeline.
+//! publishes in flight so the publisher can pipeline. With `--durable` the room is
+//! durable, so each publish is the numbering script instead of a `PUBLISH`.
 
 use std::time::{Duration, Instant};
 
 use futures_util::{stream, StreamExt};
 use serde::Serialize;
-use switchboard_actors::{BackplaneConfig, BrokerConfig, PubSub, RedisConfig};
+use switchboard_actors::{BackplaneConfig, BrokerConfig, Pattern, PubSub, RedisConfig};
 
 use crate::{args::PublishPathArgs, coordinator::write_json};
 
 /// What the publish-path run measured.
 #[derive(Debug, Serialize)]
 pub struct PublishPathResult {
+    /// Whether the room was durable (numbered and kept by the publish script).
+    pub durable: bool,
     /// Publishes in flight at once.
     pub concurrency: usize,
     /// Measured seconds (after a warm-up).
@@ -29,13 +32,16 @@ pub struct PublishPathResult {
 pub fn run(args: &PublishPathArgs) -> Result<(), String> {
     let url = args.redis_url.as_str();
     let (seconds, warmup, concurrency) = (args.duration, args.warmup, args.concurrency);
-    let room = args.room.clone();
+    let (room, durable) = (args.room.clone(), args.durable);
     let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
     let result = actix_rt::System::new().block_on(async move {
-        let config = BrokerConfig::new(
+        let mut config = BrokerConfig::new(
             format!("loadgen_{}", std::process::id()),
             BackplaneConfig::Redis(Box::new(RedisConfig::new(client))),
         );
+        if durable {
+            config.durable.rooms = vec![Pattern::parse("**").expect("`**` is a pattern")];
+        }
         let pubsub = PubSub::start(config);
         wait_ready(&pubsub).await?;
         publish_for(&pubsub, &room, concurrency, warmup).await;
@@ -44,6 +50,7 @@ pub fn run(args: &PublishPathArgs) -> Result<(), String> {
         let elapsed = started.elapsed().as_secs_f64();
         let _ = pubsub.shutdown().await;
         Ok::<_, String>(PublishPathResult {
+            durable,
             concurrency,
             seconds: elapsed,
             published,
@@ -54,8 +61,13 @@ pub fn run(args: &PublishPathArgs) -> Result<(), String> {
     #[allow(clippy::print_stdout)]
     {
         println!(
-            "publish path: {:.0} events/s ({} in {:.2} s, {} failed, {} in flight)",
-            result.events_per_s, result.published, result.seconds, result.failed, concurrency
+            "publish path{}: {:.0} events/s ({} in {:.2} s, {} failed, {} in flight)",
+            if durable { " (durable room)" } else { "" },
+            result.events_per_s,
+            result.published,
+            result.seconds,
+            result.failed,
+            concurrency
         );
     }
     if let Some(path) = &args.out {

@@ -22,6 +22,10 @@ const REPLAY_WAIT: Duration = Duration::from_millis(5);
 /// `history`'s default `limit`.
 const DEFAULT_LIMIT: usize = 100;
 
+/// `history` reads of one session waiting for their answer, at most; past it a read
+/// is refused, so a client cannot pile reads up in the server.
+const MAX_HISTORY_READS: usize = 8;
+
 impl Session {
     pub(super) fn history(
         &mut self,
@@ -37,21 +41,29 @@ impl Session {
                 "this token may not read {room}'s history"
             )));
         }
+        if self.history_reads >= MAX_HISTORY_READS {
+            return Err(Error::TooManyWaiting(format!(
+                "{MAX_HISTORY_READS} history reads are waiting for their answer"
+            )));
+        }
         let size = self.state.session.history_size;
         let limit = match limit {
             None => DEFAULT_LIMIT.min(size),
             limit => wire::history_limit(limit, size)?,
         };
+        self.state.metrics.history_read();
         let read = ReadHistory {
             room: room.clone(),
             since,
             limit,
         };
+        self.history_reads += 1;
         self.state
             .broker
             .send(read)
             .into_actor(self)
             .map(move |answer, act, ctx| {
+                act.history_reads -= 1;
                 let answer = answer.unwrap_or(Err(ActorError::ShuttingDown));
                 act.history_read(&room, answer, reference.as_deref(), ctx);
             })
@@ -119,9 +131,12 @@ impl Session {
             }
             match self.replays.step(&room) {
                 Step::Send(event) => {
-                    self.advance(&event);
+                    if !self.advance(&event) {
+                        continue;
+                    }
                     let frame = wire::event_frame(&event, self.state.session.limits.outbound_bytes);
-                    self.send(frame, ctx);
+                    let queued = self.out.text(frame);
+                    self.sent_event(queued, ctx);
                 }
                 Step::Lost(position) => self.tell_lost(&room, position, ctx),
                 Step::Fetch(since) => return self.fetch(room, since, ctx),
@@ -132,6 +147,7 @@ impl Session {
 
     /// Reads the next page of a replay from the broker (its ring, or the history).
     fn fetch(&mut self, room: Room, since: Since, ctx: &mut Context<Self>) {
+        self.state.metrics.history_read();
         let read = ReadHistory {
             room: room.clone(),
             since: Some(since),

@@ -84,6 +84,8 @@ pub struct Session {
     positions: HashMap<Room, Position>,
     /// A timer will feed the replays again once the outbound queue has drained.
     replay_scheduled: bool,
+    /// `history` reads waiting for the broker's answer.
+    history_reads: usize,
     fragments: Option<Fragments>,
     last_heard: Instant,
 }
@@ -93,7 +95,7 @@ impl Session {
     pub fn new(state: Arc<State>, out: Outbound, access: Access) -> Session {
         let limits = &state.session.limits;
         let budget = PublishBudget::new(limits.publish_rate, limits.publish_burst);
-        let rooms = SessionRooms::new(limits.subscriptions);
+        let rooms = SessionRooms::new(limits.subscriptions, state.metrics.subscriptions());
         Session {
             state,
             out,
@@ -105,6 +107,7 @@ impl Session {
             replays: replay::Replays::default(),
             positions: HashMap::new(),
             replay_scheduled: false,
+            history_reads: 0,
             fragments: None,
             last_heard: Instant::now(),
         }
@@ -128,6 +131,14 @@ impl Session {
                 self.state.server_id
             ),
         }
+    }
+
+    /// What queuing an event frame led to; a frame queued is a delivery.
+    fn sent_event(&mut self, queued: Result<(), Overflow>, ctx: &mut Context<Self>) {
+        if queued.is_ok() {
+            self.state.metrics.delivered();
+        }
+        self.sent(queued, ctx);
     }
 
     fn reply(&mut self, reply: Reply<'_>, reference: Option<&RawValue>, ctx: &mut Context<Self>) {
@@ -233,15 +244,23 @@ impl Session {
 }
 
 impl Session {
-    /// An event of a durable room goes to the client: it stands at its offset now.
-    fn advance(&mut self, event: &Event) {
-        if let Some(position) = event.position() {
-            match self.positions.get_mut(event.room()) {
-                Some(at) => *at = position.clone(),
-                None => {
-                    self.positions
-                        .insert(event.room().clone(), position.clone());
-                }
+    /// Whether an event goes to the client; in a durable room it then stands at the
+    /// event's offset. An offset it has already (it recovered from a `since` ahead of
+    /// this server, whose live events catch up with it) does not go twice.
+    fn advance(&mut self, event: &Event) -> bool {
+        let Some(position) = event.position() else {
+            return true;
+        };
+        match self.positions.get_mut(event.room()) {
+            Some(at) if at.epoch == position.epoch && position.offset <= at.offset => false,
+            Some(at) => {
+                *at = position.clone();
+                true
+            }
+            None => {
+                self.positions
+                    .insert(event.room().clone(), position.clone());
+                true
             }
         }
     }
@@ -306,17 +325,19 @@ impl Handler<Delivery> for Session {
         if !self.rooms.contains(msg.event.room()) || !self.replays.live(&msg.event) {
             return;
         }
-        self.advance(&msg.event);
+        if !self.advance(&msg.event) {
+            return;
+        }
         let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);
-        match msg.event.dispatched_at() {
+        let queued = match msg.event.dispatched_at() {
             Some(dispatched) => {
                 let now = std::time::Instant::now();
                 STAGES.record(Stage::BrokerToSession, now - dispatched);
-                let queued = self.out.timed_text(frame, now.into());
-                self.sent(queued, ctx);
+                self.out.timed_text(frame, now.into())
             }
-            None => self.send(frame, ctx),
-        }
+            None => self.out.text(frame),
+        };
+        self.sent_event(queued, ctx);
     }
 }
 
@@ -327,6 +348,10 @@ impl Handler<Gap> for Session {
 
     fn handle(&mut self, gap: Gap, ctx: &mut Context<Self>) {
         if self.rooms.contains(&gap.room) {
+            // Before the broker's answer, the gap waits to follow the reply.
+            if self.replays.hold_gap(&gap) {
+                return;
+            }
             // A replay in the room ends here: the events after the gap follow live.
             self.replays.cancel(&gap.room);
             if let Some(position) = &gap.position {

@@ -226,7 +226,7 @@ impl Session {
             }
             Answer::Nothing => return,
         }
-        match result {
+        let durable = match result {
             Ok(Joined {
                 position: Some(position),
                 recovered,
@@ -236,11 +236,21 @@ impl Session {
                 let recovered = recovered == Some(true);
                 self.replays
                     .joined(&room, &position, recovered, replay, replay_to);
-                self.pump_room(room, ctx);
+                true
             }
-            _ => {
-                self.replays.cancel(&room);
+            _ => false,
+        };
+        // A gap the broker told before its answer reached us follows the reply.
+        if let Some(gap) = self.replays.take_gap(&room) {
+            if let Some(position) = &gap.position {
+                self.positions.insert(room.clone(), position.clone());
             }
+            self.send(wire::gap_frame(&gap), ctx);
+        }
+        if durable {
+            self.pump_room(room, ctx);
+        } else {
+            self.replays.cancel(&room);
         }
     }
 

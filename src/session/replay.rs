@@ -12,7 +12,7 @@ use std::{
 
 use switchboard_actors::{
     durable::{Epoch, Position, Since},
-    Event, Room,
+    Event, Gap, Room,
 };
 
 /// The rooms being recovered, each with what is still to send.
@@ -34,6 +34,8 @@ struct Replay {
     /// Read and not sent yet.
     pending: VecDeque<Arc<Event>>,
     fetching: bool,
+    /// A gap the broker told before its answer: told after the reply.
+    gap: Option<Gap>,
 }
 
 /// What to do next for a room being recovered.
@@ -57,12 +59,13 @@ impl Replays {
     /// answers.
     pub fn start(&mut self, room: Room, since: Option<&Since>) {
         let replay = Replay {
-            next: since.map_or(0, |s| s.offset + 1),
+            next: since.map_or(0, |s| s.offset.saturating_add(1)),
             epoch: since.map(|s| s.epoch.clone()),
             to: None,
             seen: 0,
             pending: VecDeque::new(),
             fetching: false,
+            gap: None,
         };
         self.rooms.insert(room, replay);
     }
@@ -86,6 +89,32 @@ impl Replays {
         if recovered {
             state.pending.extend(replay);
         }
+    }
+
+    /// A gap for a room whose subscribe is not answered yet: kept, to follow the
+    /// reply. `false` when the room is not waiting for its answer.
+    pub fn hold_gap(&mut self, gap: &Gap) -> bool {
+        match self.rooms.get_mut(&gap.room) {
+            Some(state) if state.to.is_none() => {
+                state.gap = Some(gap.clone());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The gap held for the room, if any, to tell now that the reply went out. In a
+    /// durable room what follows the gap's position is read after it.
+    pub fn take_gap(&mut self, room: &Room) -> Option<Gap> {
+        let state = self.rooms.get_mut(room)?;
+        let gap = state.gap.take()?;
+        if let (Some(position), Some(to)) = (&gap.position, state.to) {
+            state.next = position.offset.saturating_add(1);
+            state.epoch = Some(position.epoch.clone());
+            state.to = Some(to.max(position.offset));
+            state.pending.clear();
+        }
+        Some(gap)
     }
 
     /// The room is not recovered (or not any more); where the replay was to end,
@@ -256,6 +285,25 @@ mod tests {
         replays.start(room(), None);
         replays.joined(&room(), &at(9), false, Vec::new(), 9);
         assert!(matches!(replays.step(&room()), Step::Done));
+    }
+
+    #[test]
+    fn a_gap_before_the_answer_follows_the_reply() {
+        let mut replays = Replays::default();
+        replays.start(room(), None);
+        let gap = Gap {
+            room: room(),
+            reason: switchboard_actors::GapReason::HistoryLost,
+            position: Some(at(4)),
+        };
+        assert!(replays.hold_gap(&gap));
+        assert!(!replays.live(&event(5)));
+        replays.joined(&room(), &at(2), false, Vec::new(), 2);
+        assert_eq!(replays.take_gap(&room()), Some(gap));
+        let Step::Fetch(from) = replays.step(&room()) else {
+            panic!("5 is read after the gap");
+        };
+        assert_eq!(from.offset, 4);
     }
 
     #[test]

@@ -261,6 +261,32 @@ impl Server {
         self.send(path, request.send()).await
     }
 
+    /// `GET path` as text, with `Authorization: Bearer <bearer>` when given: the
+    /// status, the `Content-Type` and the body.
+    pub async fn get_text(&self, path: &str, bearer: Option<&str>) -> (u16, String, String) {
+        let mut request = self.http.get(format!("{}{path}", self.http_url()));
+        if let Some(token) = bearer {
+            request = request.insert_header(("authorization", format!("Bearer {token}")));
+        }
+        let mut response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("HTTP {path} on {}: {e}\n{}", self.id, self.stderr_tail()));
+        let body = response
+            .body()
+            .limit(16 << 20)
+            .await
+            .unwrap_or_else(|e| panic!("HTTP {path} body: {e}"));
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let text = String::from_utf8_lossy(&body).into_owned();
+        (response.status().as_u16(), content_type, text)
+    }
+
     /// `POST path` with a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> (u16, Value) {
         self.post_raw(path, &body.to_string()).await

@@ -25,6 +25,9 @@ const READ_RETRY: Duration = Duration::from_millis(200);
 /// The most events a room's ring keeps (fewer when `HISTORY_SIZE` is smaller).
 const RING_EVENTS: usize = 1024;
 
+/// The most events one [`ReadHistory`] brings into memory.
+const MAX_READ: usize = 1000;
+
 /// The durable rooms this server holds, and their counters.
 pub(super) struct DurableRooms {
     config: DurableConfig,
@@ -41,6 +44,10 @@ pub(super) struct DurableStats {
     pub(super) events_recovered: u64,
     pub(super) gaps_unrecovered: u64,
     pub(super) duplicates_dropped: u64,
+    /// Envelopes whose numbering is not Redis's: counted with the subscriber's
+    /// `failedEvents`, as other invalid events are.
+    pub(super) invalid_events: u64,
+    pub(super) gaps_link_lost: u64,
 }
 
 impl DurableStats {
@@ -49,6 +56,8 @@ impl DurableStats {
         stats.events_recovered += self.events_recovered;
         stats.gaps_unrecovered += self.gaps_unrecovered;
         stats.duplicates_dropped += self.duplicates_dropped;
+        stats.failed_events += self.invalid_events;
+        stats.gaps_link_lost += self.gaps_link_lost;
     }
 }
 
@@ -107,7 +116,11 @@ impl DurableRooms {
         };
         let replay_to = now.offset;
         match (since, recovered) {
-            (Some(since), Some(true)) => Joined {
+            // Recovered, and the room is still in that epoch (it may have changed
+            // while the history was read): the events after `since` follow. A `since`
+            // ahead of this server (its track lags Redis) replays nothing; the events
+            // up to it arrive live, and the session drops them as already had.
+            (Some(since), Some(true)) if since.epoch == now.epoch => Joined {
                 position: Some(Position {
                     offset: since.offset,
                     epoch: now.epoch,
@@ -119,9 +132,9 @@ impl DurableRooms {
                     .collect(),
                 replay_to,
             },
-            (_, recovered) => Joined {
+            (since, recovered) => Joined {
                 position: Some(now),
-                recovered,
+                recovered: since.and(recovered).map(|_| false),
                 replay: Vec::new(),
                 replay_to,
             },
@@ -187,24 +200,18 @@ impl Broker {
     /// An event from the backplane: through its room's track when it is numbered in
     /// a durable room this server holds.
     pub(super) fn arrive(&mut self, event: Arc<Event>, ctx: &mut Context<Self>) {
-        let room = event.room().clone();
-        let track = match self.durable.tracks.get_mut(&room) {
-            Some(track) if event.position().is_some() => track,
-            _ => return self.deliver(event),
+        if event.position().is_none() {
+            return self.deliver(event);
+        }
+        let Some(track) = self.durable.tracks.get_mut(event.room()) else {
+            return self.deliver(event);
         };
+        let room = event.room().clone();
         match track.arrive(event) {
             Arrival::Deliver(event) => self.deliver(event),
             Arrival::Duplicate => self.durable.stats.duplicates_dropped += 1,
             Arrival::Waiting => {}
             Arrival::Read { from } => self.read(room, from, ctx),
-            Arrival::NewEpoch { position, event } => {
-                self.report_gap(Gap {
-                    room,
-                    reason: GapReason::HistoryLost,
-                    position: Some(position),
-                });
-                self.deliver(event);
-            }
         }
     }
 
@@ -300,6 +307,16 @@ impl Broker {
         }
         self.durable.stats.events_recovered += caught.recovered as u64;
         self.durable.stats.duplicates_dropped += caught.duplicates as u64;
+        if caught.invalid > 0 {
+            self.durable.stats.invalid_events += caught.invalid as u64;
+            log::warn!(
+                "broker {}: dropped {} events in {room} whose offset or epoch is not Redis's \
+                 (a foreign envelope that looks numbered?); {} so far",
+                self.server_id,
+                caught.invalid,
+                self.durable.stats.invalid_events
+            );
+        }
         for out in caught.out {
             match out {
                 Out::Event(event) => self.deliver(event),
@@ -425,7 +442,9 @@ impl Handler<ReadHistory> for Broker {
         if !self.durable.is_durable(&msg.room) {
             return Box::pin(async move { Err(Error::NotDurable(msg.room.to_string())) });
         }
-        let limit = msg.limit.max(1);
+        // One read holds at most MAX_READ events in memory; a larger `limit` answers
+        // `more` and the reader asks again.
+        let limit = msg.limit.clamp(1, MAX_READ);
         let track = self.durable.tracks.get(&msg.room);
         if let (Some(track), Some(since)) = (track, &msg.since) {
             if let Some(current) = track.position().filter(|p| {
@@ -437,7 +456,7 @@ impl Handler<ReadHistory> for Broker {
                 }
             }
         }
-        let from = msg.since.as_ref().map(|s| s.offset + 1);
+        let from = msg.since.as_ref().map(|s| s.offset.saturating_add(1));
         let read = self.backplane.read(msg.room, from, limit);
         let since = msg.since;
         Box::pin(async move {

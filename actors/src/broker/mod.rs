@@ -174,6 +174,7 @@ impl Broker {
             gap.reason
         );
         self.durable.stats.gaps_unrecovered += 1;
+        self.durable.stats.gaps_link_lost += u64::from(gap.reason == GapReason::LinkLost);
         for notify in self
             .rooms
             .get(&gap.room)

@@ -144,7 +144,13 @@ impl MemoryStore {
             touched: now,
         });
         let idle = now.duration_since(log.touched);
-        if idle >= config.meta_ttl {
+        // A numbering nobody published in lives `HISTORY_TTL_MS`, as in Redis.
+        let numbering_ttl = if log.position.offset == 0 {
+            config.history_ttl
+        } else {
+            config.meta_ttl
+        };
+        if idle >= numbering_ttl {
             *log = RoomLog {
                 position: Position {
                     offset: 0,
@@ -172,7 +178,11 @@ impl MemoryStore {
             if idle >= history_ttl {
                 log.events = VecDeque::new();
             }
-            idle < meta_ttl
+            idle < if log.position.offset == 0 {
+                history_ttl
+            } else {
+                meta_ttl
+            }
         });
         self.rooms_swept_at = self.rooms.len();
     }

@@ -175,7 +175,7 @@ impl HistoryPage {
     /// trimmed (or there is nothing after `offset` to have).
     pub fn continues(&self, offset: u64) -> bool {
         match self.events.first().and_then(|e| e.offset()) {
-            Some(first) => first <= offset + 1,
+            Some(first) => first <= offset.saturating_add(1),
             None => self.current.offset <= offset,
         }
     }

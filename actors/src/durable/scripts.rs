@@ -23,22 +23,24 @@ use crate::{link::with_deadline, Error, Event, RedisConfig, Room};
 /// `epoch`, appended to the history (trimmed to about `HISTORY_SIZE`: `MAXLEN ~`
 /// trims whole stream nodes, which costs Redis far less than an exact trim), both
 /// keys' TTLs refreshed, and published. With an idempotency key, a key seen before
-/// answers its first publish's position and publishes nothing; on a retry
-/// (`ARGV[9]` = 1), a publish id found in the history does the same.
+/// answers its first publish's position and publishes nothing (a key a plain room's
+/// publish left, without a position, is not one: the room became durable since); on a
+/// retry (`ARGV[9]` = 1), a publish id found among the room's last `ARGV[10]` events
+/// does the same.
 ///
 /// Returns `{offset, epoch, duplicate}`.
 const PUBLISH: &str = r#"
 local history, meta, idem = KEYS[1], KEYS[2], KEYS[3]
 if idem then
   local seen = redis.call('GET', idem)
-  if seen then
-    local sep = string.find(seen, ':', 1, true)
+  local sep = seen and string.find(seen, ':', 1, true)
+  if sep then
     return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
   end
 end
 local epoch = redis.call('HGET', meta, 'e')
 if epoch and ARGV[9] == '1' then
-  for _, entry in ipairs(redis.call('XREVRANGE', history, '+', '-', 'COUNT', ARGV[3])) do
+  for _, entry in ipairs(redis.call('XREVRANGE', history, '+', '-', 'COUNT', ARGV[10])) do
     if entry[2][2] == ARGV[8] then
       return {tonumber(string.sub(entry[1], 3)), epoch, 1}
     end
@@ -71,9 +73,11 @@ end
 return 1
 "#;
 
-/// A read: the room's position (an epoch created when it has none) and up to
-/// `ARGV[2]` envelopes from offset `ARGV[1]` on (the latest ones, newest first, when
-/// `ARGV[1]` is empty). Returns `{offset, epoch, {envelope, ...}}`.
+/// A read: the room's position and up to `ARGV[2]` envelopes from offset `ARGV[1]`
+/// on (the latest ones, newest first, when `ARGV[1]` is empty). A room without a
+/// numbering gets an epoch (`ARGV[3]`) that lives `HISTORY_TTL_MS` (`ARGV[5]`) unless
+/// a publish makes it last: a read of a room nobody publishes in leaves no lasting key.
+/// Returns `{offset, epoch, {envelope, ...}}`.
 const READ: &str = r#"
 local history, meta = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
@@ -82,8 +86,10 @@ if not epoch then
   epoch = ARGV[3]
   redis.call('DEL', history)
   redis.call('HSET', meta, 'e', epoch, 'o', offset)
+  redis.call('PEXPIRE', meta, ARGV[5])
+elseif offset > 0 then
+  redis.call('PEXPIRE', meta, ARGV[4])
 end
-redis.call('PEXPIRE', meta, ARGV[4])
 local entries = {}
 if ARGV[2] ~= '0' then
   if ARGV[1] == '' then
@@ -111,6 +117,11 @@ if redis.call('HGET', meta, 'e') == ARGV[1] then
 end
 return {tonumber(redis.call('HGET', meta, 'o') or '0'), redis.call('HGET', meta, 'e')}
 "#;
+
+/// The most history entries a retried publish looks through for its publish id: a
+/// retry comes within seconds of its attempt, and a scan must not make a Redis that
+/// is already slow (the attempt timed out) slower still.
+const RETRY_SCAN: usize = 10_000;
 
 static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH));
 static KEYED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(KEYED));
@@ -183,7 +194,8 @@ pub(crate) fn add_publish(
         .arg(Epoch::fresh().as_str())
         .arg(millis(durable.idempotency_ttl))
         .arg(publish_id)
-        .arg(if retry { "1" } else { "0" });
+        .arg(if retry { "1" } else { "0" })
+        .arg(durable.history_size.min(RETRY_SCAN));
 }
 
 /// Adds a keyed publish in a plain room to `pipeline`.
@@ -242,7 +254,8 @@ pub(crate) async fn read(
         .arg(from.map(|f| f.to_string()).unwrap_or_default())
         .arg(limit)
         .arg(Epoch::fresh().as_str())
-        .arg(millis(durable.meta_ttl));
+        .arg(millis(durable.meta_ttl))
+        .arg(millis(durable.history_ttl));
     let answer = with_deadline(config.response_timeout, "history read", async {
         invocation
             .invoke_async::<(u64, String, Vec<Bytes>)>(conn)

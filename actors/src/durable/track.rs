@@ -18,8 +18,9 @@ pub(crate) const READ_PAGE: usize = 500;
 /// the room is read again once the read ends, which finds them in the history.
 const MAX_WAITING: usize = 8192;
 
-/// The most bytes of envelopes a room's ring keeps (besides its count bound).
-const RING_BYTES: usize = 1 << 20;
+/// The most bytes of envelopes a room's ring keeps (besides its count bound): the
+/// rings of a server take at most this times the durable rooms it holds.
+const RING_BYTES: usize = 256 << 10;
 
 /// One durable room at this server.
 #[derive(Debug)]
@@ -39,6 +40,11 @@ pub(crate) struct Track {
     waiting: Option<VecDeque<Arc<Event>>>,
     /// Events arrived past [`MAX_WAITING`] and were not kept: read again after.
     overflowed: bool,
+    /// The pub/sub link came back while a read was out: read again after it (the
+    /// read may have been answered before the outage).
+    relink_pending: bool,
+    /// Where Redis stood at the last read: no real event is past it in its epoch.
+    known: Option<Position>,
     /// Epochs this server replaced (a rollback): their late events are dropped.
     retired: Vec<Epoch>,
 }
@@ -52,14 +58,10 @@ pub(crate) enum Arrival {
     Duplicate,
     /// It waits for the read that is out.
     Waiting,
-    /// Offsets skipped before it: it waits, and a read from `from` must go out.
+    /// Offsets skipped before it, or another epoch: it waits, and a read from `from`
+    /// must go out (the read tells a real skip or a new epoch from a foreign envelope
+    /// that merely looks numbered).
     Read { from: Option<u64> },
-    /// Another epoch: the numbering was lost. Tell the room's recipients of the gap
-    /// (`position`: the events after it follow), then deliver the event.
-    NewEpoch {
-        position: Position,
-        event: Arc<Event>,
-    },
 }
 
 /// What a read's answer means.
@@ -72,6 +74,10 @@ pub(crate) struct Caught {
     pub(crate) recovered: usize,
     /// Events dropped as already delivered.
     pub(crate) duplicates: usize,
+    /// Events dropped because their numbering is not Redis's: an offset past the
+    /// room's current one, or an epoch it does not have (a foreign envelope that
+    /// looks numbered).
+    pub(crate) invalid: usize,
     /// The read found the numbering rolled back: replace this epoch in the backplane,
     /// then read again.
     pub(crate) rotate: Option<Epoch>,
@@ -121,6 +127,8 @@ impl Track {
             touched: Instant::now(),
             waiting: Some(VecDeque::new()),
             overflowed: false,
+            relink_pending: false,
+            known: None,
             retired: Vec::new(),
         }
     }
@@ -157,22 +165,13 @@ impl Track {
         let (Some(at), Some(ours)) = (event.position(), &self.position) else {
             return Arrival::Duplicate;
         };
-        if at.epoch != ours.epoch {
-            if self.retired.contains(&at.epoch) {
-                return Arrival::Duplicate;
-            }
-            let position = Position {
-                offset: at.offset.saturating_sub(1),
-                epoch: at.epoch.clone(),
-            };
-            self.reset(position.clone());
-            self.push(event.clone());
-            return Arrival::NewEpoch { position, event };
-        }
-        if at.offset <= ours.offset {
+        if at.epoch != ours.epoch && self.retired.contains(&at.epoch) {
             return Arrival::Duplicate;
         }
-        if at.offset > ours.offset + 1 {
+        if at.epoch == ours.epoch && at.offset <= ours.offset {
+            return Arrival::Duplicate;
+        }
+        if at.epoch != ours.epoch || at.offset > ours.offset + 1 {
             let from = self.start_read();
             self.waiting.as_mut().expect("reading").push_back(event);
             return Arrival::Read { from };
@@ -182,9 +181,10 @@ impl Track {
     }
 
     /// The pub/sub link came back: what was published meanwhile must be read. `None`
-    /// when a read is out already (it is read again once it answers).
+    /// when a read is out already: the room is read again once it answers.
     pub(crate) fn relinked(&mut self) -> Option<Option<u64>> {
         if self.is_reading() {
+            self.relink_pending = true;
             return None;
         }
         Some(self.start_read())
@@ -205,6 +205,7 @@ impl Track {
     /// A read answered.
     pub(crate) fn caught_up(&mut self, page: HistoryPage) -> Caught {
         let mut caught = Caught::default();
+        self.known = Some(page.current.clone());
         let Some(ours) = self.position.clone() else {
             // The first read: the ring starts with the latest events.
             self.reset(page.current.clone());
@@ -222,8 +223,22 @@ impl Track {
             return caught;
         };
         if page.current.epoch != ours.epoch {
-            caught.out.push(Out::Gap(page.current.clone()));
-            self.reset(page.current);
+            // The numbering was lost (Redis restarted without it, or it expired): what
+            // this server missed of the old epoch is gone; the new epoch's events are
+            // read from its start. Late events of the old epoch are dropped.
+            self.retire(ours.epoch);
+            let start = Position {
+                offset: 0,
+                epoch: page.current.epoch.clone(),
+            };
+            if ours.offset > 0 {
+                caught.out.push(Out::Gap(start.clone()));
+            }
+            self.reset(start);
+            if page.current.offset > 0 {
+                caught.read_again = self.start_read();
+                return caught;
+            }
             self.release(&mut caught);
             return caught;
         }
@@ -268,10 +283,8 @@ impl Track {
     /// The epoch was replaced (`Caught::rotate`) and the room now stands at
     /// `position`: the events after it follow.
     pub(crate) fn rotated(&mut self, lost: Epoch, position: Position) -> Caught {
-        self.retired.push(lost);
-        if self.retired.len() > 4 {
-            self.retired.remove(0);
-        }
+        self.retire(lost);
+        self.known = Some(position.clone());
         let mut caught = Caught {
             out: vec![Out::Gap(position.clone())],
             ..Caught::default()
@@ -279,6 +292,28 @@ impl Track {
         self.reset(position);
         self.release(&mut caught);
         caught
+    }
+
+    /// Drops the late events of `epoch` from now on (the last few epochs are kept).
+    fn retire(&mut self, epoch: Epoch) {
+        if !self.retired.contains(&epoch) {
+            self.retired.push(epoch);
+        }
+        if self.retired.len() > 4 {
+            self.retired.remove(0);
+        }
+    }
+
+    /// Whether an event's numbering is not Redis's as the last read found it: past its
+    /// current offset in its epoch, or in an epoch that is neither it nor retired.
+    fn is_foreign(&self, event: &Event) -> bool {
+        let (Some(at), Some(known)) = (event.position(), &self.known) else {
+            return false;
+        };
+        if at.epoch == known.epoch {
+            return at.offset > known.offset;
+        }
+        !self.retired.contains(&at.epoch)
     }
 
     /// Whether the history's event at `offset` is not the one delivered here: the
@@ -293,18 +328,19 @@ impl Track {
             .is_some_and(|theirs| theirs.json() != ours.json())
     }
 
-    /// Ends the read: the events that waited go through `arrive` again.
+    /// Ends the read: the events that waited go through `arrive` again, but for those
+    /// the read shows are not Redis's numbering (they would skip forever).
     fn release(&mut self, caught: &mut Caught) {
         let waiting = self.waiting.take().unwrap_or_default();
         let mut waiting = waiting.into_iter();
         for event in waiting.by_ref() {
+            if self.is_foreign(&event) {
+                caught.invalid += 1;
+                continue;
+            }
             match self.arrive(event) {
                 Arrival::Deliver(event) => caught.out.push(Out::Event(event)),
                 Arrival::Duplicate => caught.duplicates += 1,
-                Arrival::NewEpoch { position, event } => {
-                    caught.out.push(Out::Gap(position));
-                    caught.out.push(Out::Event(event));
-                }
                 Arrival::Read { from } => {
                     caught.read_again = from;
                     break;
@@ -314,9 +350,10 @@ impl Track {
         }
         if let Some(rest) = self.waiting.as_mut() {
             rest.extend(waiting);
-        } else if std::mem::take(&mut self.overflowed) {
-            // Events were not kept while the read was out: they are in the history.
-            caught.read_again = Some(self.start_read().unwrap_or(0));
+        } else if std::mem::take(&mut self.overflowed) | std::mem::take(&mut self.relink_pending) {
+            // Events were not kept while the read was out, or the link was lost after
+            // the read was answered: what is missing is in the history.
+            caught.read_again = self.start_read();
         }
     }
 
@@ -362,14 +399,20 @@ impl Track {
         let Some(since) = since else {
             return Some(ready(None, Vec::new()));
         };
-        if since.epoch != position.epoch || since.offset > position.offset {
+        if since.epoch != position.epoch {
             return Some(ready(Some(false), Vec::new()));
+        }
+        if since.offset > position.offset {
+            // Ahead of this server, which may lag Redis: Redis decides.
+            return Some(Entry::Read {
+                from: since.offset.saturating_add(1),
+            });
         }
         if since.offset == position.offset {
             return Some(ready(Some(true), Vec::new()));
         }
         match self.ring_first() {
-            Some(first) if first <= since.offset + 1 => {
+            Some(first) if first <= since.offset.saturating_add(1) => {
                 let replay = self
                     .ring
                     .iter()
@@ -379,7 +422,7 @@ impl Track {
                 Some(ready(Some(true), replay))
             }
             _ => Some(Entry::Read {
-                from: since.offset + 1,
+                from: since.offset.saturating_add(1),
             }),
         }
     }
@@ -506,9 +549,28 @@ mod tests {
             gap(&caught).map(|p| (p.offset, p.epoch)),
             Some((0, Epoch::new("f").unwrap()))
         );
-        let Arrival::NewEpoch { .. } = track.arrive(event(1, "g", "t")) else {
-            panic!("an event of yet another epoch is a gap too");
+        assert!(matches!(
+            track.arrive(event(3, "e", "late")),
+            Arrival::Duplicate
+        ));
+        // An event of yet another epoch is read about first: Redis says which is real.
+        let Arrival::Read { .. } = track.arrive(event(1, "g", "t")) else {
+            panic!("another epoch reads");
         };
+        let caught = track.caught_up(page(1, "g", vec![event(1, "g", "t")]));
+        assert_eq!(
+            gap(&caught),
+            None,
+            "nothing of epoch f was delivered: nothing lost"
+        );
+        assert_eq!(
+            caught.read_again,
+            Some(1),
+            "the new epoch is read from its start"
+        );
+        let caught = track.caught_up(page(1, "g", vec![event(1, "g", "t")]));
+        assert_eq!(delivered(&caught), vec![1]);
+        assert_eq!(caught.duplicates, 1, "the event that waited was read too");
     }
 
     #[test]
@@ -555,13 +617,13 @@ mod tests {
             track.enter(Some(&since(1, "e"))),
             Some(Entry::Read { from: 2 })
         ));
-        assert!(matches!(
-            track.enter(Some(&since(6, "e"))),
-            Some(Entry::Ready {
-                recovered: Some(false),
-                ..
-            })
-        ));
+        assert!(
+            matches!(
+                track.enter(Some(&since(6, "e"))),
+                Some(Entry::Read { from: 7 })
+            ),
+            "ahead of this server: Redis decides"
+        );
         assert!(matches!(
             track.enter(Some(&since(5, "x"))),
             Some(Entry::Ready {
@@ -569,5 +631,42 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn an_envelope_that_only_looks_numbered_is_dropped_after_one_read() {
+        let mut track = synced();
+        // Far ahead in the room's epoch, and in an epoch Redis does not have.
+        assert!(matches!(
+            track.arrive(event(1003, "e", "forged")),
+            Arrival::Read { .. }
+        ));
+        assert!(matches!(track.arrive(event(4, "e", "t")), Arrival::Waiting));
+        assert!(matches!(
+            track.arrive(event(7, "zz", "forged")),
+            Arrival::Waiting
+        ));
+        let caught = track.caught_up(page(4, "e", vec![event(3, "e", "t"), event(4, "e", "t")]));
+        assert_eq!(delivered(&caught), vec![4]);
+        assert_eq!(caught.invalid, 2);
+        assert_eq!(caught.read_again, None, "no read loop");
+        assert!(!track.is_reading());
+    }
+
+    #[test]
+    fn a_relink_during_a_read_reads_again_after_it() {
+        let mut track = synced();
+        assert!(matches!(
+            track.arrive(event(6, "e", "t")),
+            Arrival::Read { .. }
+        ));
+        assert_eq!(track.relinked(), None, "a read is out");
+        let caught = track.caught_up(page(6, "e", (3..=6).map(|o| event(o, "e", "t")).collect()));
+        assert_eq!(delivered(&caught), vec![4, 5, 6]);
+        assert_eq!(
+            caught.read_again,
+            Some(6),
+            "read again: the outage came after"
+        );
     }
 }

@@ -79,6 +79,7 @@ impl RedisLink for RedisPublisher {
 
     fn drop_connection(&mut self, why: &str) {
         if self.conn.take().is_some() {
+            self.stats.links_lost += 1;
             log::warn!("publisher: redis link lost ({why}); reconnecting");
         }
     }
@@ -115,10 +116,12 @@ async fn open_resp3_or_resp2(
         other => other,
     }
     .map_err(|e| Error::from_redis(&e))?;
-    // The scripts the pipelines call by SHA are loaded before the first publish.
-    crate::durable::scripts::load(&mut conn)
-        .await
-        .map_err(|e| Error::from_redis(&e))?;
+    // The scripts the pipelines call by SHA are loaded before the first publish. A
+    // Redis that refuses (an ACL without SCRIPT) still serves plain rooms; durable and
+    // keyed publishes then fail with the reason in the log.
+    if let Err(e) = crate::durable::scripts::load(&mut conn).await {
+        log::warn!("publisher: loading the publish scripts failed: {e}; durable and keyed publishes will fail");
+    }
     Ok(conn)
 }
 

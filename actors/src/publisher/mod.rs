@@ -42,7 +42,8 @@ use crate::{
 pub struct RedisPublisher {
     config: Arc<RedisConfig>,
     durable: Arc<DurableConfig>,
-    /// Random per actor: with `published`, makes each durable publish's id.
+    /// Random per process (64 bits, so two servers' ids do not meet): with
+    /// `published`, makes each durable publish's id.
     id_prefix: String,
     published: u64,
     conn: Option<MultiplexedConnection>,
@@ -102,7 +103,7 @@ impl RedisPublisher {
         Supervisor::start(move |_| RedisPublisher {
             config,
             durable,
-            id_prefix: format!("{:08x}", fastrand::u32(..)),
+            id_prefix: format!("{:016x}", fastrand::u64(..)),
             published: 0,
             conn: None,
             generation: 0,
