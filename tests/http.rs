@@ -92,6 +92,14 @@ async fn stats_count_publishes_deliveries_and_connections_and_reset_clears_them(
         .spawn()
         .await;
     a.wait_healthy().await;
+    // The server's own `server_started` may still be on its way (a retry, on a busy
+    // machine): it must be counted before the reset, or it lands in the counts below.
+    wait_until(
+        Duration::from_secs(5),
+        "server_started is counted",
+        || async { a.stats().await["publisher"]["successfulPublishes"] == 1 },
+    )
+    .await;
     let mut client = WsClient::connect(&a).await;
     client.subscribe("room").await;
     a.reset_stats().await;

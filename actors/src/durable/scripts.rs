@@ -63,6 +63,34 @@ end
 return {offset, epoch, 0}
 "#;
 
+/// A run of durable publishes in one room, numbered by one call: the same steps as
+/// [`PUBLISH`] for each, but the offsets taken, the history trimmed and the TTLs
+/// refreshed once for the run.
+/// `ARGV[6..]` are pairs of (envelope without its closing `}`, publish id). Returns
+/// `{first offset, epoch}`; the run's events have the offsets from the first on.
+const PUBLISH_RUN: &str = r#"
+local history, meta = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch then
+  epoch = ARGV[5]
+  redis.call('DEL', history)
+  redis.call('HSET', meta, 'e', epoch)
+end
+local n = (#ARGV - 5) / 2
+local offset = redis.call('HINCRBY', meta, 'o', n) - n
+local first = offset + 1
+for i = 6, #ARGV, 2 do
+  offset = offset + 1
+  local envelope = ARGV[i] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
+  redis.call('XADD', history, '0-' .. offset, 'p', ARGV[i + 1], 'v', envelope)
+  redis.call('PUBLISH', ARGV[1], envelope)
+end
+redis.call('XTRIM', history, 'MAXLEN', '~', ARGV[2])
+redis.call('PEXPIRE', meta, ARGV[4])
+redis.call('PEXPIRE', history, ARGV[3])
+return {first, epoch}
+"#;
+
 /// A keyed publish in a plain room: published only if the key is new. Returns 1
 /// for a duplicate.
 const KEYED: &str = r#"
@@ -124,6 +152,7 @@ return {tonumber(redis.call('HGET', meta, 'o') or '0'), redis.call('HGET', meta,
 const RETRY_SCAN: usize = 10_000;
 
 static PUBLISH_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH));
+static PUBLISH_RUN_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(PUBLISH_RUN));
 static KEYED_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(KEYED));
 static READ_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(READ));
 static ROTATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROTATE));
@@ -154,6 +183,7 @@ impl Keys {
 /// finds them (a read's `Script` loads itself on `NOSCRIPT`).
 pub(crate) async fn load(conn: &mut MultiplexedConnection) -> redis::RedisResult<()> {
     PUBLISH_SCRIPT.prepare_invoke().load_async(conn).await?;
+    PUBLISH_RUN_SCRIPT.prepare_invoke().load_async(conn).await?;
     KEYED_SCRIPT.prepare_invoke().load_async(conn).await?;
     Ok(())
 }
@@ -196,6 +226,53 @@ pub(crate) fn add_publish(
         .arg(publish_id)
         .arg(if retry { "1" } else { "0" })
         .arg(durable.history_size.min(RETRY_SCAN));
+}
+
+/// Adds a run of durable publishes of one room (no key, no retry) to `pipeline`, as
+/// one call: `members` are each event and its publish id, in order.
+pub(crate) fn add_publish_run(
+    pipeline: &mut redis::Pipeline,
+    config: &RedisConfig,
+    durable: &DurableConfig,
+    members: &[(&Event, &str)],
+) {
+    let Some((first, _)) = members.first() else {
+        return;
+    };
+    let keys = Keys::of(config, first.room());
+    let command = pipeline
+        .cmd("EVALSHA")
+        .arg(PUBLISH_RUN_SCRIPT.get_hash())
+        .arg(2)
+        .arg(&keys.history)
+        .arg(&keys.meta)
+        .arg(&keys.channel)
+        .arg(durable.history_size)
+        .arg(millis(durable.history_ttl))
+        .arg(millis(durable.meta_ttl))
+        .arg(Epoch::fresh().as_str());
+    for (event, id) in members {
+        command.arg(event.open_json()).arg(*id);
+    }
+}
+
+/// A run's answer: the position of each of its `count` events.
+pub(crate) fn run_positions(value: &Value, count: usize) -> Result<Vec<Position>, Error> {
+    let unexpected = || Error::Redis(format!("unexpected answer to a durable publish: {value:?}"));
+    let Value::Array(items) = value else {
+        return Err(unexpected());
+    };
+    let [first, epoch] = items.as_slice() else {
+        return Err(unexpected());
+    };
+    let first: u64 = redis::from_redis_value_ref(first).map_err(|_| unexpected())?;
+    let epoch = epoch_of(epoch).ok_or_else(unexpected)?;
+    Ok((0..count as u64)
+        .map(|j| Position {
+            offset: first + j,
+            epoch: epoch.clone(),
+        })
+        .collect())
 }
 
 /// Adds a keyed publish in a plain room to `pipeline`.

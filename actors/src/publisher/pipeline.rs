@@ -20,6 +20,16 @@ use crate::{
 /// The most PUBLISH commands in one pipeline.
 pub(super) const MAX_PIPELINE: usize = 512;
 
+/// The most durable publishes of one room numbered by one script call.
+const MAX_ROOM_BATCH: usize = 128;
+
+/// A pipeline and, per command in it, the publishes it carries (by their place in
+/// the batch): one, or a durable room's run of plain publishes numbered together.
+struct Plan {
+    pipeline: redis::Pipeline,
+    commands: Vec<Vec<usize>>,
+}
+
 /// One publish on its way, with the caller's answer.
 pub(super) struct Pending {
     pub(super) event: Arc<Event>,
@@ -47,6 +57,12 @@ impl Pending {
     /// attempt did not reach Redis, or (a durable publish) the retry looks for it.
     fn may_retry_after(&self, error: &Error) -> bool {
         error.is_retryable() || (self.durable && error.is_ambiguous())
+    }
+
+    /// Whether it may be numbered with other publishes of its room in one script
+    /// call: a durable publish without a key, not a retry that must look for itself.
+    fn joins_room_batch(&self) -> bool {
+        self.durable && self.key.is_none() && !self.ambiguous
     }
 
     /// This publish's command in `pipeline`.
@@ -190,10 +206,10 @@ impl RedisPublisher {
             Some(conn) if self.flow.may_send() && !self.queue.is_empty() => {
                 let take = self.queue.len().min(MAX_PIPELINE);
                 let batch: Vec<Pending> = self.queue.drain(..take).collect();
-                let pipeline = self.pipeline(&batch);
+                let plan = self.plan(&batch);
                 let (addr, generation) = (ctx.address(), self.generation);
                 self.flow.sent(batch.len());
-                actix::spawn(Self::send_pipeline(conn, pipeline, batch, addr, generation));
+                actix::spawn(Self::send_pipeline(conn, plan, batch, addr, generation));
             }
             Some(_) => {}
             None => {
@@ -226,14 +242,49 @@ impl RedisPublisher {
     }
 
     /// One pipeline for the batch; each command's answer comes back on its own
-    /// (`ignore_errors`), so one refused command does not fail the others.
-    fn pipeline(&self, batch: &[Pending]) -> redis::Pipeline {
+    /// (`ignore_errors`), so one refused command does not fail the others. A durable
+    /// room's plain publishes go as one script call per room (up to
+    /// [`MAX_ROOM_BATCH`]): Redis spends most of a durable publish on the call itself,
+    /// so numbering a run of them at once multiplies what one Redis thread can take.
+    fn plan(&self, batch: &[Pending]) -> Plan {
+        let mut commands: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
+        let mut open_runs: std::collections::HashMap<&crate::Room, usize> =
+            std::collections::HashMap::new();
+        for (i, pending) in batch.iter().enumerate() {
+            if !pending.joins_room_batch() {
+                commands.push(vec![i]);
+                continue;
+            }
+            let room = pending.event.room();
+            match open_runs.get(room) {
+                Some(&c) if commands[c].len() < MAX_ROOM_BATCH => commands[c].push(i),
+                _ => {
+                    open_runs.insert(room, commands.len());
+                    commands.push(vec![i]);
+                }
+            }
+        }
         let mut pipeline = redis::pipe();
         pipeline.ignore_errors();
-        for pending in batch {
-            pending.command(self, &mut pipeline);
+        for command in &commands {
+            match command.as_slice() {
+                [single] if !batch[*single].joins_room_batch() => {
+                    batch[*single].command(self, &mut pipeline)
+                }
+                run => {
+                    let members: Vec<(&Event, &str)> = run
+                        .iter()
+                        .map(|&i| {
+                            let pending = &batch[i];
+                            let id = pending.publish_id.as_deref().unwrap_or_default();
+                            (&*pending.event, id)
+                        })
+                        .collect();
+                    scripts::add_publish_run(&mut pipeline, &self.config, &self.durable, &members);
+                }
+            }
         }
-        pipeline
+        Plan { pipeline, commands }
     }
 
     /// A publish whose attempt failed with `error`. When another attempt cannot
@@ -288,7 +339,7 @@ impl RedisPublisher {
     /// answers do not depend on the actor surviving a restart meanwhile.
     async fn send_pipeline(
         mut conn: MultiplexedConnection,
-        pipeline: redis::Pipeline,
+        plan: Plan,
         batch: Vec<Pending>,
         addr: Addr<Self>,
         generation: u64,
@@ -297,17 +348,41 @@ impl RedisPublisher {
         // deadline; a failure on an open connection may have reached Redis, so it is
         // reported, and retried only where the retry cannot duplicate (a durable room).
         let sent = std::time::Instant::now();
-        let result = pipeline
+        let result = plan
+            .pipeline
             .query_async::<Vec<redis::RedisResult<Value>>>(&mut conn)
             .await
             .map_err(|e| Error::from_redis(&e));
         let answers: Vec<Result<Published, Error>> = match result {
             Ok(answers) => {
                 STAGES.record(Stage::PublishRoundTrip, sent.elapsed());
-                batch
-                    .iter()
-                    .zip(answers)
-                    .map(|(pending, answer)| pending.outcome(answer))
+                let mut outcomes: Vec<Option<Result<Published, Error>>> =
+                    (0..batch.len()).map(|_| None).collect();
+                for (command, answer) in plan.commands.iter().zip(answers) {
+                    match command.as_slice() {
+                        [single] if !batch[*single].joins_room_batch() => {
+                            outcomes[*single] = Some(batch[*single].outcome(answer));
+                        }
+                        run => {
+                            let numbered = answer
+                                .map_err(|e| Error::from_redis(&e))
+                                .and_then(|v| scripts::run_positions(&v, run.len()));
+                            for (j, &i) in run.iter().enumerate() {
+                                let outcome = match &numbered {
+                                    Ok(positions) => Ok(Published {
+                                        position: Some(positions[j].clone()),
+                                    }),
+                                    Err(e) => Err(e.clone()),
+                                };
+                                outcomes[i] = Some(outcome);
+                            }
+                        }
+                    }
+                }
+                let missing = || Err(Error::Redis("no answer for a publish".into()));
+                outcomes
+                    .into_iter()
+                    .map(|o| o.unwrap_or_else(missing))
                     .collect()
             }
             Err(e) => {
