@@ -1,11 +1,16 @@
 //! A real `redis-server` per test, on a free port, killed on drop.
 //!
 //! Modelled on redis-rs's `redis-test` server: the tests need a Redis they can kill and
-//! bring back on the same port, which a shared instance cannot offer.
+//! bring back on the same port, which a shared instance cannot offer. A persistent one
+//! ([`RedisServer::start_persistent`]) keeps an append-only file in a directory of its
+//! own, so a restart after SIGKILL loads what Redis had acknowledged; copies of that
+//! directory ([`AofSnapshot`]) let a test roll Redis back to an older state.
 
 use std::io::ErrorKind;
 use std::net::TcpListener;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
@@ -18,22 +23,39 @@ const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many free ports to try before giving up (another test may grab the same one).
 const START_ATTEMPTS: usize = 5;
 
-/// A `redis-server` child process bound to `127.0.0.1:port`, without persistence.
+/// A `redis-server` child process bound to `127.0.0.1:port`, without persistence unless
+/// started with [`RedisServer::start_persistent`].
 pub struct RedisServer {
     port: u16,
     /// `None` while the server is killed (between [`RedisServer::kill`] and `restart`).
     child: Option<Child>,
+    /// The append-only file's directory of a persistent server; kept across restarts.
+    data: Option<TempDir>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// Starts a server that logs every write to an append-only file before answering it
+    /// (`--appendonly yes --appendfsync always`), in a directory removed on drop. A
+    /// [`RedisServer::restart`] after [`RedisServer::kill`] loads that file: what Redis
+    /// acknowledged survives the crash.
+    pub async fn start_persistent() -> Self {
+        Self::start_with(Some(TempDir::new("redis-aof"))).await
+    }
+
+    async fn start_with(data: Option<TempDir>) -> Self {
+        let args = persistence_args(data.as_ref());
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
-            if let Some(child) = spawn_ready(port).await {
+            if let Some(child) = spawn_ready(port, &args).await {
                 return RedisServer {
                     port,
                     child: Some(child),
+                    data,
                 };
             }
         }
@@ -58,20 +80,59 @@ impl RedisServer {
         }
     }
 
-    /// Starts the server again on the same port, once it has been killed.
+    /// Starts the server again on the same port, once it has been killed. A persistent
+    /// server loads its append-only file; any other starts empty.
     ///
     /// Retries for a while: the old listening socket may linger for a moment.
     pub async fn restart(&mut self) {
         self.kill();
+        let args = persistence_args(self.data.as_ref());
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(child) = spawn_ready(self.port).await {
+            if let Some(child) = spawn_ready(self.port, &args).await {
                 self.child = Some(child);
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         panic!("redis-server did not restart on port {}", self.port);
+    }
+
+    /// Kills the server, deletes its data (a disk lost with the machine) and starts it
+    /// again, empty, on the same port.
+    pub async fn restart_empty(&mut self) {
+        self.kill();
+        if let Some(data) = &self.data {
+            data.clear();
+        }
+        self.restart().await;
+    }
+
+    /// A copy of a persistent server's data directory as it is now. Copy it once the
+    /// writes it should hold were acknowledged: with `--appendfsync always` they are then
+    /// on disk.
+    pub fn snapshot(&self) -> AofSnapshot {
+        let data = self
+            .data
+            .as_ref()
+            .expect("only a persistent RedisServer has data to snapshot");
+        let copy = TempDir::new("redis-aof-snapshot");
+        copy_dir(data.path(), copy.path());
+        AofSnapshot { dir: copy }
+    }
+
+    /// Kills the server and starts it again from `snapshot`, an older state of its data:
+    /// every write acknowledged since the snapshot is lost, as after a restart from an
+    /// old backup or a failover to a replica that missed them.
+    pub async fn restart_from(&mut self, snapshot: &AofSnapshot) {
+        self.kill();
+        let data = self
+            .data
+            .as_ref()
+            .expect("only a persistent RedisServer restarts from a snapshot");
+        data.clear();
+        copy_dir(snapshot.dir.path(), data.path());
+        self.restart().await;
     }
 
     /// A fresh multiplexed connection, as another service publishing to Redis would hold.
@@ -158,9 +219,86 @@ fn free_port() -> u16 {
     listener.local_addr().expect("listener address").port()
 }
 
+/// A copy of a persistent server's data directory ([`RedisServer::snapshot`]), removed
+/// on drop.
+pub struct AofSnapshot {
+    dir: TempDir,
+}
+
+/// A directory of its own under the system's temporary directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("sbt-{what}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()));
+        TempDir(path)
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// Empties the directory, keeping it.
+    fn clear(&self) {
+        std::fs::remove_dir_all(&self.0)
+            .unwrap_or_else(|e| panic!("remove {}: {e}", self.0.display()));
+        std::fs::create_dir_all(&self.0)
+            .unwrap_or_else(|e| panic!("create {}: {e}", self.0.display()));
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Copies the files of `from` into `to`, subdirectories included (Redis 7 keeps its
+/// append-only file as several files in `appendonlydir/`).
+fn copy_dir(from: &Path, to: &Path) {
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    for entry in entries {
+        let entry = entry.expect("directory entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&target).expect("create a directory of the copy");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target)
+                .unwrap_or_else(|e| panic!("copy {}: {e}", entry.path().display()));
+        }
+    }
+}
+
+/// The arguments that make `redis-server` persist to `data` (none: no persistence at all).
+fn persistence_args(data: Option<&TempDir>) -> Vec<String> {
+    let args: Vec<&str> = match data {
+        None => vec!["--save", "", "--appendonly", "no"],
+        Some(dir) => {
+            let dir = dir.path().to_str().expect("a UTF-8 temporary directory");
+            vec![
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--dir",
+                dir,
+            ]
+        }
+    };
+    args.into_iter().map(str::to_owned).collect()
+}
+
 /// Spawns `redis-server` on `port` and waits for PING; `None` if it exits (port taken).
-async fn spawn_ready(port: u16) -> Option<Child> {
-    let mut child = spawn(port);
+async fn spawn_ready(port: u16, args: &[String]) -> Option<Child> {
+    let mut child = spawn(port, args);
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if ping(port).await {
@@ -176,10 +314,10 @@ async fn spawn_ready(port: u16) -> Option<Child> {
     None
 }
 
-fn spawn(port: u16) -> Child {
+fn spawn(port: u16, args: &[String]) -> Child {
     let result = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
