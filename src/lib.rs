@@ -17,15 +17,17 @@
 //!   listener until a shutdown future resolves, then the drain).
 //! - `state.rs`: the [`State`] the routes and sessions share, with its
 //!   [`ConnectionCounters`] and the [`PublishGate`] that bounds publishes in flight.
-//! - `http.rs`: `POST /publish/{room}`, `GET /health`, `GET /health/live`,
-//!   `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
+//! - `http.rs`: `POST /publish/{room}`, `GET /history/{room}`, `GET /health`,
+//!   `GET /health/live`, `GET /stats`, `POST /stats/reset`, and the `GET /ws` upgrade.
 //! - `metrics/`: `GET /metrics` and the server's [`Metrics`]: a Prometheus
 //!   registry read mostly from the statistics above at scrape time, with counters
 //!   that never go down across `POST /stats/reset`.
 //! - `session/`: [`Session`], one actor per WebSocket client, with its [`Access`]
-//!   (`mod.rs`: frames, heartbeat, closing; `ops.rs`: what each client op does).
-//!   Accepts `Delivery` and `Evicted` from the broker and the client's frames as a
-//!   stream. Its rooms are a pure state machine, `SessionRooms` (`rooms.rs`).
+//!   (`mod.rs`: frames, heartbeat, closing; `ops.rs`: what each client op does;
+//!   `durable.rs`: the `history` op and the paced replay of a recovery; `replay.rs`:
+//!   `Replays`, a pure type saying what a recovery sends next). Accepts `Delivery`,
+//!   `Evicted` and `Gap` from the broker and the client's frames as a stream. Its
+//!   rooms are a pure state machine, `SessionRooms` (`rooms.rs`).
 //! - `wire.rs`: client frames parsed into [`wire::ClientOp`]; server frames encoded.
 //! - `outbound.rs`: the bounded per-connection queue and the response body that
 //!   drains it; `inbound.rs`: client frames off the request payload, size-checked;

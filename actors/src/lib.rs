@@ -8,12 +8,20 @@
 //!
 //! # Layout
 //!
-//! - [`Broker`] (`broker.rs`): the hub, reached through its `Addr`. Accepts [`Publish`],
-//!   [`Subscribe`], [`Unsubscribe`], [`UnsubscribeAll`], [`Leave`], [`GetHealth`],
-//!   [`GetStats`], [`ResetStats`], [`Shutdown`]; takes events from Redis off a bounded
-//!   channel ([`INBOUND_CAPACITY`]). Delivers [`Delivery`] (and [`Evicted`]) to
-//!   recipients. Its backplane (`backplane.rs`, [`BackplaneConfig`]) is the two Redis
-//!   link actors, or nothing on the memory backplane (one server, no Redis).
+//! - [`Broker`] (`broker/`): the hub, reached through its `Addr`. Accepts [`Publish`],
+//!   [`Subscribe`], [`Unsubscribe`], [`UnsubscribeAll`], [`Leave`], [`ReadHistory`],
+//!   [`GetHealth`], [`GetStats`], [`ResetStats`], [`Shutdown`]; takes [`Inbound`]
+//!   events and relinks from Redis off a bounded channel ([`INBOUND_CAPACITY`]).
+//!   Delivers [`Delivery`] (and [`Evicted`], [`Gap`]) to recipients. `broker/mod.rs`
+//!   is the hub; `broker/durable.rs` what it does for durable rooms (each room's
+//!   track, catch-up reads, entering with `since`). Its backplane (`backplane.rs`,
+//!   [`BackplaneConfig`]) is the two Redis link actors, or nothing on the memory
+//!   backplane (one server, no Redis).
+//! - [`durable`] (`durable/`): durable rooms' settings and values ([`DurableConfig`](durable::DurableConfig),
+//!   [`Position`](durable::Position), [`Since`](durable::Since), ...); `track.rs`, the
+//!   pure type the broker keeps per durable room; `scripts.rs`, the Lua scripts and
+//!   their calls; `memory.rs`, the memory backplane's store.
+//! - [`Pattern`] (`pattern.rs`): room patterns, for tokens and `DURABLE_ROOMS`.
 //! - [`RedisPublisher`] (`publisher/`): owns the publishing connection. Accepts
 //!   [`PublishEvent`] (publish with retry), [`GetLinkStatus`], [`GetPublisherStats`],
 //!   [`ResetStats`], [`Shutdown`]. Supervised: restarts and reconnects with [`Backoff`].
