@@ -24,10 +24,18 @@ pub(super) const MAX_PIPELINE: usize = 512;
 const MAX_ROOM_BATCH: usize = 128;
 
 /// A pipeline and, per command in it, the publishes it carries (by their place in
-/// the batch): one, or a durable room's run of plain publishes numbered together.
+/// the batch).
 struct Plan {
     pipeline: redis::Pipeline,
-    commands: Vec<Vec<usize>>,
+    commands: Vec<Command>,
+}
+
+/// The publishes of one command of a pipeline.
+enum Command {
+    /// One publish: its own command (a plain `PUBLISH`, a keyed or retried one).
+    One(usize),
+    /// A durable room's run of plain publishes, numbered by one script call.
+    Run(Vec<usize>),
 }
 
 /// One publish on its way, with the caller's answer.
@@ -247,31 +255,30 @@ impl RedisPublisher {
     /// [`MAX_ROOM_BATCH`]): Redis spends most of a durable publish on the call itself,
     /// so numbering a run of them at once multiplies what one Redis thread can take.
     fn plan(&self, batch: &[Pending]) -> Plan {
-        let mut commands: Vec<Vec<usize>> = Vec::with_capacity(batch.len());
-        let mut open_runs: std::collections::HashMap<&crate::Room, usize> =
-            std::collections::HashMap::new();
+        let mut commands: Vec<Command> = Vec::with_capacity(batch.len());
+        // Built only when the batch has a durable publish: plain publishes cost no map.
+        let mut open_runs: Option<std::collections::HashMap<&crate::Room, usize>> = None;
         for (i, pending) in batch.iter().enumerate() {
             if !pending.joins_room_batch() {
-                commands.push(vec![i]);
+                commands.push(Command::One(i));
                 continue;
             }
+            let runs = open_runs.get_or_insert_with(Default::default);
             let room = pending.event.room();
-            match open_runs.get(room) {
-                Some(&c) if commands[c].len() < MAX_ROOM_BATCH => commands[c].push(i),
+            match runs.get(room).map(|&c| &mut commands[c]) {
+                Some(Command::Run(run)) if run.len() < MAX_ROOM_BATCH => run.push(i),
                 _ => {
-                    open_runs.insert(room, commands.len());
-                    commands.push(vec![i]);
+                    runs.insert(room, commands.len());
+                    commands.push(Command::Run(vec![i]));
                 }
             }
         }
         let mut pipeline = redis::pipe();
         pipeline.ignore_errors();
         for command in &commands {
-            match command.as_slice() {
-                [single] if !batch[*single].joins_room_batch() => {
-                    batch[*single].command(self, &mut pipeline)
-                }
-                run => {
+            match command {
+                Command::One(i) => batch[*i].command(self, &mut pipeline),
+                Command::Run(run) => {
                     let members: Vec<(&Event, &str)> = run
                         .iter()
                         .map(|&i| {
@@ -359,11 +366,9 @@ impl RedisPublisher {
                 let mut outcomes: Vec<Option<Result<Published, Error>>> =
                     (0..batch.len()).map(|_| None).collect();
                 for (command, answer) in plan.commands.iter().zip(answers) {
-                    match command.as_slice() {
-                        [single] if !batch[*single].joins_room_batch() => {
-                            outcomes[*single] = Some(batch[*single].outcome(answer));
-                        }
-                        run => {
+                    match command {
+                        Command::One(i) => outcomes[*i] = Some(batch[*i].outcome(answer)),
+                        Command::Run(run) => {
                             let numbered = answer
                                 .map_err(|e| Error::from_redis(&e))
                                 .and_then(|v| scripts::run_positions(&v, run.len()));
