@@ -228,10 +228,7 @@ async fn history(req: HttpRequest, room: Path<String>, state: Data<State>) -> Ht
     };
     let answer = wire::HistoryAnswer::new(
         room.as_str(),
-        &history.current,
-        history.recovered,
-        &history.events,
-        history.more,
+        &history,
         state.session.limits.outbound_bytes / 2,
     );
     HttpResponse::Ok().json(answer)

@@ -5,8 +5,8 @@ use bytestring::ByteString;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use switchboard_actors::{
-    durable::{Epoch, IdempotencyKey, Position, Since},
-    Event, Gap, GapReason, NewEvent, Room,
+    durable::{Epoch, IdempotencyKey, Since},
+    Event, Gap, GapReason, History, NewEvent, Room,
 };
 
 use crate::{Error, ErrorCode};
@@ -389,15 +389,10 @@ pub struct HistoryAnswer<'a> {
 }
 
 impl<'a> HistoryAnswer<'a> {
-    /// The answer for `events`, cut at `max_bytes` of envelopes (at least one event).
-    pub fn new(
-        room: &'a str,
-        current: &'a Position,
-        recovered: bool,
-        events: &'a [std::sync::Arc<Event>],
-        more: bool,
-        max_bytes: usize,
-    ) -> HistoryAnswer<'a> {
+    /// The answer for a history read, cut at `max_bytes` of envelopes (at least one
+    /// event; `more` then says the reader should ask again).
+    pub fn new(room: &'a str, history: &'a History, max_bytes: usize) -> HistoryAnswer<'a> {
+        let (current, events) = (&history.current, &history.events);
         let mut bytes = 0;
         let mut kept = Vec::with_capacity(events.len());
         for event in events {
@@ -414,9 +409,9 @@ impl<'a> HistoryAnswer<'a> {
             room,
             offset: current.offset,
             epoch: current.epoch.as_str(),
-            recovered,
+            recovered: history.recovered,
             events: kept,
-            more: more || cut,
+            more: history.more || cut,
         }
     }
 }

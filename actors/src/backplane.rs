@@ -7,6 +7,7 @@ use actix::{
     dev::{MessageResponse, OneshotSender},
     Actor, Addr, Handler, Message, ResponseFuture,
 };
+use redis::aio::MultiplexedConnection;
 use tokio::sync::mpsc;
 
 use crate::{
@@ -152,6 +153,36 @@ impl Backplane {
         }
     }
 
+    /// Runs `command` on the Redis publisher's connection (a script call of durable
+    /// rooms); fails at once when there is none.
+    fn on_connection<T, F, Fut>(&self, command: F) -> ResponseFuture<Result<T, Error>>
+    where
+        F: FnOnce(MultiplexedConnection, Arc<RedisConfig>, Arc<DurableConfig>) -> Fut + 'static,
+        Fut: std::future::Future<Output = Result<T, Error>> + 'static,
+        T: 'static,
+    {
+        let Backplane::Redis {
+            publisher,
+            config,
+            durable,
+            ..
+        } = self
+        else {
+            return Box::pin(async { Err(Error::NotConnected("no Redis backplane".into())) });
+        };
+        let (connection, config, durable) = (
+            publisher.send(GetConnection),
+            config.clone(),
+            durable.clone(),
+        );
+        Box::pin(async move {
+            let conn = connection
+                .await?
+                .ok_or_else(|| Error::NotConnected("no connection to redis".into()))?;
+            command(conn, config, durable).await
+        })
+    }
+
     /// Reads a durable room's position and up to `limit` events from offset `from`
     /// on (the latest ones without `from`).
     pub(crate) fn read(
@@ -161,21 +192,8 @@ impl Backplane {
         limit: usize,
     ) -> ResponseFuture<Result<HistoryPage, Error>> {
         match self {
-            Backplane::Redis {
-                publisher,
-                config,
-                durable,
-                ..
-            } => {
-                let (connection, config, durable) = (
-                    publisher.send(GetConnection),
-                    config.clone(),
-                    durable.clone(),
-                );
-                Box::pin(async move {
-                    let mut conn = connection
-                        .await?
-                        .ok_or_else(|| Error::NotConnected("no connection to redis".into()))?;
+            Backplane::Redis { .. } => {
+                self.on_connection(move |mut conn, config, durable| async move {
                     scripts::read(&mut conn, &config, &durable, &room, from, limit).await
                 })
             }
@@ -194,21 +212,8 @@ impl Backplane {
         lost: Epoch,
     ) -> ResponseFuture<Result<Option<Position>, Error>> {
         match self {
-            Backplane::Redis {
-                publisher,
-                config,
-                durable,
-                ..
-            } => {
-                let (connection, config, durable) = (
-                    publisher.send(GetConnection),
-                    config.clone(),
-                    durable.clone(),
-                );
-                Box::pin(async move {
-                    let mut conn = connection
-                        .await?
-                        .ok_or_else(|| Error::NotConnected("no connection to redis".into()))?;
+            Backplane::Redis { .. } => {
+                self.on_connection(move |mut conn, config, durable| async move {
                     scripts::rotate(&mut conn, &config, &durable, &room, &lost).await
                 })
             }

@@ -82,10 +82,7 @@ impl Session {
             Ok(history) => {
                 let answer = wire::HistoryAnswer::new(
                     room.as_str(),
-                    &history.current,
-                    history.recovered,
-                    &history.events,
-                    history.more,
+                    &history,
                     self.state.session.limits.outbound_bytes / 2,
                 );
                 self.send(wire::history_frame(&answer, reference), ctx);
