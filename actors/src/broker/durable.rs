@@ -4,7 +4,11 @@
 //! recipient); what cannot be read becomes a `history_lost` gap. Recipients enter
 //! with or without `since`, and read the history through [`ReadHistory`].
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, VecDeque},
+    sync::Arc,
+    time::Duration,
+};
 
 use actix::prelude::*;
 use tokio::sync::oneshot;
@@ -28,12 +32,21 @@ const RING_EVENTS: usize = 1024;
 /// The most events one [`ReadHistory`] brings into memory.
 const MAX_READ: usize = 1000;
 
+/// Catch-up reads out at once; the others wait their turn.
+const MAX_READS_OUT: usize = 16;
+
 /// The durable rooms this server holds, and their counters.
 pub(super) struct DurableRooms {
     config: DurableConfig,
     tracks: HashMap<Room, Track>,
     /// Subscribes waiting for a room's first read.
     waiters: HashMap<Room, Vec<oneshot::Sender<()>>>,
+    /// Catch-up reads out now.
+    reads_out: usize,
+    /// Catch-up reads waiting for one out to come back: the rooms oldest first, and
+    /// where each is to be read from (one entry per room).
+    reads_queue: VecDeque<Room>,
+    reads_waiting: HashMap<Room, Option<u64>>,
     pub(super) stats: DurableStats,
 }
 
@@ -81,6 +94,9 @@ impl DurableRooms {
             config,
             tracks: HashMap::new(),
             waiters: HashMap::new(),
+            reads_out: 0,
+            reads_queue: VecDeque::new(),
+            reads_waiting: HashMap::new(),
             stats: DurableStats::default(),
         }
     }
@@ -93,6 +109,7 @@ impl DurableRooms {
     pub(super) fn release(&mut self, room: &Room) {
         self.tracks.remove(room);
         self.waiters.remove(room);
+        self.reads_waiting.remove(room);
     }
 
     /// The recipient joined: its reply's position, and what it replays up to. Taken
@@ -224,20 +241,52 @@ impl Broker {
 
     /// Reads the room from offset `from` (its latest events, to fill the ring, when
     /// `None`), and hands the answer to its track.
+    ///
+    /// At most [`MAX_READS_OUT`] of these are out at once (after a lost link every
+    /// durable room is read); the others wait in turn, at most one per room held.
     fn read(&mut self, room: Room, from: Option<u64>, ctx: &mut Context<Self>) {
         let Some(track) = self.durable.tracks.get(&room) else {
             return;
         };
+        if self.durable.reads_out >= MAX_READS_OUT {
+            if self
+                .durable
+                .reads_waiting
+                .insert(room.clone(), from)
+                .is_none()
+            {
+                self.durable.reads_queue.push_back(room);
+            }
+            return;
+        }
         let limit = if from.is_some() {
             READ_PAGE
         } else {
             track.ring_limit()
         };
+        self.durable.reads_out += 1;
         self.backplane
             .read(room.clone(), from, limit)
             .into_actor(self)
-            .map(move |result, act, ctx| act.read_answered(room, result, ctx))
+            .map(move |result, act, ctx| {
+                act.durable.reads_out -= 1;
+                act.read_answered(room, result, ctx);
+                act.next_waiting_read(ctx);
+            })
             .spawn(ctx);
+    }
+
+    /// Sends the read that has waited longest, now that one came back.
+    fn next_waiting_read(&mut self, ctx: &mut Context<Self>) {
+        while self.durable.reads_out < MAX_READS_OUT {
+            let Some(room) = self.durable.reads_queue.pop_front() else {
+                return;
+            };
+            // A room released meanwhile has no entry any more.
+            if let Some(from) = self.durable.reads_waiting.remove(&room) {
+                self.read(room, from, ctx);
+            }
+        }
     }
 
     fn read_answered(
