@@ -33,7 +33,7 @@ use crate::{
     args::CatchUpArgs,
     client::now_ns,
     coordinator::write_json,
-    durable::{close, connect_to, publish_burst, Follow},
+    durable::{close, connect_to, gather, publish_burst, Follow},
     proto::{parse_durable, subscribe_since, DurableFrame},
     stats::{self, Latency},
 };
@@ -166,20 +166,8 @@ async fn catch_up(args: &CatchUpArgs, command: String) -> Result<CatchUpResult, 
     let restored_ns = now_ns();
     signal_proxy(args.proxy_pid, Signal::SIGUSR2)?;
     // Subscribers still short of the target when the time is up stop where they are.
-    let stop_tx = Arc::new(stop_tx);
-    let timer = tokio::spawn({
-        let (stop_tx, timeout) = (stop_tx.clone(), Duration::from_secs_f64(args.timeout));
-        async move {
-            tokio::time::sleep(timeout).await;
-            stop_tx.send_replace(true);
-        }
-    });
-    let mut outcomes = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        outcomes.push(task.await.map_err(|e| format!("subscriber task: {e}"))?);
-    }
-    timer.abort();
-    stop_tx.send_replace(true);
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let outcomes = gather(tasks, stop_tx, timeout, "subscriber task").await?;
     close(publisher).await;
     Ok(summarize(
         args,

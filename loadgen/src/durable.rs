@@ -16,6 +16,31 @@ use crate::{
     proto::{parse_durable, DurableFrame, Protocol},
 };
 
+/// Waits for every client task, telling the ones still short of their target to stop
+/// (through `stop_tx`) once `timeout` has passed; `what` names a task in an error.
+pub async fn gather<T>(
+    tasks: Vec<tokio::task::JoinHandle<T>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    timeout: Duration,
+    what: &str,
+) -> Result<Vec<T>, String> {
+    let stop_tx = std::sync::Arc::new(stop_tx);
+    let timer = tokio::spawn({
+        let stop_tx = stop_tx.clone();
+        async move {
+            tokio::time::sleep(timeout).await;
+            stop_tx.send_replace(true);
+        }
+    });
+    let mut outcomes = Vec::with_capacity(tasks.len());
+    for task in tasks {
+        outcomes.push(task.await.map_err(|e| format!("{what}: {e}"))?);
+    }
+    timer.abort();
+    stop_tx.send_replace(true);
+    Ok(outcomes)
+}
+
 /// Publishes one connection keeps waiting for their answer: under the server's
 /// `LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT` (256), past which it refuses them.
 pub const PUBLISH_WINDOW: usize = 128;

@@ -23,7 +23,7 @@ use crate::{
     args::StormArgs,
     client::{now_ns, Ws},
     coordinator::write_json,
-    durable::{close, connect_to, publish_burst, publish_frame, Follow},
+    durable::{close, connect_to, gather, publish_burst, publish_frame, Follow},
     proto::{parse_durable, subscribe_since, DurableFrame},
     stats::{self, Latency},
 };
@@ -183,20 +183,8 @@ async fn storm(args: &StormArgs, command: String) -> Result<StormResult, String>
             ))
         })
         .collect();
-    let stop_tx = Arc::new(stop_tx);
-    let timer = tokio::spawn({
-        let (stop_tx, timeout) = (stop_tx.clone(), Duration::from_secs_f64(args.timeout));
-        async move {
-            tokio::time::sleep(timeout).await;
-            stop_tx.send_replace(true);
-        }
-    });
-    let mut outcomes = Vec::with_capacity(storm.len());
-    for client in storm {
-        outcomes.push(client.await.map_err(|e| format!("storm client: {e}"))?);
-    }
-    timer.abort();
-    stop_tx.send_replace(true);
+    let timeout = Duration::from_secs_f64(args.timeout);
+    let outcomes = gather(storm, stop_tx, timeout, "storm client").await?;
     let live_published = live.await.map_err(|e| format!("live publisher: {e}"))?;
     Ok(summarize(
         args,

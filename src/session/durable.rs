@@ -36,11 +36,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
         let room = wire::room(name)?;
-        if !self.allowed(|grant| grant.may_subscribe(&room)) {
-            return Err(Error::NotAllowed(format!(
-                "this token may not read {room}'s history"
-            )));
-        }
+        self.check_may_subscribe(&room, "read the history of")?;
         if self.history_reads >= MAX_HISTORY_READS {
             return Err(Error::TooManyWaiting(format!(
                 "{MAX_HISTORY_READS} history reads are waiting for their answer"

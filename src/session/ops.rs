@@ -89,6 +89,17 @@ impl Session {
         }
     }
 
+    /// Refuses (`not_allowed`) what the session's token may not do in `room`, which
+    /// needs permission to subscribe: `what` says what, for the message.
+    pub(super) fn check_may_subscribe(&self, room: &Room, what: &str) -> Result<(), Error> {
+        if self.allowed(|grant| grant.may_subscribe(room)) {
+            return Ok(());
+        }
+        Err(Error::NotAllowed(format!(
+            "this token may not {what} {room}"
+        )))
+    }
+
     /// Whether the session's access allows `check` (always, with authentication off).
     pub(super) fn allowed(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
         match &self.access {
@@ -137,11 +148,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
         let room = wire::room(name)?;
-        if !self.allowed(|grant| grant.may_subscribe(&room)) {
-            return Err(Error::NotAllowed(format!(
-                "this token may not subscribe to {room}"
-            )));
-        }
+        self.check_may_subscribe(&room, "subscribe to")?;
         if since.is_some() && self.rooms.is_joined(&room) {
             // A joined room subscribed again with `since` recovers like a new one:
             // the session enters the room again from `since`.
