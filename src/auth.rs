@@ -1,9 +1,10 @@
 //! Authentication and authorization (PROTOCOL.md §6): HS256 JWTs and room patterns.
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use switchboard_actors::{now_ms, Pattern, Room};
 
 /// Checks tokens. Built once from `AUTH_JWT_SECRET` and `AUTH_JWT_AUDIENCE`.
@@ -38,12 +39,14 @@ pub enum AuthError {
 }
 
 /// What a valid token grants: who, until when, and which rooms.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Grant {
     /// The user (`sub`).
     pub sub: String,
     /// `exp`, in ms since the epoch.
     pub expires_at_ms: u64,
+    /// The `info` claim, any JSON (a presence member's `info`, PROTOCOL.md §9).
+    pub info: Option<Arc<RawValue>>,
     subscribe: Vec<Pattern>,
     publish: Vec<Pattern>,
 }
@@ -65,6 +68,8 @@ struct Claims {
     subscribe: Vec<String>,
     #[serde(default)]
     publish: Vec<String>,
+    #[serde(default)]
+    info: Option<Box<RawValue>>,
 }
 
 impl Authenticator {
@@ -116,9 +121,28 @@ impl Authenticator {
                 .collect(),
             sub: claims.sub,
             expires_at_ms,
+            // `"info": null` is no info.
+            info: claims
+                .info
+                .filter(|info| info.get() != "null")
+                .map(Arc::from),
         })
     }
 }
+
+/// Grants are equal when their claims are; `info` compared as its JSON text.
+impl PartialEq for Grant {
+    fn eq(&self, other: &Grant) -> bool {
+        let info = |grant: &Grant| grant.info.as_ref().map(|info| info.get().to_owned());
+        self.sub == other.sub
+            && self.expires_at_ms == other.expires_at_ms
+            && self.subscribe == other.subscribe
+            && self.publish == other.publish
+            && info(self) == info(other)
+    }
+}
+
+impl Eq for Grant {}
 
 impl Grant {
     /// Whether the user may subscribe to `room`: a `subscribe` pattern matches, or it
@@ -216,6 +240,7 @@ mod tests {
             let grant = Grant {
                 sub: sub.clone(),
                 expires_at_ms: u64::MAX,
+                info: None,
                 subscribe: patterns.iter().filter_map(|p| Pattern::parse(p)).collect(),
                 publish: patterns.iter().filter_map(|p| Pattern::parse(p)).collect(),
             };

@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use redis::{ConnectionAddr, IntoConnectionInfo};
 use switchboard_actors::{
-    durable::DurableConfig, BackplaneConfig, BrokerConfig, Pattern, PeersConfig, RedisConfig,
+    durable::DurableConfig, presence::PresenceConfig, BackplaneConfig, BrokerConfig, Pattern,
+    PeersConfig, RedisConfig,
 };
 
 use crate::auth::Authenticator;
@@ -225,6 +226,7 @@ impl Config {
         };
         let mut broker = BrokerConfig::new(server_id.clone(), backplane);
         broker.durable = durable(&env)?;
+        broker.presence = presence(&env)?;
         broker.subscribe_timeout = env.millis(
             "SUBSCRIBE_TIMEOUT_MS",
             BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT,
@@ -268,20 +270,7 @@ impl Config {
 
 /// PROTOCOL.md §7's settings: which rooms are durable, and their keys' bounds.
 fn durable(env: &Env<'_>) -> Result<DurableConfig, ConfigError> {
-    let mut rooms = Vec::new();
-    for pattern in env.text("DURABLE_ROOMS")?.unwrap_or_default().split(',') {
-        let pattern = pattern.trim();
-        if pattern.is_empty() {
-            continue;
-        }
-        rooms.push(Pattern::parse(pattern).ok_or_else(|| ConfigError {
-            name: "DURABLE_ROOMS",
-            why: format!(
-                "{pattern:?} is not a room pattern (segments of A-Z a-z 0-9 _ . -, `*` for \
-                 one segment, a trailing `**` for one or more)"
-            ),
-        })?);
-    }
+    let rooms = room_patterns(env, "DURABLE_ROOMS")?;
     // A room's keys may live for weeks: these three go up to 365 days.
     const YEAR_MS: u64 = 365 * 24 * 3600 * 1000;
     let history_ttl = env.millis_up_to(
@@ -325,6 +314,45 @@ fn durable(env: &Env<'_>) -> Result<DurableConfig, ConfigError> {
         });
     }
     Ok(durable)
+}
+
+/// PROTOCOL.md §9's settings: which rooms have presence, and how long a silent
+/// server's members stay.
+fn presence(env: &Env<'_>) -> Result<PresenceConfig, ConfigError> {
+    const DAY_MS: u64 = 24 * 3600 * 1000;
+    let ttl = env.millis_up_to("PRESENCE_TTL_MS", PresenceConfig::DEFAULT_TTL, DAY_MS)?;
+    if ttl < PresenceConfig::MIN_TTL {
+        return Err(ConfigError {
+            name: "PRESENCE_TTL_MS",
+            why: format!(
+                "must be at least {} (servers refresh every third of it)",
+                PresenceConfig::MIN_TTL.as_millis()
+            ),
+        });
+    }
+    Ok(PresenceConfig {
+        rooms: room_patterns(env, "PRESENCE_ROOMS")?,
+        ttl,
+    })
+}
+
+/// A comma-separated list of room patterns (PROTOCOL.md §6 syntax).
+fn room_patterns(env: &Env<'_>, name: &'static str) -> Result<Vec<Pattern>, ConfigError> {
+    let mut rooms = Vec::new();
+    for pattern in env.text(name)?.unwrap_or_default().split(',') {
+        let pattern = pattern.trim();
+        if pattern.is_empty() {
+            continue;
+        }
+        rooms.push(Pattern::parse(pattern).ok_or_else(|| ConfigError {
+            name,
+            why: format!(
+                "{pattern:?} is not a room pattern (segments of A-Z a-z 0-9 _ . -, `*` for \
+                 one segment, a trailing `**` for one or more)"
+            ),
+        })?);
+    }
+    Ok(rooms)
 }
 
 fn limits(env: &Env<'_>) -> Result<Limits, ConfigError> {
@@ -730,6 +758,27 @@ mod tests {
         ] {
             let error = load(&[(name, value)]).expect_err(value);
             assert_eq!(error.name, names, "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn presence_settings_are_read_and_checked() {
+        let config = load(&[("PRESENCE_ROOMS", "lobby:*"), ("PRESENCE_TTL_MS", "1500")]).unwrap();
+        let presence = &config.broker.presence;
+        let room = |name| switchboard_actors::Room::new(name).unwrap();
+        assert!(presence.is_presence(&room("lobby:1")));
+        assert!(!presence.is_presence(&room("chat:1")));
+        assert_eq!(presence.refresh_interval(), Duration::from_millis(500));
+        let defaults = load(&[]).unwrap().broker.presence;
+        assert!(defaults.rooms.is_empty());
+        assert_eq!(defaults.ttl, Duration::from_millis(30_000));
+        for (name, value) in [
+            ("PRESENCE_ROOMS", "lobby:**:x"),
+            ("PRESENCE_TTL_MS", "299"),
+            ("PRESENCE_TTL_MS", "x"),
+        ] {
+            let error = load(&[(name, value)]).expect_err(value);
+            assert_eq!(error.name, name, "{value}: {error}");
         }
     }
 }

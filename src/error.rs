@@ -27,6 +27,8 @@ pub enum ErrorCode {
     RateLimited,
     /// A history read in a room that is not durable (PROTOCOL.md §7).
     NotDurable,
+    /// A presence read in a room that is not a presence room (PROTOCOL.md §9).
+    NotPresence,
 }
 
 /// A refused request, on WebSocket or HTTP.
@@ -71,6 +73,13 @@ pub enum Error {
     /// See [`ErrorCode::NotDurable`].
     #[error("{0} is not a durable room (DURABLE_ROOMS)")]
     NotDurable(String),
+    /// See [`ErrorCode::NotPresence`].
+    #[error("{0} is not a presence room (PRESENCE_ROOMS)")]
+    NotPresence(String),
+    /// An answer too large for the client's outbound queue (`LIMIT_OUTBOUND_BYTES`);
+    /// code `too_large`.
+    #[error("{0}")]
+    AnswerTooLarge(String),
     /// A missing or wrong credential (HTTP 401; on WebSocket, close 1008).
     #[error("{0}")]
     Unauthorized(String),
@@ -91,6 +100,8 @@ impl Error {
             Error::RateLimited(_) => ErrorCode::RateLimited,
             Error::Unauthorized(_) => ErrorCode::NotAllowed,
             Error::NotDurable(_) => ErrorCode::NotDurable,
+            Error::NotPresence(_) => ErrorCode::NotPresence,
+            Error::AnswerTooLarge(_) => ErrorCode::TooLarge,
             Error::TooManyWaiting(_) => ErrorCode::RateLimited,
         }
     }
@@ -98,13 +109,26 @@ impl Error {
     /// The HTTP status of the same refusal (PROTOCOL.md §3).
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::TooLarge { .. } => 413,
+            Error::TooLarge { .. } | Error::AnswerTooLarge(_) => 413,
             Error::Unauthorized(_) => 401,
             Error::NotAllowed(_) => 403,
             Error::RateLimited(_) | Error::TooManyWaiting(_) => 429,
-            Error::NotDurable(_) => 404,
+            Error::NotDurable(_) | Error::NotPresence(_) => 404,
             Error::PublishFailed(_) | Error::SubscribeFailed(_) => 503,
             _ => 400,
+        }
+    }
+
+    /// What a reader is told of a failed `what` (a history or presence read) in `room`.
+    pub fn from_read(
+        room: &switchboard_actors::Room,
+        error: switchboard_actors::Error,
+        what: &str,
+    ) -> Error {
+        match error {
+            switchboard_actors::Error::NotDurable(_) => Error::NotDurable(room.to_string()),
+            switchboard_actors::Error::NotPresence(_) => Error::NotPresence(room.to_string()),
+            e => Error::SubscribeFailed(format!("{what}: {e}")),
         }
     }
 

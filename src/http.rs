@@ -14,9 +14,9 @@ use serde::Serialize;
 use serde_json::{json, value::RawValue};
 use switchboard_actors::{
     durable::{Epoch, IdempotencyKey, Published, Since},
+    presence::ReadPresence,
     stages::STAGES,
-    Error as ActorError, GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish,
-    ReadHistory, ResetStats,
+    GetHealth, GetPeers, GetStats, HealthStatus, PeerList, Publish, ReadHistory, ResetStats,
 };
 
 use crate::{
@@ -35,6 +35,7 @@ pub fn routes(cfg: &mut web::ServiceConfig, state: Arc<State>) {
         .route("/ws", web::get().to(websocket))
         .route("/publish/{room}", web::post().to(publish))
         .route("/history/{room}", web::get().to(history))
+        .route("/presence/{room}", web::get().to(presence))
         .route("/health", web::get().to(health))
         .route("/health/live", web::get().to(live))
         .route("/stats", web::get().to(stats))
@@ -222,8 +223,7 @@ async fn history(req: HttpRequest, room: Path<String>, state: Data<State>) -> Ht
     state.metrics.history_read();
     let history = match state.broker.send(read).await {
         Ok(Ok(history)) => history,
-        Ok(Err(ActorError::NotDurable(_))) => return refusal(&Error::NotDurable(room.to_string())),
-        Ok(Err(e)) => return refusal(&Error::SubscribeFailed(format!("history read: {e}"))),
+        Ok(Err(e)) => return refusal(&Error::from_read(&room, e, "history read")),
         Err(_) => return HttpResponse::ServiceUnavailable().finish(),
     };
     let answer = wire::HistoryAnswer::new(
@@ -232,6 +232,24 @@ async fn history(req: HttpRequest, room: Path<String>, state: Data<State>) -> Ht
         state.session.limits.outbound_bytes / 2,
     );
     HttpResponse::Ok().json(answer)
+}
+
+/// `GET /presence/{room}` (PROTOCOL.md §9): the room's members on every server.
+async fn presence(req: HttpRequest, room: Path<String>, state: Data<State>) -> HttpResponse {
+    let room = match wire::room(&room) {
+        Ok(room) => room,
+        Err(e) => return refusal(&e),
+    };
+    if let Err(e) = check_reader(&req, &state, &room) {
+        return refusal(&e);
+    }
+    match state.broker.send(ReadPresence { room: room.clone() }).await {
+        Ok(Ok(members)) => {
+            HttpResponse::Ok().json(wire::PresenceAnswer::new(room.as_str(), &members))
+        }
+        Ok(Err(e)) => refusal(&Error::from_read(&room, e, "presence read")),
+        Err(_) => HttpResponse::ServiceUnavailable().finish(),
+    }
 }
 
 /// HTTP reads with authentication on need `SERVICE_TOKEN` or a user's JWT that may

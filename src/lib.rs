@@ -72,7 +72,7 @@ pub use metrics::{Metrics, ResetGuard};
 pub use rate::{PublishBudget, Spend};
 pub use server::{run, serve, Switchboard};
 pub use session::{Access, Session};
-pub use state::{Admission, ConnectionCounters, ConnectionSocket, PublishGate, State};
+pub use state::{Admission, ClientIds, ConnectionCounters, ConnectionSocket, PublishGate, State};
 pub use switchboard_actors as actors;
 pub use switchboard_actors::Pattern;
 

@@ -16,7 +16,7 @@ use switchboard_actors::{
 };
 use tokio::sync::watch;
 
-use crate::{Config, ConnectionCounters, ConnectionSocket, Metrics, PublishGate, State};
+use crate::{ClientIds, Config, ConnectionCounters, ConnectionSocket, Metrics, PublishGate, State};
 
 /// A running Switchboard: its broker, its peers, and what its routes share.
 #[derive(Clone)]
@@ -67,6 +67,7 @@ impl Switchboard {
             shutdown: stopping,
             console: config.console,
             metrics,
+            client_ids: ClientIds::new(&config.broker.instance_id),
         };
         Switchboard {
             state: Arc::new(state),

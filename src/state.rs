@@ -39,6 +39,32 @@ pub struct State {
     pub console: bool,
     /// What `GET /metrics` serves.
     pub metrics: Metrics,
+    /// Names each connection (a presence member's `client`).
+    pub client_ids: ClientIds,
+}
+
+/// Names connections `<instance id>.<n>`: unique across servers, and across restarts
+/// of one, since the instance id is random per process.
+#[derive(Debug)]
+pub struct ClientIds {
+    instance_id: String,
+    next: AtomicU64,
+}
+
+impl ClientIds {
+    /// Ids for the process with this instance id.
+    pub fn new(instance_id: &str) -> ClientIds {
+        ClientIds {
+            instance_id: instance_id.to_owned(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// A new connection's id.
+    pub fn next(&self) -> Arc<str> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        format!("{}.{n}", self.instance_id).into()
+    }
 }
 
 impl State {

@@ -1,7 +1,7 @@
 //! What carries events between servers: Redis pub/sub through the two link actors,
 //! or nothing at all (the memory backplane, one server).
 
-use std::{collections::HashSet, sync::Arc};
+use std::{collections::HashSet, sync::Arc, time::Duration};
 
 use actix::{
     dev::{MessageResponse, OneshotSender},
@@ -16,6 +16,11 @@ use crate::{
         Published,
     },
     link::{GetLinkStatus, LinkStatus, RedisConfig},
+    presence::{
+        memory::MemoryPresence,
+        scripts::{self as presence_scripts, Announcer},
+        Applied, Member, Op, PresenceCount,
+    },
     publisher::{GetConnection, GetPublisherStats, PublishEvent},
     subscriber::{GetSubscriberStats, SubscriberIdentity, UnwatchRoom, WatchRoom},
     BackplaneKind, Error, Event, Inbound, PublisherStats, RedisPublisher, RedisSubscriber,
@@ -40,12 +45,14 @@ pub(crate) enum Backplane {
         durable: Arc<DurableConfig>,
     },
     /// One server: rooms need no confirmation and a publish is done once delivered
-    /// here. The broker's backplane keeps the publisher statistics itself, and the
-    /// durable rooms' histories and the idempotency keys.
+    /// here. The broker's backplane keeps the publisher statistics itself, the
+    /// durable rooms' histories and the idempotency keys, and the presence rooms'
+    /// members.
     Memory {
         stats: PublisherStats,
         watched: HashSet<Room>,
         store: Box<MemoryStore>,
+        presence: MemoryPresence,
     },
 }
 
@@ -74,6 +81,7 @@ impl Backplane {
                 stats: PublisherStats::default(),
                 watched: HashSet::new(),
                 store: Box::new(MemoryStore::new(durable)),
+                presence: MemoryPresence::default(),
             },
         }
     }
@@ -221,6 +229,70 @@ impl Backplane {
             Backplane::Memory { store, .. } => {
                 let current = store.read(&room, None, 0).current;
                 Box::pin(async move { Ok(Some(current)) })
+            }
+        }
+    }
+
+    /// Writes this server's `ops` in a presence room and refreshes its deadline there
+    /// (`resync`: `ops` are all its members, the others leave). On the memory
+    /// backplane the changes to deliver here come back.
+    pub(crate) fn presence_write(
+        &mut self,
+        room: Room,
+        announcer: Announcer,
+        ttl: Duration,
+        ops: Vec<Op>,
+        resync: bool,
+    ) -> ResponseFuture<Result<Applied, Error>> {
+        match self {
+            Backplane::Redis { .. } => self.on_connection(move |mut conn, config, _| async move {
+                let written = presence_scripts::apply(
+                    &mut conn, &config, ttl, &announcer, &room, &ops, resync,
+                )
+                .await?;
+                Ok(Applied {
+                    lost: written.lost,
+                    members: written.members,
+                    here: Vec::new(),
+                })
+            }),
+            Backplane::Memory { presence, .. } => {
+                let applied = presence.apply(&room, &ops);
+                Box::pin(async move { Ok(applied) })
+            }
+        }
+    }
+
+    /// A presence room's members, on every server.
+    pub(crate) fn presence_read(
+        &mut self,
+        room: Room,
+        announcer: Announcer,
+    ) -> ResponseFuture<Result<Vec<Arc<Member>>, Error>> {
+        match self {
+            Backplane::Redis { .. } => self.on_connection(move |mut conn, config, _| async move {
+                presence_scripts::read(&mut conn, &config, &announcer, &room).await
+            }),
+            Backplane::Memory { presence, .. } => {
+                let members = presence.read(&room);
+                Box::pin(async move { Ok(members) })
+            }
+        }
+    }
+
+    /// A presence room's counts, on every server.
+    pub(crate) fn presence_count(
+        &mut self,
+        room: Room,
+        announcer: Announcer,
+    ) -> ResponseFuture<Result<PresenceCount, Error>> {
+        match self {
+            Backplane::Redis { .. } => self.on_connection(move |mut conn, config, _| async move {
+                presence_scripts::count(&mut conn, &config, &announcer, &room).await
+            }),
+            Backplane::Memory { presence, .. } => {
+                let count = presence.count(&room);
+                Box::pin(async move { Ok(count) })
             }
         }
     }

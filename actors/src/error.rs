@@ -39,6 +39,9 @@ pub enum Error {
     /// A history read or recovery in a room that is not durable (PROTOCOL.md §7).
     #[error("{0} is not a durable room")]
     NotDurable(String),
+    /// A presence read in a room that is not a presence room (PROTOCOL.md §9).
+    #[error("{0} is not a presence room")]
+    NotPresence(String),
     /// The broker or a link actor is gone (the system is shutting down).
     #[error("switchboard is shutting down")]
     ShuttingDown,

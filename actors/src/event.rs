@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 
 use crate::{
     durable::{Epoch, IdempotencyKey, Position},
+    presence::PresenceKind,
     Error, Room,
 };
 
@@ -80,6 +81,9 @@ pub struct Event {
     /// The envelope carries an `idempotencyKey`: a keyed publish, which reaches its
     /// own server through the backplane too (PROTOCOL.md §2).
     keyed: bool,
+    /// A presence script's envelope (`"presence": "join"` or `"leave"`, the member in
+    /// `data`): not an event of the room but news of its members (PROTOCOL.md §9).
+    presence: Option<PresenceKind>,
     json: ByteString,
     /// A transport's encoding of this event (the WebSocket `event` frame), made by the
     /// first recipient that needs it and shared by the rest, so an event is encoded
@@ -110,6 +114,8 @@ struct Head<'a> {
     epoch: Option<&'a RawValue>,
     #[serde(rename = "idempotencyKey", default)]
     key: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    presence: Option<Cow<'a, str>>,
 }
 
 impl Head<'_> {
@@ -160,6 +166,7 @@ impl Event {
             server_id: Some(server_id.into()),
             position: None,
             keyed: key.is_some(),
+            presence: None,
             json: json.into(),
             wire: OnceLock::new(),
             timing: None,
@@ -184,6 +191,7 @@ impl Event {
             .map(|id| id.into());
         let position = head.position();
         let keyed = head.key.is_some();
+        let presence = head.presence.as_deref().and_then(PresenceKind::parse);
         let kind = head.kind.into();
         let json =
             ByteString::try_from(payload).map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
@@ -197,6 +205,7 @@ impl Event {
             server_id,
             position,
             keyed,
+            presence,
             json,
             wire: OnceLock::new(),
             timing,
@@ -232,6 +241,11 @@ impl Event {
     /// In a durable room, the event's offset and epoch.
     pub fn position(&self) -> Option<&Position> {
         self.position.as_ref()
+    }
+
+    /// For a presence script's envelope, whether a member joined or left.
+    pub fn presence(&self) -> Option<PresenceKind> {
+        self.presence
     }
 
     /// Whether the envelope carries an idempotency key (a keyed publish).

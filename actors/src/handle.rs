@@ -143,6 +143,7 @@ impl PubSub {
             recipient: actor.clone().recipient(),
             on_evicted: Some(actor.clone().recipient()),
             on_gap: Some(actor.clone().recipient()),
+            membership: None,
         };
         self.broker.send(subscribe).await?
     }
@@ -164,6 +165,7 @@ impl PubSub {
             recipient,
             on_evicted,
             on_gap,
+            membership: None,
         };
         self.broker.send(subscribe).await?.map(|_joined| ())
     }

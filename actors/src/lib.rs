@@ -68,6 +68,7 @@ mod link;
 mod messages;
 mod pattern;
 mod peers;
+pub mod presence;
 mod publisher;
 mod room;
 pub mod stages;

@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::{
     durable::{IdempotencyKey, Position, Published, Since},
+    presence::Membership,
     Error, Event, NewEvent, PublisherStats, Room, SubscriberStats,
 };
 
@@ -52,6 +53,10 @@ pub struct Subscribe {
     pub on_evicted: Option<Recipient<Evicted>>,
     /// Told when events of the room may have been lost (a [`Gap`], PROTOCOL.md §8).
     pub on_gap: Option<Recipient<Gap>>,
+    /// In a presence room (PROTOCOL.md §9): the recipient is a member, and is told of
+    /// the others' joins and leaves. The answer comes once every server can see it.
+    /// Ignored in other rooms; in-process services pass `None`.
+    pub membership: Option<Membership>,
 }
 
 /// How a recipient entered a room.

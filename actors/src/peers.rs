@@ -172,6 +172,7 @@ impl Peers {
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
             on_gap: None,
+            membership: None,
         });
         async move { subscribe.await?.map(|_joined| ()) }
             .into_actor(self)

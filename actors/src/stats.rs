@@ -111,6 +111,14 @@ pub struct SubscriberStats {
     /// Events waiting for the broker on its inbound channel now (a gauge; at most
     /// `INBOUND_CAPACITY`, then they are dropped).
     pub inbound_queued: u64,
+    /// This server's members of presence rooms now (a gauge; PROTOCOL.md §9).
+    pub presence_members: u64,
+    /// Writes of this server's presence members that Redis failed; each is followed
+    /// by a resync.
+    pub presence_write_failures: u64,
+    /// Resyncs: this server's members of a room written again whole, after Redis
+    /// lost them (a restart, or a sweep after this server stalled).
+    pub presence_resyncs: u64,
     /// Per room.
     pub channel_stats: BTreeMap<String, ReceiveCounts>,
 }

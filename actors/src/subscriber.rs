@@ -181,12 +181,14 @@ impl RedisSubscriber {
 
     /// Whether a message with our own `serverId` is really ours: on `system:events`
     /// a different `instanceId` means a duplicate server id, which the peers must see.
-    /// Events numbered in Redis (durable rooms) and keyed publishes are not echoes:
-    /// they reach their own server only through Redis (PROTOCOL.md §2).
+    /// Events numbered in Redis (durable rooms), keyed publishes and the presence
+    /// scripts' joins and leaves are not echoes: they reach their own server only
+    /// through Redis (PROTOCOL.md §2, §9).
     fn is_own_echo(&self, event: &Event) -> bool {
         if event.server_id() != Some(&*self.identity.server_id)
             || event.position().is_some()
             || event.is_keyed()
+            || event.presence().is_some()
         {
             return false;
         }

@@ -81,6 +81,7 @@ pub(super) struct Gauges {
     publisher_waiting: IntGauge,
     publisher_unanswered: IntGauge,
     inbound_queued: IntGauge,
+    presence_members: IntGauge,
 }
 
 impl Gauges {
@@ -118,6 +119,10 @@ impl Gauges {
                 "switchboard_inbound_queue_depth",
                 "Events from Redis waiting for the broker (past INBOUND_CAPACITY they are dropped).",
             )?,
+            presence_members: r.gauge(
+                "switchboard_presence_members",
+                "This server's members of presence rooms.",
+            )?,
         };
         for link in ["publisher", "subscriber"] {
             gauges.link_up.with_label_values(&[link]);
@@ -144,6 +149,8 @@ impl Gauges {
             .set(gauge(s.stats.publisher.unanswered));
         self.inbound_queued
             .set(gauge(s.stats.subscriber.inbound_queued));
+        self.presence_members
+            .set(gauge(s.stats.subscriber.presence_members));
     }
 }
 
@@ -259,6 +266,20 @@ pub(super) fn followers(r: &Definer) -> prometheus::Result<Vec<Follower>> {
                 "Events of durable rooms dropped as already delivered.",
             )?,
             |s| s.stats.subscriber.duplicates_dropped,
+        ),
+        follow(
+            r.counter(
+                "switchboard_presence_write_failures_total",
+                "Writes of this server's presence members that Redis failed (each followed by a resync).",
+            )?,
+            |s| s.stats.subscriber.presence_write_failures,
+        ),
+        follow(
+            r.counter(
+                "switchboard_presence_resyncs_total",
+                "This server's members of a presence room written again whole after Redis lost them.",
+            )?,
+            |s| s.stats.subscriber.presence_resyncs,
         ),
     ])
 }

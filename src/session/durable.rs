@@ -22,10 +22,6 @@ const REPLAY_WAIT: Duration = Duration::from_millis(5);
 /// `history`'s default `limit`.
 const DEFAULT_LIMIT: usize = 100;
 
-/// `history` reads of one session waiting for their answer, at most; past it a read
-/// is refused, so a client cannot pile reads up in the server.
-const MAX_HISTORY_READS: usize = 8;
-
 impl Session {
     pub(super) fn history(
         &mut self,
@@ -37,11 +33,7 @@ impl Session {
     ) -> Result<(), Error> {
         let room = wire::room(name)?;
         self.check_may_subscribe(&room, "read the history of")?;
-        if self.history_reads >= MAX_HISTORY_READS {
-            return Err(Error::TooManyWaiting(format!(
-                "{MAX_HISTORY_READS} history reads are waiting for their answer"
-            )));
-        }
+        self.check_reads()?;
         let size = self.state.session.history_size;
         let limit = match limit {
             None => DEFAULT_LIMIT.min(size),
@@ -53,13 +45,13 @@ impl Session {
             since,
             limit,
         };
-        self.history_reads += 1;
+        self.reads += 1;
         self.state
             .broker
             .send(read)
             .into_actor(self)
             .map(move |answer, act, ctx| {
-                act.history_reads -= 1;
+                act.reads -= 1;
                 let answer = answer.unwrap_or(Err(ActorError::ShuttingDown));
                 act.history_read(&room, answer, reference.as_deref(), ctx);
             })
@@ -83,14 +75,7 @@ impl Session {
                 );
                 self.send(wire::history_frame(&answer, reference), ctx);
             }
-            Err(ActorError::NotDurable(_)) => {
-                self.refuse(&Error::NotDurable(room.to_string()), reference, ctx)
-            }
-            Err(e) => self.refuse(
-                &Error::SubscribeFailed(format!("history read: {e}")),
-                reference,
-                ctx,
-            ),
+            Err(e) => self.refuse(&Error::from_read(room, e, "history read"), reference, ctx),
         }
     }
 

@@ -27,7 +27,13 @@ use crate::{
 
 mod durable;
 mod ops;
+mod presence;
 mod replay;
+
+/// Reads (`history`, `presence`, `presence_count`) of one session waiting for their
+/// answer, at most; past it a read is refused, so a client cannot pile reads up in
+/// the server.
+const MAX_READS: usize = 8;
 
 /// Close codes this server sends (RFC 6455 §7.4).
 mod close {
@@ -68,6 +74,8 @@ struct Fragments {
 /// `stopping()`, whatever the reason.
 pub struct Session {
     state: Arc<State>,
+    /// This connection's id, unique across servers (a presence member's `client`).
+    client: Arc<str>,
     out: Outbound,
     access: Access,
     /// The timer that closes the session when its token expires.
@@ -84,8 +92,8 @@ pub struct Session {
     positions: HashMap<Room, Position>,
     /// A timer will feed the replays again once the outbound queue has drained.
     replay_scheduled: bool,
-    /// `history` reads waiting for the broker's answer.
-    history_reads: usize,
+    /// `history` and presence reads waiting for the broker's answer.
+    reads: usize,
     fragments: Option<Fragments>,
     last_heard: Instant,
 }
@@ -97,6 +105,7 @@ impl Session {
         let budget = PublishBudget::new(limits.publish_rate, limits.publish_burst);
         let rooms = SessionRooms::new(limits.subscriptions, state.metrics.subscriptions());
         Session {
+            client: state.client_ids.next(),
             state,
             out,
             access,
@@ -107,7 +116,7 @@ impl Session {
             replays: replay::Replays::default(),
             positions: HashMap::new(),
             replay_scheduled: false,
-            history_reads: 0,
+            reads: 0,
             fragments: None,
             last_heard: Instant::now(),
         }

@@ -100,6 +100,18 @@ impl Session {
         )))
     }
 
+    /// Refuses a read (`history`, `presence`, `presence_count`) past the reads one
+    /// session may have waiting.
+    pub(super) fn check_reads(&self) -> Result<(), Error> {
+        if self.reads >= super::MAX_READS {
+            return Err(Error::TooManyWaiting(format!(
+                "{} reads are waiting for their answer",
+                super::MAX_READS
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the session's access allows `check` (always, with authentication off).
     pub(super) fn allowed(&self, check: impl FnOnce(&Grant) -> bool) -> bool {
         match &self.access {
@@ -126,6 +138,8 @@ impl Session {
             ClientOp::History { room, since, limit } => {
                 self.history(&room, since, limit, reference.clone(), ctx)
             }
+            ClientOp::Presence { room } => self.presence(&room, reference.clone(), ctx),
+            ClientOp::PresenceCount { room } => self.presence_count(&room, reference.clone(), ctx),
             ClientOp::Ping => {
                 self.reply(Reply::Pong, reference.as_deref(), ctx);
                 Ok(())
@@ -180,6 +194,7 @@ impl Session {
             recipient: ctx.address().recipient(),
             on_evicted: Some(ctx.address().recipient()),
             on_gap: Some(ctx.address().recipient()),
+            membership: Some(self.membership(ctx)),
         });
         answer(request)
             .into_actor(self)

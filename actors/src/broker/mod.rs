@@ -1,7 +1,9 @@
 //! The `Broker` actor: the hub between publishers, the backplane and recipients.
-//! What it does for durable rooms (numbering, catch-up, recovery) is in `durable.rs`.
+//! What it does for durable rooms (numbering, catch-up, recovery) is in `durable.rs`;
+//! for presence rooms (this server's members, their joins and leaves) in `presence.rs`.
 
 mod durable;
+mod presence;
 
 use std::{
     collections::{HashMap, HashSet},
@@ -12,10 +14,13 @@ use std::{
 use actix::{dev::SendError, prelude::*};
 use tokio::sync::mpsc;
 
-use self::durable::DurableRooms;
+use self::{durable::DurableRooms, presence::PresenceRooms};
 use crate::{
     backplane::{Backplane, BackplaneConfig, Publishing},
     durable::DurableConfig,
+    presence::{
+        CountPresence, Member, PresenceChange, PresenceConfig, PresenceCount, ReadPresence,
+    },
     subscriber::SubscriberIdentity,
     Delivery, Error, Event, EvictReason, Evicted, Gap, GapReason, GetHealth, GetStats,
     HealthStatus, Inbound, Joined, Leave, Publish, ResetStats, Room, Shutdown, Stats, Subscribe,
@@ -39,6 +44,8 @@ pub struct BrokerConfig {
     pub backplane: BackplaneConfig,
     /// Which rooms are durable, and their history's bounds.
     pub durable: DurableConfig,
+    /// Which rooms have presence.
+    pub presence: PresenceConfig,
 }
 
 impl BrokerConfig {
@@ -53,6 +60,7 @@ impl BrokerConfig {
             subscribe_timeout: Self::DEFAULT_SUBSCRIBE_TIMEOUT,
             backplane,
             durable: DurableConfig::default(),
+            presence: PresenceConfig::default(),
         }
     }
 }
@@ -67,11 +75,13 @@ pub fn new_instance_id() -> String {
 type Members = HashMap<Recipient<Delivery>, Notify>;
 
 /// Whom to tell, for one recipient in one room, when it is evicted or the room has a
-/// gap (`Subscribe::on_evicted`, `Subscribe::on_gap`).
+/// gap (`Subscribe::on_evicted`, `Subscribe::on_gap`), and, in a presence room where
+/// it is a member, its client id and whom to tell of the others' joins and leaves.
 #[derive(Debug, Clone)]
 struct Notify {
     evicted: Option<Recipient<Evicted>>,
     gap: Option<Recipient<Gap>>,
+    presence: Option<(Arc<str>, Recipient<PresenceChange>)>,
 }
 
 /// The hub. Rooms map to local recipients (WebSocket sessions and in-process
@@ -97,6 +107,8 @@ pub struct Broker {
     memberships: HashMap<Recipient<Delivery>, HashSet<Room>>,
     /// What this server keeps for the durable rooms it holds.
     durable: DurableRooms,
+    /// This server's members of presence rooms.
+    presence: PresenceRooms,
     evictions: u64,
     closed: bool,
 }
@@ -117,6 +129,7 @@ impl Broker {
                 events.poll_recv(cx)
             }));
             let durable = DurableRooms::new(config.durable.clone());
+            let presence = PresenceRooms::new(config.presence, &server_id, &identity.instance_id);
             let backplane = Backplane::start(config.backplane, config.durable, identity, inbound);
             let mut broker = Broker {
                 server_id,
@@ -126,9 +139,11 @@ impl Broker {
                 pending: HashMap::new(),
                 memberships: HashMap::new(),
                 durable,
+                presence,
                 evictions: 0,
                 closed: false,
             };
+            broker.start_presence(ctx);
             // `system:events` is always subscribed (PROTOCOL.md §1). The request is
             // queued as it is made; nobody waits for its confirmation.
             drop(broker.watch(Room::system_events()));
@@ -198,7 +213,16 @@ impl Broker {
         let Some(members) = self.rooms.get_mut(room) else {
             return;
         };
-        members.remove(recipient);
+        if let Some(Notify {
+            presence: Some((client, _)),
+            ..
+        }) = members.remove(recipient)
+        {
+            self.presence_leave(room, &client);
+        }
+        let Some(members) = self.rooms.get_mut(room) else {
+            return;
+        };
         if members.is_empty() {
             self.rooms.remove(room);
             if !self.is_wanted(room) {
@@ -223,34 +247,43 @@ impl Broker {
         // Recipients that cannot take the event: a full mailbox (evicted, and told)
         // or a closed one (gone).
         let mut dropped = Vec::new();
-        for (recipient, notify) in members {
+        for recipient in members.keys() {
             let delivery = Delivery {
                 event: event.clone(),
             };
             match recipient.try_send(delivery) {
                 Ok(()) => {}
-                Err(SendError::Full(_)) => {
-                    dropped.push((recipient.clone(), Some(notify.evicted.clone())))
-                }
-                Err(SendError::Closed(_)) => dropped.push((recipient.clone(), None)),
+                Err(SendError::Full(_)) => dropped.push((recipient.clone(), true)),
+                Err(SendError::Closed(_)) => dropped.push((recipient.clone(), false)),
             }
         }
-        for (recipient, evicted) in dropped {
-            self.leave(&recipient);
-            if let Some(on_evicted) = evicted {
-                self.evictions += 1;
-                log::warn!(
-                    "broker {}: a recipient in {} has a full mailbox; dropped from its rooms ({} so far)",
-                    self.server_id,
-                    event.room(),
-                    self.evictions
-                );
-                if let Some(on_evicted) = on_evicted {
-                    on_evicted.do_send(Evicted {
-                        reason: EvictReason::MailboxFull,
-                    });
-                }
+        for (recipient, full) in dropped {
+            if full {
+                self.evict(&recipient, event.room());
+            } else {
+                self.leave(&recipient);
             }
+        }
+    }
+
+    /// Drops a recipient whose mailbox is full from every room, and tells it so.
+    fn evict(&mut self, recipient: &Recipient<Delivery>, room: &Room) {
+        let on_evicted = self
+            .rooms
+            .get(room)
+            .and_then(|members| members.get(recipient))
+            .and_then(|notify| notify.evicted.clone());
+        self.leave(recipient);
+        self.evictions += 1;
+        log::warn!(
+            "broker {}: a recipient in {room} has a full mailbox; dropped from its rooms ({} so far)",
+            self.server_id,
+            self.evictions
+        );
+        if let Some(on_evicted) = on_evicted {
+            on_evicted.do_send(Evicted {
+                reason: EvictReason::MailboxFull,
+            });
         }
     }
 }
@@ -297,9 +330,10 @@ impl Handler<Publish> for Broker {
 impl Handler<Subscribe> for Broker {
     type Result = ResponseActFuture<Self, Result<Joined, Error>>;
 
-    /// Confirms the room with the backplane; in a durable room, then finds where the
-    /// recipient enters the numbering (`durable.rs`). The recipient joins in the same
-    /// step as its position is taken, so it misses no event and gets none twice.
+    /// Confirms the room with the backplane; in a presence room, then writes the
+    /// member; in a durable room, then finds where the recipient enters the numbering
+    /// (`durable.rs`). The recipient joins in the same step as its position is taken,
+    /// so it misses no event and gets none twice.
     fn handle(&mut self, msg: Subscribe, _ctx: &mut Context<Self>) -> Self::Result {
         if self.closed {
             return Box::pin(fut::ready(Err(Error::ShuttingDown)));
@@ -309,16 +343,36 @@ impl Handler<Subscribe> for Broker {
         let deadline = self.subscribe_timeout;
         let confirmed = crate::link::with_deadline(deadline, "SUBSCRIBE", self.watch(room.clone()));
         let recipient = msg.recipient;
+        let membership = msg
+            .membership
+            .filter(|_| self.presence.config.is_presence(&room));
         let notify = Notify {
             evicted: msg.on_evicted,
             gap: msg.on_gap,
+            presence: membership
+                .as_ref()
+                .map(|m| (m.member.client.clone(), m.on_change.clone())),
         };
         let since = msg.since;
         let deliver_replay = msg.deliver_replay;
-        let entering = room.clone();
+        let (entering, member_of) = (room.clone(), room.clone());
         Box::pin(
             confirmed
                 .into_actor(self)
+                .then(
+                    move |result, act, _ctx| -> ResponseActFuture<Self, Result<(), Error>> {
+                        match (result, membership) {
+                            (Ok(()), Some(membership)) => {
+                                let written = act.presence_join(&member_of, &membership);
+                                Box::pin(
+                                async move { written.await.unwrap_or(Err(Error::ShuttingDown)) }
+                                    .into_actor(act),
+                            )
+                            }
+                            (result, _) => Box::pin(fut::ready(result)),
+                        }
+                    },
+                )
                 .then(move |result, act, ctx| match result {
                     Ok(()) => act.enter(entering, since, ctx),
                     Err(e) => Box::pin(fut::ready(Err(e))),
@@ -346,8 +400,13 @@ impl Handler<Subscribe> for Broker {
                             Err(e)
                         }
                     };
-                    if result.is_err() && !act.is_wanted(&room) {
-                        act.unwatch(room);
+                    if result.is_err() {
+                        if let Some((client, _)) = &notify.presence {
+                            act.presence_leave(&room, client);
+                        }
+                        if !act.is_wanted(&room) {
+                            act.unwatch(room);
+                        }
                     }
                     result
                 }),
@@ -389,13 +448,22 @@ impl Handler<Leave> for Broker {
 impl StreamHandler<Inbound> for Broker {
     fn handle(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
         match inbound {
-            Inbound::Event(event) => self.arrive(event, ctx),
-            Inbound::Relinked(room) if self.durable.is_durable(&room) => self.relinked(room, ctx),
-            Inbound::Relinked(room) => self.report_gap(Gap {
-                room,
-                reason: GapReason::LinkLost,
-                position: None,
-            }),
+            Inbound::Event(event) => match event.presence() {
+                Some(kind) => self.presence_arrived(&event, kind),
+                None => self.arrive(event, ctx),
+            },
+            Inbound::Relinked(room) => {
+                self.presence_relinked(&room);
+                if self.durable.is_durable(&room) {
+                    self.relinked(room, ctx)
+                } else {
+                    self.report_gap(Gap {
+                        room,
+                        reason: GapReason::LinkLost,
+                        position: None,
+                    })
+                }
+            }
         }
     }
 
@@ -432,9 +500,11 @@ impl Handler<GetStats> for Broker {
     fn handle(&mut self, _: GetStats, _ctx: &mut Context<Self>) -> Self::Result {
         let stats = self.backplane.stats();
         let durable = self.durable.stats.clone();
+        let presence = self.presence.stats();
         Box::pin(async move {
             let mut stats = stats.await;
             durable.add_to(&mut stats.subscriber);
+            presence.add_to(&mut stats.subscriber);
             stats
         })
     }
@@ -445,18 +515,47 @@ impl Handler<ResetStats> for Broker {
 
     fn handle(&mut self, _: ResetStats, _ctx: &mut Context<Self>) -> Self::Result {
         self.durable.stats = Default::default();
+        self.presence.stats = Default::default();
         self.backplane.reset_stats()
     }
 }
 
 impl Handler<Shutdown> for Broker {
-    type Result = ResponseFuture<()>;
+    type Result = ResponseActFuture<Self, ()>;
 
+    /// This server's presence members leave (announced) before the links close.
     fn handle(&mut self, _: Shutdown, _ctx: &mut Context<Self>) -> Self::Result {
         self.closed = true;
         self.rooms.clear();
         self.memberships.clear();
-        log::info!("broker {}: shutting down the backplane", self.server_id);
-        self.backplane.shutdown()
+        let leaving = futures_util::future::join_all(self.presence_shutdown());
+        Box::pin(leaving.into_actor(self).then(|results, act, _ctx| {
+            for result in results {
+                if let Err(e) = result {
+                    log::warn!(
+                        "broker {}: presence members not removed at shutdown: {e}",
+                        act.server_id
+                    );
+                }
+            }
+            log::info!("broker {}: shutting down the backplane", act.server_id);
+            act.backplane.shutdown().into_actor(act)
+        }))
+    }
+}
+
+impl Handler<ReadPresence> for Broker {
+    type Result = ResponseFuture<Result<Vec<Arc<Member>>, Error>>;
+
+    fn handle(&mut self, msg: ReadPresence, _ctx: &mut Context<Self>) -> Self::Result {
+        self.read_presence(msg)
+    }
+}
+
+impl Handler<CountPresence> for Broker {
+    type Result = ResponseFuture<Result<PresenceCount, Error>>;
+
+    fn handle(&mut self, msg: CountPresence, _ctx: &mut Context<Self>) -> Self::Result {
+        self.count_presence(msg)
     }
 }

@@ -11,6 +11,10 @@ use switchboard_actors::{
 
 use crate::{Error, ErrorCode};
 
+mod presence;
+
+pub use presence::{change_frame, count_frame, presence_frame, PresenceAnswer};
+
 /// A parsed client frame, with the `ref` to echo in the direct reply.
 #[derive(Debug)]
 pub struct ClientFrame {
@@ -52,6 +56,16 @@ pub enum ClientOp {
         since: Option<Since>,
         /// At most this many events (checked against `HISTORY_SIZE` by the session).
         limit: Option<u64>,
+    },
+    /// The members of a presence room, on every server.
+    Presence {
+        /// The room.
+        room: String,
+    },
+    /// A presence room's counts.
+    PresenceCount {
+        /// The room.
+        room: String,
     },
     /// Application-level ping.
     Ping,
@@ -141,6 +155,10 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<Box<RawValue>>, Er
                 limit: f.limit.as_deref().map(parse_limit).transpose()?,
             })
         }),
+        "presence" => fields(text).map(|f: RoomFields| ClientOp::Presence { room: f.room }),
+        "presence_count" => {
+            fields(text).map(|f: RoomFields| ClientOp::PresenceCount { room: f.room })
+        }
         "ping" => Ok(ClientOp::Ping),
         "auth" => fields(text).map(|f: TokenFields| ClientOp::Auth { token: f.token }),
         _ => return Err((reference, Error::UnknownOp(op))),

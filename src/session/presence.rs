@@ -1,0 +1,118 @@
+//! What a session does for presence rooms (PROTOCOL.md §9): who it is when it joins
+//! one, the `presence` and `presence_count` reads, and the others' `join` / `leave`.
+
+use actix::prelude::*;
+use switchboard_actors::{
+    presence::{CountPresence, MemberInfo, Membership, PresenceChange, ReadPresence},
+    Error as ActorError, Room,
+};
+
+use super::{Access, Session};
+use crate::{rooms::Reference, wire, Error};
+
+impl Session {
+    /// Who this session is in the presence rooms it joins (the broker ignores it in
+    /// other rooms).
+    pub(super) fn membership(&self, ctx: &Context<Self>) -> Membership {
+        let (user, info) = match &self.access {
+            Access::Granted(grant) => (Some(grant.sub.clone()), grant.info.clone()),
+            Access::Open | Access::Pending => (None, None),
+        };
+        Membership {
+            member: MemberInfo {
+                client: self.client.clone(),
+                user,
+                info,
+            },
+            on_change: ctx.address().recipient(),
+        }
+    }
+
+    /// `presence`: the room's members on every server.
+    pub(super) fn presence(
+        &mut self,
+        name: &str,
+        reference: Reference,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
+        let room = self.presence_read(name)?;
+        self.state
+            .broker
+            .send(ReadPresence { room: room.clone() })
+            .into_actor(self)
+            .map(move |answer, act, ctx| {
+                act.reads -= 1;
+                let reference = reference.as_deref();
+                match answer.unwrap_or(Err(ActorError::ShuttingDown)) {
+                    Ok(members) => {
+                        let answer = wire::PresenceAnswer::new(room.as_str(), &members);
+                        let frame = wire::presence_frame(&answer, reference);
+                        let limit = act.state.session.limits.outbound_bytes;
+                        if crate::outbound::frame_len(frame.len()) > limit {
+                            let error = Error::AnswerTooLarge(format!(
+                                "{} has {} members, too many to list within \
+                                 LIMIT_OUTBOUND_BYTES ({limit}); presence_count counts them",
+                                room,
+                                members.len()
+                            ));
+                            return act.refuse(&error, reference, ctx);
+                        }
+                        act.send(frame, ctx);
+                    }
+                    Err(e) => {
+                        act.refuse(&Error::from_read(&room, e, "presence read"), reference, ctx)
+                    }
+                }
+            })
+            .spawn(ctx);
+        Ok(())
+    }
+
+    /// `presence_count`: the room's members and distinct users on every server.
+    pub(super) fn presence_count(
+        &mut self,
+        name: &str,
+        reference: Reference,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), Error> {
+        let room = self.presence_read(name)?;
+        self.state
+            .broker
+            .send(CountPresence { room: room.clone() })
+            .into_actor(self)
+            .map(move |answer, act, ctx| {
+                act.reads -= 1;
+                let reference = reference.as_deref();
+                match answer.unwrap_or(Err(ActorError::ShuttingDown)) {
+                    Ok(count) => act.send(wire::count_frame(room.as_str(), count, reference), ctx),
+                    Err(e) => {
+                        act.refuse(&Error::from_read(&room, e, "presence read"), reference, ctx)
+                    }
+                }
+            })
+            .spawn(ctx);
+        Ok(())
+    }
+
+    /// Checks a presence read (the room, the permission, the reads waiting) and
+    /// counts it as waiting.
+    fn presence_read(&mut self, name: &str) -> Result<Room, Error> {
+        let room = wire::room(name)?;
+        self.check_may_subscribe(&room, "read the presence of")?;
+        self.check_reads()?;
+        self.reads += 1;
+        Ok(room)
+    }
+}
+
+impl Handler<PresenceChange> for Session {
+    type Result = ();
+
+    /// Another member joined or left. Before the room's `subscribed` reply the news is
+    /// dropped: the client asks `presence` after the reply, and that answer has it.
+    fn handle(&mut self, change: PresenceChange, ctx: &mut Context<Self>) {
+        if self.rooms.is_joined(&change.room) {
+            self.send(wire::change_frame(&change), ctx);
+        }
+    }
+}
