@@ -1,6 +1,6 @@
 //! [`PubSub`]: a small cloneable handle whose async methods mirror the seed's API.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use actix::{dev::ToEnvelope, Actor, Addr, Handler, Recipient};
 use serde::Serialize;
@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     durable::{IdempotencyKey, Published, Since},
     events::{self, Channel},
+    presence::{CountPresence, Member, PresenceCount, ReadPresence},
     Broker, BrokerConfig, Delivery, Error, Evicted, Gap, GetHealth, GetStats, HealthStatus, Joined,
     NewEvent, Publish, PublisherStats, ResetStats, Room, Shutdown, Subscribe, SubscriberStats,
     Unsubscribe, UnsubscribeAll,
@@ -183,6 +184,19 @@ impl PubSub {
             None => self.broker.send(UnsubscribeAll { room }).await?,
         }
         Ok(())
+    }
+
+    /// The members of a presence room on every server (PROTOCOL.md §9);
+    /// [`Error::NotPresence`] in another room.
+    pub async fn presence(&self, room: &str) -> Result<Vec<Arc<Member>>, Error> {
+        let room = Room::new(room)?;
+        self.broker.send(ReadPresence { room }).await?
+    }
+
+    /// A presence room's members and distinct users on every server, without listing them.
+    pub async fn presence_count(&self, room: &str) -> Result<PresenceCount, Error> {
+        let room = Room::new(room)?;
+        self.broker.send(CountPresence { room }).await?
     }
 
     /// The seed's `getHealthStatus()`.

@@ -363,3 +363,136 @@ impl Handler<Written> for Broker {
         self.write_presence(msg.room);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::{
+        presence::MemberInfo, BackplaneConfig, BrokerConfig, Delivery, PubSub, Subscribe,
+        Unsubscribe,
+    };
+
+    /// A member that keeps the joins and leaves it is told of.
+    struct Watcher(mpsc::UnboundedSender<(PresenceKind, String)>);
+
+    impl Actor for Watcher {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<Delivery> for Watcher {
+        type Result = ();
+
+        fn handle(&mut self, _: Delivery, _ctx: &mut Context<Self>) {}
+    }
+
+    impl Handler<PresenceChange> for Watcher {
+        type Result = ();
+
+        fn handle(&mut self, change: PresenceChange, _ctx: &mut Context<Self>) {
+            let _ = self
+                .0
+                .send((change.kind, change.member.client().to_string()));
+        }
+    }
+
+    fn subscribe(room: &str, watcher: &Addr<Watcher>, client: &str, user: &str) -> Subscribe {
+        Subscribe {
+            room: Room::new(room).unwrap(),
+            since: None,
+            deliver_replay: false,
+            recipient: watcher.clone().recipient(),
+            on_evicted: None,
+            on_gap: None,
+            membership: Some(Membership {
+                member: MemberInfo {
+                    client: client.into(),
+                    user: Some(user.into()),
+                    info: None,
+                },
+                on_change: watcher.clone().recipient(),
+            }),
+        }
+    }
+
+    async fn next(
+        rx: &mut mpsc::UnboundedReceiver<(PresenceKind, String)>,
+    ) -> (PresenceKind, String) {
+        tokio::time::timeout(Duration::from_secs(5), rx.recv())
+            .await
+            .expect("a presence change within 5 s")
+            .expect("the watcher lives")
+    }
+
+    /// On the memory backplane: members are listed and counted, each member is told
+    /// of the others' joins and leaves but not of its own, and a room that is not a
+    /// presence room is refused.
+    #[actix_rt::test]
+    async fn members_join_leave_and_are_counted_in_process() {
+        let mut config = BrokerConfig::new("presence_test", BackplaneConfig::Memory);
+        config.presence.rooms = vec![crate::Pattern::parse("lobby:*").unwrap()];
+        let pubsub = PubSub::start(config);
+        let broker = pubsub.broker().clone();
+        let (a_tx, mut a_seen) = mpsc::unbounded_channel();
+        let (b_tx, mut b_seen) = mpsc::unbounded_channel();
+        let (a, b) = (Watcher(a_tx).start(), Watcher(b_tx).start());
+
+        broker
+            .send(subscribe("lobby:1", &a, "a", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        broker
+            .send(subscribe("lobby:1", &b, "b", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next(&mut a_seen).await, (PresenceKind::Join, "b".into()));
+        let mut clients: Vec<String> = pubsub
+            .presence("lobby:1")
+            .await
+            .unwrap()
+            .iter()
+            .map(|m| m.client().to_string())
+            .collect();
+        clients.sort();
+        assert_eq!(clients, ["a", "b"]);
+        let count = pubsub.presence_count("lobby:1").await.unwrap();
+        assert_eq!(
+            count,
+            PresenceCount {
+                clients: 2,
+                users: 1
+            }
+        );
+
+        broker
+            .send(Unsubscribe {
+                room: Room::new("lobby:1").unwrap(),
+                recipient: b.clone().recipient(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(next(&mut a_seen).await, (PresenceKind::Leave, "b".into()));
+        assert!(
+            b_seen.try_recv().is_err(),
+            "b was told of nothing: a joined before it"
+        );
+        let count = pubsub.presence_count("lobby:1").await.unwrap();
+        assert_eq!(
+            count,
+            PresenceCount {
+                clients: 1,
+                users: 1
+            }
+        );
+
+        assert!(matches!(
+            pubsub.presence("chat:1").await,
+            Err(Error::NotPresence(_))
+        ));
+    }
+}
