@@ -114,12 +114,14 @@ async fn the_browser_client_unit_tests() {
     );
 }
 
-/// Two servers on `redis` with `chat:*` durable; A restartable on its port.
+/// Two servers on `redis` with `chat:*` durable and `lobby:*` presence rooms; A
+/// restartable on its port.
 fn durable_builder(redis: &RedisServer, prefix: &str, id: &str) -> ServerBuilder {
     ServerBuilder::new()
         .redis(redis, prefix)
         .id(id)
         .env("DURABLE_ROOMS", "chat:*")
+        .env("PRESENCE_ROOMS", "lobby:*")
 }
 
 /// The Node process running the browser script, with its control channel.

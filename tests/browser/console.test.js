@@ -213,6 +213,36 @@ step('unsubscribe stops a room\'s events', async () => {
   check(live.length === 1, 'match:live after unsubscribe: ' + JSON.stringify(live));
 });
 
+step('presence through switchboard.js: members on both servers, joins and leaves to the app', async () => {
+  const room = 'lobby:browser';
+  await ctx.a.page.evaluate((r) => {
+    window.presenceNews = [];
+    window.lobby = Switchboard.connect({});
+    return window.lobby.subscribe(r, () => {}, { onPresence: (frame) => window.presenceNews.push(frame) });
+  }, room);
+  await ctx.b.page.evaluate((r) => {
+    window.lobby = Switchboard.connect({});
+    return window.lobby.subscribe(r, () => {});
+  }, room);
+  await ctx.a.page.waitForFunction(() => window.presenceNews.length >= 1, POLL);
+  const listed = await ctx.b.page.evaluate((r) => window.lobby.presence(r), room);
+  const servers = new Set(listed.members.map((m) => m.serverId));
+  check(listed.members.length === 2 && servers.size === 2, 'presence: ' + JSON.stringify(listed));
+  const count = await ctx.a.page.evaluate((r) => window.lobby.presenceCount(r), room);
+  check(count.clients === 2 && count.users === 0, 'presence_count: ' + JSON.stringify(count));
+  await ctx.b.page.evaluate((r) => window.lobby.unsubscribe(r), room);
+  await ctx.a.page.waitForFunction(() => window.presenceNews.length >= 2, POLL);
+  const news = await ctx.a.page.evaluate(() => window.presenceNews);
+  const [join, leave] = news;
+  check(news.length === 2 && join.op === 'join' && leave.op === 'leave'
+    && join.member.client === leave.member.client
+    && !listed.members.every((m) => m.client !== join.member.client), 'join/leave: ' + JSON.stringify(news));
+  await ctx.a.page.evaluate(() => window.lobby.close());
+  await ctx.b.page.evaluate(() => window.lobby.close());
+  noProblems(ctx.a);
+  noProblems(ctx.b);
+});
+
 step('a restart of the page\'s server: reconnects by itself, every durable event once', async () => {
   const room = 'chat:restart';
   await subscribeUi(ctx.a, room);
