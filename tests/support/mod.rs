@@ -11,6 +11,10 @@
 //!   misbehaving clients (one that stops reading, one that never answers pings), and
 //!   for frames no library would send (unmasked, reserved bits, bad opcodes).
 //! - [`proxy`]: [`Proxy`], a TCP proxy in front of Redis that can stall or cut links.
+//! - [`presence`]: a presence room (PROTOCOL.md §9) as a client reads it:
+//!   [`presence::Member`], the `presence` and `presence_count` requests, the refusals.
+//! - [`watcher`]: [`watcher::Watcher`], a subscriber that logs the `join` and `leave`
+//!   frames of presence rooms, and the helpers that make members come and go under it.
 //!
 //! Conditions are awaited with [`wait_until`] / [`wait_for`] and a deadline, never with a
 //! fixed sleep.
@@ -19,10 +23,12 @@
 #![allow(dead_code, unused_imports)]
 
 mod output;
+pub mod presence;
 pub mod proxy;
 pub mod raw_ws;
 pub mod redis;
 pub mod server;
+pub mod watcher;
 pub mod ws;
 
 use std::future::Future;

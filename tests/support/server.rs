@@ -54,6 +54,8 @@ const SERVER_VARS: &[&str] = &[
     "LIMIT_OUTBOUND_FRAMES",
     "LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT",
     "LIMIT_PUBLISHES_IN_FLIGHT",
+    "PRESENCE_ROOMS",
+    "PRESENCE_TTL_MS",
 ];
 
 /// Short tunables so that outages, heartbeats and retries play out in well under a

@@ -111,6 +111,18 @@ impl WsClient {
         self.read_wire(timeout).await
     }
 
+    /// The next JSON frame, or `None` when none comes within `timeout`: for a test that
+    /// reads whatever arrives in a window. A close or a binary frame fails the test.
+    pub async fn try_recv_json(&mut self, timeout: Duration) -> Option<Value> {
+        if let Some(value) = self.pending.pop_front() {
+            return Some(value);
+        }
+        match tokio::time::timeout(timeout, self.incoming.recv()).await {
+            Ok(incoming) => Some(self.decode(incoming)),
+            Err(_) => None,
+        }
+    }
+
     /// Reads frames until one satisfies `wanted`; keeps the others for later `recv_*`.
     pub async fn recv_matching(
         &mut self,
