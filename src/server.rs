@@ -47,6 +47,17 @@ impl Switchboard {
         if security.service_token.is_none() {
             log::warn!("SERVICE_TOKEN unset: anyone may POST /publish and /stats/reset");
         }
+        let presence = &config.broker.presence;
+        if let BackplaneConfig::Redis(redis) = &config.broker.backplane {
+            if !presence.rooms.is_empty() && presence.refresh_interval() < redis.response_timeout {
+                log::warn!(
+                    "PRESENCE_TTL_MS/3 ({} ms) is shorter than REDIS_RESPONSE_TIMEOUT_MS ({} ms): \
+                     one slow presence write can make this server's members leave and join again",
+                    presence.refresh_interval().as_millis(),
+                    redis.response_timeout.as_millis()
+                );
+            }
+        }
         crate::memory::start_trimming();
         let backplane = match config.broker.backplane {
             BackplaneConfig::Redis(_) => BackplaneKind::Redis,

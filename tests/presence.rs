@@ -20,7 +20,7 @@ use support::server::mint_token;
 use support::watcher::{
     assert_each_once, join_watched, leave_watched, Identity, Leave, Notice, Watcher, NOTICE_TIMEOUT,
 };
-use support::{unique_prefix, RedisServer, Server, ServerBuilder, WsClient};
+use support::{unique_prefix, RedisServer, Server, ServerBuilder, WsClient, REPLY_TIMEOUT};
 
 /// The presence rooms: one segment under `lobby:` or under `vip:`.
 const PRESENCE_ROOMS: &str = "lobby:*,vip:*";
@@ -489,4 +489,57 @@ async fn refused_requests_leave_the_session_open_and_http_reads_need_a_reader() 
     assert_eq!(clients(&by_service), clients(&listed));
     assert_eq!(presence_count(&mut session, "lobby:1").await, (1, 1));
     session.assert_alive().await;
+}
+
+/// Sessions of [`a_session_that_subscribes_again_before_the_answer_stays_a_member_once`].
+const RESUBSCRIBERS: usize = 10;
+
+/// A session that subscribes, unsubscribes and subscribes again without waiting for
+/// the answers (a page that renders twice) is a member once its last `subscribed`
+/// came, on every server; when it closes, it leaves every server's list.
+#[actix_web::test]
+async fn a_session_that_subscribes_again_before_the_answer_stays_a_member_once() {
+    let redis = RedisServer::start().await;
+    let servers = cluster(&redis, "resubscribe", 2).await;
+    let mut readers = readers(&servers).await;
+    let room = "lobby:again";
+    let mut sessions = Vec::new();
+    for n in 0..RESUBSCRIBERS {
+        let token = member_token(SECRET, &format!("again-{n}"), "lobby:*", None);
+        let mut client = signed_in(&servers[n % servers.len()], &token).await;
+        client.send_json(&json!({"op": "subscribe", "room": room, "ref": "first"}));
+        client.send_json(&json!({"op": "unsubscribe", "room": room, "ref": "off"}));
+        client.send_json(&json!({"op": "subscribe", "room": room, "ref": "again"}));
+        let answer = client
+            .recv_matching(REPLY_TIMEOUT, "the second subscribe's answer", |f| {
+                f["ref"] == "again"
+            })
+            .await;
+        assert_eq!(answer["op"], "subscribed", "{answer}");
+        sessions.push(client);
+    }
+    for reader in &mut readers {
+        let members = presence(reader, room).await;
+        assert_eq!(members.len(), RESUBSCRIBERS, "{members:?}");
+        for n in 0..RESUBSCRIBERS {
+            by_user(&members, &format!("again-{n}"));
+        }
+    }
+    for session in sessions {
+        session.close();
+    }
+    let deadline = Instant::now() + AGREEMENT_TIMEOUT;
+    for reader in &mut readers {
+        loop {
+            let (clients, users) = presence_count(reader, room).await;
+            if (clients, users) == (0, 0) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "members left after every session closed: {clients} clients, {users} users"
+            );
+            tokio::time::sleep(POLL_INTERVAL).await;
+        }
+    }
 }

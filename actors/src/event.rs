@@ -115,7 +115,7 @@ struct Head<'a> {
     #[serde(rename = "idempotencyKey", default)]
     key: Option<&'a RawValue>,
     #[serde(default, borrow)]
-    presence: Option<Cow<'a, str>>,
+    presence: Option<&'a RawValue>,
 }
 
 impl Head<'_> {
@@ -191,7 +191,13 @@ impl Event {
             .map(|id| id.into());
         let position = head.position();
         let keyed = head.key.is_some();
-        let presence = head.presence.as_deref().and_then(PresenceKind::parse);
+        // A presence script's envelope: type `presence` and `"presence": "join"` or
+        // `"leave"`. Any other `presence` field is a foreign envelope's own.
+        let presence = head
+            .presence
+            .filter(|_| head.kind == "presence")
+            .and_then(|raw| serde_json::from_str::<Cow<'_, str>>(raw.get()).ok())
+            .and_then(|word| PresenceKind::parse(&word));
         let kind = head.kind.into();
         let json =
             ByteString::try_from(payload).map_err(|_| Error::InvalidEvent("not UTF-8".into()))?;
@@ -340,6 +346,22 @@ mod tests {
         assert_eq!(v["serverId"], "server_1_2");
         assert!(v["timestamp"].as_u64().unwrap() > 1_700_000_000_000);
         assert_eq!(event.server_id(), Some("server_1_2"));
+    }
+
+    #[test]
+    fn only_a_presence_scripts_envelope_is_presence_news() {
+        let parse = |raw: &'static str| Event::parse(room(), Bytes::from_static(raw.as_bytes()));
+        let news = parse(r#"{"type":"presence","presence":"leave","data":{"client":"c"}}"#);
+        assert_eq!(news.unwrap().presence(), Some(PresenceKind::Leave));
+        for foreign in [
+            r#"{"type":"status","presence":"join","data":{}}"#,
+            r#"{"type":"presence","presence":{"online":true}}"#,
+            r#"{"type":"presence","presence":5}"#,
+            r#"{"type":"presence","presence":"away"}"#,
+        ] {
+            let event = parse(foreign).expect("a foreign envelope with a presence field is valid");
+            assert_eq!(event.presence(), None, "{foreign}");
+        }
     }
 
     #[test]

@@ -10,18 +10,28 @@
 //!
 //! - [`Broker`] (`broker/`): the hub, reached through its `Addr`. Accepts [`Publish`],
 //!   [`Subscribe`], [`Unsubscribe`], [`UnsubscribeAll`], [`Leave`], [`ReadHistory`],
+//!   [`ReadPresence`](presence::ReadPresence), [`CountPresence`](presence::CountPresence),
 //!   [`GetHealth`], [`GetStats`], [`ResetStats`], [`Shutdown`]; takes [`Inbound`]
 //!   events and relinks from Redis off a bounded channel ([`INBOUND_CAPACITY`]).
-//!   Delivers [`Delivery`] (and [`Evicted`], [`Gap`]) to recipients. `broker/mod.rs`
+//!   Delivers [`Delivery`] (and [`Evicted`], [`Gap`],
+//!   [`PresenceChange`](presence::PresenceChange)) to recipients. `broker/mod.rs`
 //!   is the hub; `broker/durable.rs` what it does for durable rooms (each room's
-//!   track, catch-up reads, entering with `since`). Its backplane (`backplane.rs`,
+//!   track, catch-up reads, entering with `since`); `broker/presence.rs` for presence
+//!   rooms (this server's members, their writes to the backplane in order, the
+//!   refresh, the others' joins and leaves). Its backplane (`backplane.rs`,
 //!   [`BackplaneConfig`]) is the two Redis link actors, or nothing on the memory
 //!   backplane (one server, no Redis).
 //! - [`durable`] (`durable/`): durable rooms' settings and values ([`DurableConfig`](durable::DurableConfig),
 //!   [`Position`](durable::Position), [`Since`](durable::Since), ...); `track.rs`, the
 //!   pure type the broker keeps per durable room; `scripts.rs`, the Lua scripts and
 //!   their calls; `memory.rs`, the memory backplane's store.
-//! - [`Pattern`] (`pattern.rs`): room patterns, for tokens and `DURABLE_ROOMS`.
+//! - [`presence`] (`presence/`): presence rooms' settings and values
+//!   ([`PresenceConfig`](presence::PresenceConfig), [`Member`](presence::Member),
+//!   [`Membership`](presence::Membership), ...); `scripts.rs`, the Lua scripts (a
+//!   server's writes with its refresh, a read, a count, each sweeping expired servers
+//!   first); `memory.rs`, the memory backplane's members.
+//! - [`Pattern`] (`pattern.rs`): room patterns, for tokens, `DURABLE_ROOMS` and
+//!   `PRESENCE_ROOMS`.
 //! - [`RedisPublisher`] (`publisher/`): owns the publishing connection. Accepts
 //!   [`PublishEvent`] (publish with retry), [`GetLinkStatus`], [`GetPublisherStats`],
 //!   [`ResetStats`], [`Shutdown`]. Supervised: restarts and reconnects with [`Backoff`].

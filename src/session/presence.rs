@@ -47,11 +47,13 @@ impl Session {
                     Ok(members) => {
                         let answer = wire::PresenceAnswer::new(room.as_str(), &members);
                         let frame = wire::presence_frame(&answer, reference);
-                        let limit = act.state.session.limits.outbound_bytes;
+                        // Half the outbound bound, as a history answer: the queue
+                        // keeps room for live traffic.
+                        let limit = act.state.session.limits.outbound_bytes / 2;
                         if crate::outbound::frame_len(frame.len()) > limit {
                             let error = Error::AnswerTooLarge(format!(
-                                "{} has {} members, too many to list within \
-                                 LIMIT_OUTBOUND_BYTES ({limit}); presence_count counts them",
+                                "{} has {} members, too many to list within half of \
+                                 LIMIT_OUTBOUND_BYTES ({limit} bytes); presence_count counts them",
                                 room,
                                 members.len()
                             ));

@@ -6,7 +6,9 @@ mod durable;
 mod presence;
 
 use std::{
+    cell::Cell,
     collections::{HashMap, HashSet},
+    rc::Rc,
     sync::Arc,
     time::Duration,
 };
@@ -81,7 +83,15 @@ type Members = HashMap<Recipient<Delivery>, Notify>;
 struct Notify {
     evicted: Option<Recipient<Evicted>>,
     gap: Option<Recipient<Gap>>,
-    presence: Option<(Arc<str>, Recipient<PresenceChange>)>,
+    presence: Option<MemberNotify>,
+}
+
+/// A recipient that is a member of a presence room: its client id, and whom to tell
+/// of the others' joins and leaves.
+#[derive(Debug, Clone)]
+struct MemberNotify {
+    client: Arc<str>,
+    on_change: Recipient<PresenceChange>,
 }
 
 /// The hub. Rooms map to local recipients (WebSocket sessions and in-process
@@ -168,14 +178,17 @@ impl Broker {
         self.rooms.contains_key(room) || self.pending.get(room).is_some_and(|n| *n > 0)
     }
 
-    fn join(&mut self, room: Room, recipient: Recipient<Delivery>, notify: Notify) {
+    /// Adds a recipient to a room; answers false when it was in it already.
+    fn join(&mut self, room: Room, recipient: Recipient<Delivery>, notify: Notify) -> bool {
         let rooms = self.memberships.entry(recipient.clone()).or_default();
-        if rooms.insert(room.clone()) {
-            self.rooms
-                .entry(room)
-                .or_default()
-                .insert(recipient, notify);
+        if !rooms.insert(room.clone()) {
+            return false;
         }
+        self.rooms
+            .entry(room)
+            .or_default()
+            .insert(recipient, notify);
+        true
     }
 
     /// Tells every recipient of the room that asked that its events may have been
@@ -214,11 +227,11 @@ impl Broker {
             return;
         };
         if let Some(Notify {
-            presence: Some((client, _)),
+            presence: Some(member),
             ..
         }) = members.remove(recipient)
         {
-            self.presence_leave(room, &client);
+            self.presence_leave(room, &member.client);
         }
         let Some(members) = self.rooms.get_mut(room) else {
             return;
@@ -349,25 +362,33 @@ impl Handler<Subscribe> for Broker {
         let notify = Notify {
             evicted: msg.on_evicted,
             gap: msg.on_gap,
-            presence: membership
-                .as_ref()
-                .map(|m| (m.member.client.clone(), m.on_change.clone())),
+            presence: membership.as_ref().map(|m| MemberNotify {
+                client: m.member.client.clone(),
+                on_change: m.on_change.clone(),
+            }),
         };
         let since = msg.since;
         let deliver_replay = msg.deliver_replay;
         let (entering, member_of) = (room.clone(), room.clone());
+        // Whether this attempt holds its member (`presence_join`): let go of once,
+        // when it fails or when the recipient was in the room already.
+        let held = Rc::new(Cell::new(false));
+        let holding = held.clone();
         Box::pin(
             confirmed
                 .into_actor(self)
                 .then(
                     move |result, act, _ctx| -> ResponseActFuture<Self, Result<(), Error>> {
                         match (result, membership) {
-                            (Ok(()), Some(membership)) => {
+                            (Ok(()), Some(membership)) if !act.closed => {
+                                holding.set(true);
                                 let written = act.presence_join(&member_of, &membership);
-                                Box::pin(
-                                async move { written.await.unwrap_or(Err(Error::ShuttingDown)) }
-                                    .into_actor(act),
-                            )
+                                let written = async move {
+                                    written.await.unwrap_or(Err(Error::ShuttingDown))
+                                };
+                                let written =
+                                    crate::link::with_deadline(deadline, "presence join", written);
+                                Box::pin(written.into_actor(act))
                             }
                             (result, _) => Box::pin(fut::ready(result)),
                         }
@@ -386,7 +407,9 @@ impl Handler<Subscribe> for Broker {
                     }
                     let result = match result {
                         Ok(joining) if recipient.connected() && !act.closed => {
-                            act.join(room.clone(), recipient.clone(), notify.clone());
+                            if !act.join(room.clone(), recipient.clone(), notify.clone()) {
+                                act.let_go(&room, &notify, &held);
+                            }
                             let joined = act.durable.joined(&room, joining);
                             if deliver_replay {
                                 act.durable.replay(&room, &joined, &recipient, &notify.gap);
@@ -401,9 +424,7 @@ impl Handler<Subscribe> for Broker {
                         }
                     };
                     if result.is_err() {
-                        if let Some((client, _)) = &notify.presence {
-                            act.presence_leave(&room, client);
-                        }
+                        act.let_go(&room, &notify, &held);
                         if !act.is_wanted(&room) {
                             act.unwatch(room);
                         }
@@ -411,6 +432,15 @@ impl Handler<Subscribe> for Broker {
                     result
                 }),
         )
+    }
+}
+
+impl Broker {
+    /// Lets go of the member a subscribe attempt held, if it held one.
+    fn let_go(&mut self, room: &Room, notify: &Notify, held: &Cell<bool>) {
+        if let (true, Some(member)) = (held.replace(false), &notify.presence) {
+            self.presence_leave(room, &member.client);
+        }
     }
 }
 
@@ -449,8 +479,10 @@ impl StreamHandler<Inbound> for Broker {
     fn handle(&mut self, inbound: Inbound, ctx: &mut Context<Self>) {
         match inbound {
             Inbound::Event(event) => match event.presence() {
-                Some(kind) => self.presence_arrived(&event, kind),
-                None => self.arrive(event, ctx),
+                Some(kind) if self.presence.config.is_presence(event.room()) => {
+                    self.presence_arrived(&event, kind)
+                }
+                _ => self.arrive(event, ctx),
             },
             Inbound::Relinked(room) => {
                 self.presence_relinked(&room);

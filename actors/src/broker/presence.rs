@@ -7,7 +7,7 @@
 //! (the scripts publish them), so each server delivers them in the order Redis made
 //! them, and a member is never told of itself.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use actix::{dev::SendError, prelude::*, WeakAddr};
 use tokio::sync::oneshot;
@@ -23,6 +23,15 @@ use crate::{
 
 /// The most ops one write carries; the rest follow in the next.
 const MAX_OPS_PER_WRITE: usize = 512;
+
+/// The most ops a room queues behind the write in flight. Past it the queue is
+/// dropped and the next write is a resync: this server's members as they are then
+/// (logged, counted in `presenceResyncs`).
+const MAX_QUEUED_OPS: usize = 4096;
+
+/// How long after a failed write the room is written again, at most (sooner when the
+/// refresh interval is shorter).
+const WRITE_RETRY: Duration = Duration::from_secs(1);
 
 /// What this server keeps for the presence rooms it has members in.
 pub(super) struct PresenceRooms {
@@ -52,34 +61,69 @@ type JoinAnswer = oneshot::Sender<Result<(), Error>>;
 #[derive(Default)]
 struct Local {
     /// This server's members, as the backplane should hold them.
-    members: HashMap<Arc<str>, Arc<Member>>,
-    /// Writes waiting for the one in flight, each join with whom to tell when it is
-    /// written.
-    ops: Vec<(Op, Option<JoinAnswer>)>,
+    members: HashMap<Arc<str>, Held>,
+    /// Writes waiting for the one in flight (`None` once a resync replaced them), each
+    /// join with whom to tell when it is written.
+    queue: Vec<(Option<Op>, Option<JoinAnswer>)>,
     /// A write is out.
     writing: bool,
-    /// The next write sends every member: the backplane lost some, or a write failed
-    /// and what it did is unknown.
+    /// The next write sends every member: the backplane lost some, a write failed and
+    /// what it did is unknown, or the queue overflowed.
     resync: bool,
     /// A refresh is due.
     refresh: bool,
     /// The backplane holds members of this server in the room (as of the last write).
     stored: bool,
+    /// The last write failed (its failure was logged; the next success is too).
+    failing: bool,
+}
+
+/// A member, and how many subscribes of its session hold it: the one that joined,
+/// and any attempt still waiting for its answer (a client may subscribe, unsubscribe
+/// and subscribe again before the first answer). It leaves when the last lets go.
+struct Held {
+    member: Arc<Member>,
+    holds: usize,
 }
 
 impl Local {
     fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.ops.is_empty() && !self.writing && !self.stored
+        self.members.is_empty() && self.queue.is_empty() && !self.writing && !self.stored
+    }
+
+    /// Queues an op; past [`MAX_QUEUED_OPS`] the ops give way to a resync (the joins'
+    /// answers stay queued for it). Answers whether the queue overflowed now.
+    fn push(&mut self, op: Op, answer: Option<JoinAnswer>) -> bool {
+        if self.resync {
+            self.queue.push((None, answer));
+            return false;
+        }
+        self.queue.push((Some(op), answer));
+        if self.queue.len() <= MAX_QUEUED_OPS {
+            return false;
+        }
+        self.resync = true;
+        for (op, _) in &mut self.queue {
+            *op = None;
+        }
+        true
     }
 }
 
 /// A write came back.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub(super) struct Written {
+pub(super) struct PresenceWritten {
+    /// The room written.
     room: Room,
+    /// Whether it was a resync.
     resync: bool,
+    /// This server's members in the room when the write was sent, if the write
+    /// carried every change queued: the backplane should then hold as many.
+    expected: Option<u64>,
+    /// What the backplane did.
     result: Result<Applied, Error>,
+    /// The joins it carried, to answer.
     joins: Vec<JoinAnswer>,
 }
 
@@ -130,8 +174,9 @@ impl Broker {
         });
     }
 
-    /// Adds a member to a presence room; the answer comes once the backplane has it
-    /// (every server's `presence` lists it from then on).
+    /// Adds a member to a presence room (or holds it once more); the answer comes once
+    /// the backplane has it (every server's `presence` lists it from then on). Each
+    /// call is matched by one [`Broker::presence_leave`].
     pub(super) fn presence_join(
         &mut self,
         room: &Room,
@@ -139,24 +184,48 @@ impl Broker {
     ) -> oneshot::Receiver<Result<(), Error>> {
         let (tx, rx) = oneshot::channel();
         let local = self.presence.rooms.entry(room.clone()).or_default();
-        let member = local
+        let held = local
             .members
             .entry(membership.member.client.clone())
-            .or_insert_with(|| Arc::new(Member::new(&membership.member, &self.server_id)))
-            .clone();
-        local.ops.push((Op::Join(member), Some(tx)));
+            .or_insert_with(|| Held {
+                member: Arc::new(Member::new(&membership.member, &self.server_id)),
+                holds: 0,
+            });
+        held.holds += 1;
+        let member = held.member.clone();
+        let overflowed = local.push(Op::Join(member), Some(tx));
+        self.queue_overflowed(room, overflowed);
         self.write_presence(room.clone());
         rx
     }
 
-    /// Removes a member from a presence room (announced to the others once written).
+    /// Lets go of a member held by [`Broker::presence_join`]; the last hold removes it
+    /// (announced to the others once written).
     pub(super) fn presence_leave(&mut self, room: &Room, client: &Arc<str>) {
         let Some(local) = self.presence.rooms.get_mut(room) else {
             return;
         };
-        if let Some(member) = local.members.remove(client) {
-            local.ops.push((Op::Leave(member), None));
-            self.write_presence(room.clone());
+        let Some(held) = local.members.get_mut(client) else {
+            return;
+        };
+        held.holds -= 1;
+        if held.holds > 0 {
+            return;
+        }
+        let member = local.members.remove(client).expect("held above").member;
+        let overflowed = local.push(Op::Leave(member), None);
+        self.queue_overflowed(room, overflowed);
+        self.write_presence(room.clone());
+    }
+
+    fn queue_overflowed(&mut self, room: &Room, overflowed: bool) {
+        if overflowed {
+            self.presence.stats.resyncs += 1;
+            log::warn!(
+                "broker {}: over {MAX_QUEUED_OPS} presence changes of {room} wait for Redis; \
+                 the next write sends this server's members whole",
+                self.server_id
+            );
         }
     }
 
@@ -177,7 +246,7 @@ impl Broker {
         if local.writing {
             return;
         }
-        if local.ops.is_empty() && !local.resync && !local.refresh {
+        if local.queue.is_empty() && !local.resync && !local.refresh {
             if local.is_idle() {
                 self.presence.rooms.remove(&room);
             }
@@ -187,14 +256,22 @@ impl Broker {
         let (ops, joins): (Vec<Op>, Vec<_>) = if resync {
             // Every member as it is now: the queued joins are among them, and the
             // queued leaves are not, so the resync removes them.
-            let joins = local.ops.drain(..).filter_map(|(_, tx)| tx).collect();
-            let ops = local.members.values().cloned().map(Op::Join).collect();
+            let joins = local.queue.drain(..).filter_map(|(_, tx)| tx).collect();
+            let ops = local
+                .members
+                .values()
+                .map(|held| Op::Join(held.member.clone()))
+                .collect();
             (ops, joins)
         } else {
-            let n = local.ops.len().min(MAX_OPS_PER_WRITE);
-            let (ops, joins): (Vec<Op>, Vec<_>) = local.ops.drain(..n).unzip();
-            (ops, joins.into_iter().flatten().collect())
+            let n = local.queue.len().min(MAX_OPS_PER_WRITE);
+            let (ops, joins): (Vec<_>, Vec<_>) = local.queue.drain(..n).unzip();
+            (
+                ops.into_iter().flatten().collect(),
+                joins.into_iter().flatten().collect(),
+            )
         };
+        let expected = local.queue.is_empty().then_some(local.members.len() as u64);
         local.writing = true;
         local.resync = false;
         local.refresh = false;
@@ -209,9 +286,10 @@ impl Broker {
         actix::spawn(async move {
             let result = write.await;
             if let Some(broker) = broker.and_then(|b| b.upgrade()) {
-                broker.do_send(Written {
+                broker.do_send(PresenceWritten {
                     room,
                     resync,
+                    expected,
                     result,
                     joins,
                 });
@@ -249,10 +327,10 @@ impl Broker {
         };
         let mut full = Vec::new();
         for (recipient, notify) in recipients {
-            let Some((client, on_change)) = &notify.presence else {
+            let Some(presence) = &notify.presence else {
                 continue;
             };
-            if client == member.client() {
+            if presence.client == *member.client() {
                 continue;
             }
             let change = PresenceChange {
@@ -260,7 +338,7 @@ impl Broker {
                 kind,
                 member: member.clone(),
             };
-            if let Err(SendError::Full(_)) = on_change.try_send(change) {
+            if let Err(SendError::Full(_)) = presence.on_change.try_send(change) {
                 full.push(recipient.clone());
             }
         }
@@ -312,53 +390,66 @@ impl Broker {
     }
 }
 
-impl Handler<Written> for Broker {
+impl Handler<PresenceWritten> for Broker {
     type Result = ();
 
-    fn handle(&mut self, msg: Written, _ctx: &mut Context<Self>) {
-        let answer = match msg.result {
-            Ok(applied) => {
-                for (kind, member) in applied.here {
-                    self.tell_presence(&msg.room, kind, member);
-                }
-                if let Some(local) = self.presence.rooms.get_mut(&msg.room) {
-                    if applied.lost && local.stored && !msg.resync {
-                        log::warn!(
-                            "broker {}: the backplane lost this server's members of {}; writing them again",
-                            self.server_id,
-                            msg.room
-                        );
-                        local.resync = true;
-                        self.presence.stats.resyncs += 1;
-                    }
-                    local.stored = applied.members > 0;
-                }
-                Ok(())
+    fn handle(&mut self, msg: PresenceWritten, ctx: &mut Context<Self>) {
+        let server_id = self.server_id.clone();
+        let Some(local) = self.presence.rooms.get_mut(&msg.room) else {
+            // Shut down meanwhile: the joins fail.
+            for join in msg.joins {
+                let _ = join.send(Err(Error::ShuttingDown));
             }
+            return;
+        };
+        local.writing = false;
+        let applied = match msg.result {
+            Ok(applied) => applied,
             Err(e) => {
-                log::warn!(
-                    "broker {}: presence write in {} failed: {e}; the next refresh writes every member",
-                    self.server_id,
-                    msg.room
-                );
-                self.presence.stats.failed_writes += 1;
-                if let Some(local) = self.presence.rooms.get_mut(&msg.room) {
-                    local.resync = true;
-                    local.stored = true;
-                    local.writing = false;
+                if !local.failing {
+                    log::warn!(
+                        "broker {server_id}: presence write in {} failed: {e}; writing every member again until it works",
+                        msg.room
+                    );
                 }
+                local.failing = true;
+                local.resync = true;
+                local.stored = true;
+                self.presence.stats.failed_writes += 1;
                 for join in msg.joins {
                     let _ = join.send(Err(e.clone()));
                 }
-                // No write now: the link is likely down; the refresh tries again.
+                let retry = WRITE_RETRY.min(self.presence.config.refresh_interval());
+                let room = msg.room;
+                ctx.run_later(retry, move |act, _ctx| act.write_presence(room));
                 return;
             }
         };
-        for join in msg.joins {
-            let _ = join.send(answer.clone());
+        if std::mem::take(&mut local.failing) {
+            log::info!(
+                "broker {server_id}: presence writes in {} work again",
+                msg.room
+            );
         }
-        if let Some(local) = self.presence.rooms.get_mut(&msg.room) {
-            local.writing = false;
+        // Redis lost members of this server: its entry was gone (a restart, or a sweep
+        // after this server stalled), or it holds another number of them (a key
+        // evicted or half restored).
+        let lost = applied.lost && local.stored;
+        let miscounted = msg.expected.is_some_and(|n| n != applied.members);
+        if (lost || miscounted) && !msg.resync {
+            log::warn!(
+                "broker {server_id}: Redis lost this server's presence members of {}; writing them again",
+                msg.room
+            );
+            local.resync = true;
+            self.presence.stats.resyncs += 1;
+        }
+        local.stored = applied.members > 0;
+        for join in msg.joins {
+            let _ = join.send(Ok(()));
+        }
+        for (kind, member) in applied.here {
+            self.tell_presence(&msg.room, kind, member);
         }
         self.write_presence(msg.room);
     }

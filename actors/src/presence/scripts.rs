@@ -1,14 +1,18 @@
 //! The Redis side of presence: three Lua scripts, each one atomic step, called by
 //! SHA (loaded on `NOSCRIPT`).
 //!
-//! A room's keys share one hash tag, its channel in braces, so the scripts run
-//! unchanged on a Redis Cluster shard:
+//! A room's keys share one hash tag, its channel in braces, so they live in the
+//! room's hash slot, on one Cluster shard (a cluster backplane will publish with
+//! `SPUBLISH` there; the per-server keys are found through `{C}:presence`, in the same
+//! slot, rather than declared):
 //! - `{C}:presence`: a sorted set of the servers with members in the room, each
 //!   scored with its deadline (ms, by Redis's clock): one deadline per room and
 //!   server, not per member;
 //! - `{C}:presence:m:<entry>`: a hash of one server's members, client id to the
 //!   member's JSON (`<entry>` is the server's id and its process's instance id, so a
 //!   server restarted under the same id does not inherit its dead members);
+//! - `{C}:presence:u:<entry>`: a hash of one server's members' owners, client id to
+//!   `1<user>` (or `0` for none), so a member's user is known without decoding it;
 //! - `{C}:presence:users`: a hash of user to the number of that user's members, so
 //!   `presence_count` does not list the members.
 //!
@@ -29,84 +33,84 @@ use super::{Member, Op, PresenceCount};
 use crate::{link::with_deadline, Error, RedisConfig, Room};
 
 /// What every script starts with: its keys and arguments, Redis's time, `announce`
-/// (publish a join or a leave on the room's channel) and the sweep.
+/// (publish a join or a leave on the room's channel), the users' counting and the
+/// sweep.
 ///
 /// `KEYS[1]` the servers' deadlines, `KEYS[2]` the users' counts; `ARGV[1]` the
 /// room's channel, `ARGV[2]` the announcing server's id as a JSON string, `ARGV[3]`
-/// the prefix of a server's members key.
+/// and `ARGV[4]` the prefixes of a server's members key and of its owners key (client
+/// to user, `1<user>` or `0` for none: the users are counted from it, so a member's
+/// JSON is never decoded here).
 const SWEEP: &str = r#"
 local servers, users = KEYS[1], KEYS[2]
-local channel, server, prefix = ARGV[1], ARGV[2], ARGV[3]
+local channel, server, prefix, owners_prefix = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local time = redis.call('TIME')
 local now = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 local function announce(kind, member)
   redis.call('PUBLISH', channel, '{"type":"presence","presence":"' .. kind .. '","data":' ..
     member .. ',"serverId":' .. server .. ',"timestamp":' .. now .. '}')
 end
-local function user_of(member)
-  local ok, decoded = pcall(cjson.decode, member)
-  if ok and type(decoded) == 'table' and type(decoded.user) == 'string' then
-    return decoded.user
-  end
-  return false
-end
-local function uncount(user)
-  if user and redis.call('HINCRBY', users, user, -1) <= 0 then
-    redis.call('HDEL', users, user)
+local function count(owner, by)
+  if string.sub(owner, 1, 1) == '1' then
+    local user = string.sub(owner, 2)
+    if redis.call('HINCRBY', users, user, by) <= 0 then
+      redis.call('HDEL', users, user)
+    end
   end
 end
 for _, gone in ipairs(redis.call('ZRANGEBYSCORE', servers, '-inf', now)) do
-  local key = prefix .. gone
+  local key, owners = prefix .. gone, owners_prefix .. gone
+  local owned = redis.call('HGETALL', owners)
+  for i = 2, #owned, 2 do
+    count(owned[i], -1)
+  end
   for _, member in ipairs(redis.call('HVALS', key)) do
-    uncount(user_of(member))
     announce('leave', member)
   end
-  redis.call('DEL', key)
+  redis.call('DEL', key, owners)
   redis.call('ZREM', servers, gone)
 end
 "#;
 
 /// A server's writes to its members of a room, and its deadline refreshed.
 ///
-/// `KEYS[3]` the server's members; `ARGV[4]` its entry, `ARGV[5]` the TTL (ms),
-/// `ARGV[6]` `1` for a resync (the ops are all of its members: the others leave);
-/// then the ops, four arguments each: `j` (join) or `l` (leave), the client id, the
-/// user (`1` and the user, or `0` for none), the member's JSON. A join of a member
+/// `KEYS[3]` the server's members, `KEYS[4]` its owners; `ARGV[5]` its entry,
+/// `ARGV[6]` the TTL (ms), `ARGV[7]` `1` for a resync (the ops are all of its members:
+/// the others leave); then the ops, four arguments each: `j` (join) or `l` (leave),
+/// the client id, its owner (`1<user>` or `0`), the member's JSON. A join of a member
 /// already there and a leave of one not there change nothing and announce nothing.
 ///
 /// Returns `{lost, members}`: whether the server's entry was missing before the
 /// write, and how many members it has now.
 const APPLY: &str = r#"
-local own, entry, ttl = KEYS[3], ARGV[4], tonumber(ARGV[5])
+local own, owners, entry, ttl = KEYS[3], KEYS[4], ARGV[5], tonumber(ARGV[6])
 local lost = redis.call('ZSCORE', servers, entry) == false
-if ARGV[6] == '1' then
-  local keep = {}
-  for i = 7, #ARGV, 4 do keep[ARGV[i + 1]] = true end
-  local stored = redis.call('HGETALL', own)
-  for i = 1, #stored, 2 do
-    if not keep[stored[i]] then
-      redis.call('HDEL', own, stored[i])
-      uncount(user_of(stored[i + 1]))
-      announce('leave', stored[i + 1])
-    end
+local function drop(client)
+  local member = redis.call('HGET', own, client)
+  if member then
+    count(redis.call('HGET', owners, client) or '0', -1)
+    redis.call('HDEL', own, client)
+    redis.call('HDEL', owners, client)
+    announce('leave', member)
   end
 end
-for i = 7, #ARGV, 4 do
-  local client, user, member = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+if ARGV[7] == '1' then
+  local keep = {}
+  for i = 8, #ARGV, 4 do keep[ARGV[i + 1]] = true end
+  for _, client in ipairs(redis.call('HKEYS', own)) do
+    if not keep[client] then drop(client) end
+  end
+end
+for i = 8, #ARGV, 4 do
+  local client, owner, member = ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   if ARGV[i] == 'j' then
     if redis.call('HSETNX', own, client, member) == 1 then
-      if string.sub(user, 1, 1) == '1' then
-        redis.call('HINCRBY', users, string.sub(user, 2), 1)
-      end
+      redis.call('HSET', owners, client, owner)
+      count(owner, 1)
       announce('join', member)
     end
   else
-    local stored = redis.call('HGET', own, client)
-    if stored then
-      redis.call('HDEL', own, client)
-      uncount(user_of(stored))
-      announce('leave', stored)
-    end
+    drop(client)
   end
 end
 local members = redis.call('HLEN', own)
@@ -114,10 +118,12 @@ if members > 0 then
   redis.call('ZADD', servers, now + ttl, entry)
 else
   redis.call('ZREM', servers, entry)
+  redis.call('DEL', owners)
 end
 local life = 2 * ttl
 for _, other in ipairs(redis.call('ZRANGE', servers, 0, -1)) do
   redis.call('PEXPIRE', prefix .. other, life)
+  redis.call('PEXPIRE', owners_prefix .. other, life)
 end
 redis.call('PEXPIRE', servers, life)
 redis.call('PEXPIRE', users, life)
@@ -174,6 +180,8 @@ struct Keys {
     users: String,
     /// A server's members are at this prefix followed by its entry.
     members: String,
+    /// A server's owners (client to user) are at this prefix followed by its entry.
+    owners: String,
     channel: String,
 }
 
@@ -184,6 +192,7 @@ impl Keys {
             servers: format!("{{{channel}}}:presence"),
             users: format!("{{{channel}}}:presence:users"),
             members: format!("{{{channel}}}:presence:m:"),
+            owners: format!("{{{channel}}}:presence:u:"),
             channel,
         }
     }
@@ -199,7 +208,8 @@ impl Keys {
             .key(&self.users)
             .arg(&self.channel)
             .arg(&*announcer.server_json)
-            .arg(&self.members);
+            .arg(&self.members)
+            .arg(&self.owners);
         invocation
     }
 }
@@ -229,6 +239,7 @@ pub(crate) async fn apply(
     let mut invocation = keys.invocation(&APPLY_SCRIPT, announcer);
     invocation
         .key(format!("{}{}", keys.members, announcer.entry))
+        .key(format!("{}{}", keys.owners, announcer.entry))
         .arg(&*announcer.entry)
         .arg(ttl.as_millis().max(1) as u64)
         .arg(if resync { "1" } else { "0" });
@@ -237,14 +248,14 @@ pub(crate) async fn apply(
             Op::Join(member) => ("j", member),
             Op::Leave(member) => ("l", member),
         };
-        let user = match member.user() {
+        let owner = match member.user() {
             Some(user) => format!("1{user}"),
             None => "0".into(),
         };
         invocation
             .arg(kind)
             .arg(&**member.client())
-            .arg(user)
+            .arg(owner)
             .arg(member.json());
     }
     let (lost, members) = with_deadline(config.response_timeout, "presence write", async {
