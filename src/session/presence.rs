@@ -2,9 +2,11 @@
 //! one, the `presence` and `presence_count` reads, and the others' `join` / `leave`.
 
 use actix::prelude::*;
+use bytestring::ByteString;
+use serde_json::value::RawValue;
 use switchboard_actors::{
     presence::{CountPresence, MemberInfo, Membership, PresenceChange, ReadPresence},
-    Error as ActorError, Room,
+    Broker, Error as ActorError, Room,
 };
 
 use super::{Access, Session};
@@ -35,39 +37,27 @@ impl Session {
         reference: Reference,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
-        let room = self.presence_read(name)?;
-        self.state
-            .broker
-            .send(ReadPresence { room: room.clone() })
-            .into_actor(self)
-            .map(move |answer, act, ctx| {
-                act.reads -= 1;
-                let reference = reference.as_deref();
-                match answer.unwrap_or(Err(ActorError::ShuttingDown)) {
-                    Ok(members) => {
-                        let answer = wire::PresenceAnswer::new(room.as_str(), &members);
-                        let frame = wire::presence_frame(&answer, reference);
-                        // Half the outbound bound, as a history answer: the queue
-                        // keeps room for live traffic.
-                        let limit = act.state.session.limits.outbound_bytes / 2;
-                        if crate::outbound::frame_len(frame.len()) > limit {
-                            let error = Error::AnswerTooLarge(format!(
-                                "{} has {} members, too many to list within half of \
-                                 LIMIT_OUTBOUND_BYTES ({limit} bytes); presence_count counts them",
-                                room,
-                                members.len()
-                            ));
-                            return act.refuse(&error, reference, ctx);
-                        }
-                        act.send(frame, ctx);
-                    }
-                    Err(e) => {
-                        act.refuse(&Error::from_read(&room, e, "presence read"), reference, ctx)
-                    }
+        let limit = self.state.session.limits.outbound_bytes / 2;
+        self.presence_read(
+            name,
+            reference,
+            ctx,
+            |room| ReadPresence { room },
+            move |room, members: Vec<_>, reference| {
+                let answer = wire::PresenceAnswer::new(room.as_str(), &members);
+                let frame = wire::presence_frame(&answer, reference);
+                // Half the outbound bound, as a history answer: the queue keeps room for
+                // live traffic.
+                if crate::outbound::frame_len(frame.len()) > limit {
+                    return Err(Error::AnswerTooLarge(format!(
+                        "{room} has {} members, too many to list within half of \
+                     LIMIT_OUTBOUND_BYTES ({limit} bytes); presence_count counts them",
+                        members.len()
+                    )));
                 }
-            })
-            .spawn(ctx);
-        Ok(())
+                Ok(frame)
+            },
+        )
     }
 
     /// `presence_count`: the room's members and distinct users on every server.
@@ -77,33 +67,52 @@ impl Session {
         reference: Reference,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
-        let room = self.presence_read(name)?;
-        self.state
-            .broker
-            .send(CountPresence { room: room.clone() })
-            .into_actor(self)
-            .map(move |answer, act, ctx| {
-                act.reads -= 1;
-                let reference = reference.as_deref();
-                match answer.unwrap_or(Err(ActorError::ShuttingDown)) {
-                    Ok(count) => act.send(wire::count_frame(room.as_str(), count, reference), ctx),
-                    Err(e) => {
-                        act.refuse(&Error::from_read(&room, e, "presence read"), reference, ctx)
-                    }
-                }
-            })
-            .spawn(ctx);
-        Ok(())
+        self.presence_read(
+            name,
+            reference,
+            ctx,
+            |room| CountPresence { room },
+            |room, count, reference| Ok(wire::count_frame(room.as_str(), count, reference)),
+        )
     }
 
-    /// Checks a presence read (the room, the permission, the reads waiting) and
-    /// counts it as waiting.
-    fn presence_read(&mut self, name: &str) -> Result<Room, Error> {
+    /// Checks a presence read (the room, the permission, the reads waiting), asks the
+    /// broker, and sends the frame `frame` makes of the answer (or the error).
+    fn presence_read<M, T>(
+        &mut self,
+        name: &str,
+        reference: Reference,
+        ctx: &mut Context<Self>,
+        message: impl FnOnce(Room) -> M,
+        frame: impl FnOnce(&Room, T, Option<&RawValue>) -> Result<ByteString, Error> + 'static,
+    ) -> Result<(), Error>
+    where
+        M: Message<Result = Result<T, ActorError>> + Send + 'static,
+        T: Send + 'static,
+        Broker: Handler<M>,
+    {
         let room = wire::room(name)?;
         self.check_may_subscribe(&room, "read the presence of")?;
         self.check_reads()?;
         self.reads += 1;
-        Ok(room)
+        self.state
+            .broker
+            .send(message(room.clone()))
+            .into_actor(self)
+            .map(move |answer, act, ctx| {
+                act.reads -= 1;
+                let reference = reference.as_deref();
+                let framed = answer
+                    .unwrap_or(Err(ActorError::ShuttingDown))
+                    .map_err(|e| Error::from_read(&room, e, "presence read"))
+                    .and_then(|answer| frame(&room, answer, reference));
+                match framed {
+                    Ok(frame) => act.send(frame, ctx),
+                    Err(error) => act.refuse(&error, reference, ctx),
+                }
+            })
+            .spawn(ctx);
+        Ok(())
     }
 }
 
