@@ -5,6 +5,7 @@
 // marked as such, and refused if it has a figure that does not cite a result file.
 // The "Durable rooms" section (issue 9) comes from the run's d1-* to d4-* files, its
 // catch-up set against the run's own scenario 2 ceiling.
+// The "Presence" section (P1) appears when the run has p1-presence.json.
 // The soak section appears when the run has a soak (soak-switchboard.json), or when
 // --soak names another committed run that has one (a `scripts/bench.sh --soak-only`).
 // Usage: node bench/summarize.js bench/results/RUN [--soak bench/results/SOAK_RUN]
@@ -327,6 +328,39 @@ p("| clients | recovered: true / false | failed / closed | live | replayed (owed
 p("| --- | --- | --- | --- | --- | --- | --- | --- | --- |");
 p(`| ${num(d4.clients)} | ${num(d4.recovered)} / ${num(d4.not_recovered)} | ${d4.failed} / ${d4.disconnected} | ${num(d4.live)} | ${num(d4.replayed)} (${num(d4.expected_replayed)}) | ${d4.missing} / ${d4.duplicated} / ${d4.gaps} | ${ms(d4.subscribed_us.p50)} / ${ms(d4.subscribed_us.p99)} | ${ms(d4.live_us.p50)} / ${ms(d4.live_us.p99)} / ${ms(d4.live_us.max)} | ${d4.storm_s.toFixed(2)} |`);
 p();
+
+// Presence (P1), when the run has it: its own Redis and servers.
+const presenceFile = path.join(dir, "p1-presence.json");
+const p1 = fs.existsSync(presenceFile) ? load("p1-presence.json") : null;
+if (p1) {
+  p("## 6. Presence");
+  p();
+  p("Switchboard alone, on a Redis and two servers of its own started with `PRESENCE_ROOMS=pres:*`.");
+  p(`${num(p1.members)} members (alternating between the ${p1.servers.length} servers, at most ${num(p1.connect_concurrency)} connecting at once) subscribe`);
+  p("to one presence room, each reading the `join` frames of the members after it. **Join**: from the");
+  p("first connect until `presence_count` on every server counts every member. Once no member has");
+  p(`received a frame for a second, ${num(p1.rounds)} rounds of reads, one read at a time and the servers in turn, each`);
+  p("timed from the request to the whole answer: a WebSocket `presence` (the member list), a");
+  p("`presence_count`, and an HTTP `GET /presence/{room}` on a connection of its own; every answer must");
+  p("list (or count) every member. **Leave**: every member closes at once; from then until");
+  p("`presence_count` is 0 on every server.");
+  p();
+  p("| members | join s (all subscribed s) | join frames delivered (s after the join) | closed by a server / slow-consumer closes joining, leaving | answers not listing every member | leave s |");
+  p("| --- | --- | --- | --- | --- | --- |");
+  p(`| ${num(p1.members)} | ${p1.join_s.toFixed(2)} (${p1.subscribed_s.toFixed(2)}) | ${num(p1.join_frames)} (${p1.settle_s.toFixed(2)}) | ${num(p1.closed_by_server)} / ${num(p1.slow_consumer_closes)}, ${num(p1.slow_consumer_closes_leaving)} | ${num(p1.wrong_answers)} | ${p1.leave_s.toFixed(2)} |`);
+  p();
+  p("| read | reads | p50 ms | p99 ms | max ms | answer bytes | members listed (fewest) |");
+  p("| --- | --- | --- | --- | --- | --- | --- |");
+  for (const [name, r] of [
+    ["WebSocket `presence`", p1.ws_presence],
+    ["WebSocket `presence_count`", p1.ws_presence_count],
+    ["HTTP `GET /presence/{room}`", p1.http_presence],
+  ]) {
+    const l = r.latency_us;
+    p(`| ${name} | ${num(l.count)} | ${ms(l.p50)} | ${ms(l.p99)} | ${ms(l.max)} | ${num(r.bytes)} | ${num(r.members)} |`);
+  }
+  p();
+}
 
 // The soak, when there is one.
 const soakFile = path.join(soakDir, "soak-switchboard.json");

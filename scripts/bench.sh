@@ -22,6 +22,14 @@
 # d3-catch-up.json, d4-storm.json. The page's "Durable rooms" section is made from
 # them (with s2-fanout-1000-switchboard.json).
 #
+# Presence runs after them, also Switchboard alone on a Redis of its own, servers
+# started with PRESENCE_ROOMS=pres:* : P1, PRESENCE_MEMBERS (5,000) members join one
+# presence room over both servers (each reading the join frames of those after it),
+# then 50 rounds, one read at a time and the servers in turn, each timed: a WebSocket
+# `presence` (the whole member list), a `presence_count` and a `GET /presence/ROOM`;
+# then every member leaves at once. Result: p1-presence.json; the page's "Presence"
+# section is made from it when the run has it.
+#
 # The soak (issue 8, item 16) is off unless asked for: two Switchboard servers on one
 # Redis, 1,000 subscribers in 50 rooms, 1,000 events/s, each server's RSS sampled from
 # /proc every minute, the growth after the warm-up fitted by least squares, and a
@@ -39,6 +47,8 @@
 #                                       # page comes from a full run only)
 #   BENCH_ONLY=durable BENCH_DURATION=3 DURABLE_STORM_CLIENTS=1000 scripts/bench.sh
 #                                       # a quick trial of them
+#   BENCH_ONLY=presence scripts/bench.sh                      # P1 alone (page untouched)
+#   BENCH_ONLY=presence PRESENCE_MEMBERS=500 scripts/bench.sh # a quick trial of it
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source bench/lib.sh
@@ -58,22 +68,26 @@ soak_warmup="${SOAK_WARMUP_MINUTES:-5}"
 soak_every="${SOAK_SAMPLE_SECONDS:-60}"
 standard=1
 durable=1
+presence=1
 case "${BENCH_ONLY:-}" in
   "") ;;
-  durable) standard=0 ;;
-  *) echo "bench: BENCH_ONLY is durable or unset" >&2; exit 2 ;;
+  durable) standard=0 presence=0 ;;
+  presence) standard=0 durable=0 ;;
+  *) echo "bench: BENCH_ONLY is durable, presence or unset" >&2; exit 2 ;;
 esac
 storm_clients="${DURABLE_STORM_CLIENTS:-5000}"
+presence_members="${PRESENCE_MEMBERS:-5000}"
 for arg in "$@"; do
   case "$arg" in
     --soak) soak_minutes="${soak_minutes:-60}" ;;
-    --soak-only) soak_minutes="${soak_minutes:-60}" standard=0 durable=0 ;;
+    --soak-only) soak_minutes="${soak_minutes:-60}" standard=0 durable=0 presence=0 ;;
     *) echo "usage: scripts/bench.sh [--soak | --soak-only]" >&2; exit 2 ;;
   esac
 done
 bench_command="scripts/bench.sh $* (BENCH_DURATION=$duration, BENCH_RAMP_DURATION=$ramp_secs"
 if [ -n "${BENCH_ONLY:-}" ]; then bench_command+=", BENCH_ONLY=$BENCH_ONLY"; fi
 if [ "$durable" = 1 ]; then bench_command+=", DURABLE_STORM_CLIENTS=$storm_clients"; fi
+if [ "$presence" = 1 ]; then bench_command+=", PRESENCE_MEMBERS=$presence_members"; fi
 if [ -n "$soak_minutes" ]; then
   bench_command+=", SOAK_MINUTES=$soak_minutes, SOAK_WARMUP_MINUTES=$soak_warmup"
   bench_command+=", SOAK_SAMPLE_SECONDS=$soak_every"
@@ -232,6 +246,21 @@ durable_scenarios() {
   stop_pid "$dur_proxy_pid"
 }
 
+# Presence: P1 on a Redis and servers of its own.
+presence_scenario() {
+  local presence_env=(PRESENCE_ROOMS='pres:*')
+  start_redis pres_redis
+  start_server pres_a pres_a_pid env REDIS_URL="redis://127.0.0.1:$pres_redis" "${presence_env[@]}" "$bin/switchboard"
+  start_server pres_b pres_b_pid env REDIS_URL="redis://127.0.0.1:$pres_redis" "${presence_env[@]}" "$bin/switchboard"
+  echo "presence: switchboard $pres_a $pres_b (redis $pres_redis, PRESENCE_ROOMS=pres:*)"
+  echo "== P1: presence reads in a room of $presence_members members"
+  timeout 900 "$loadgen" presence --servers "$pres_a,$pres_b" --members "$presence_members" \
+    --room pres:p1 --reads 50 --timeout 180 --out "$results/p1-presence.json" \
+    | tee "$logs/p1-presence.txt"
+  stop_pid "$pres_a_pid"
+  stop_pid "$pres_b_pid"
+}
+
 # The soak: RSS of two servers under steady load for SOAK_MINUTES.
 soak_scenario() {
   local seconds warmup_s
@@ -264,11 +293,12 @@ write_page() {
 
 if [ "$standard" = 1 ]; then standard_scenarios; fi
 if [ "$durable" = 1 ]; then durable_scenarios; fi
+if [ "$presence" = 1 ]; then presence_scenario; fi
 if [ -n "$soak_minutes" ]; then soak_scenario; fi
 if [ "$standard" = 1 ]; then
   write_page
-elif [ "$durable" = 1 ]; then
-  echo "bench: durable-room results in $results (docs/benchmarks.md untouched: the page comes from a full run)"
+elif [ "$durable" = 1 ] || [ "$presence" = 1 ]; then
+  echo "bench: results in $results (docs/benchmarks.md untouched: the page comes from a full run)"
 else
   echo "bench: soak results in $results (docs/benchmarks.md untouched; summarize.js --soak $results adds them to a page)"
 fi

@@ -38,6 +38,8 @@ pub enum Command {
     CatchUp(CatchUpArgs),
     /// Durable rooms: clients reconnecting all at once with `since`.
     Storm(StormArgs),
+    /// Presence: how long reading a big presence room's members takes.
+    Presence(PresenceArgs),
 }
 
 /// Who connects where (the flags [`crate::plan::Plan`] is built from).
@@ -230,6 +232,35 @@ pub struct StormArgs {
     pub out: Option<PathBuf>,
 }
 
+/// The flags of `presence`.
+#[derive(Debug, Clone, Args)]
+pub struct PresenceArgs {
+    /// The servers, `host:port,host:port..`: members alternate between them, and so
+    /// do the timed reads.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Set, required = true)]
+    pub servers: Vec<SocketAddr>,
+    /// Members: sessions subscribed to the room.
+    #[arg(long, default_value_t = 5000)]
+    pub members: usize,
+    /// The room; the servers' `PRESENCE_ROOMS` must match it.
+    #[arg(long, default_value = "pres:bench")]
+    pub room: String,
+    /// Rounds of timed reads; each round is one WebSocket `presence`, one
+    /// `presence_count` and one `GET /presence/{room}`, on the servers in turn.
+    #[arg(long, default_value_t = 50)]
+    pub reads: usize,
+    /// Connection attempts in flight while the members connect.
+    #[arg(long, default_value_t = 200)]
+    pub connect_concurrency: usize,
+    /// Seconds each wait (every member counted, the join frames over, every member
+    /// gone) may take before the scenario fails.
+    #[arg(long, default_value_t = 120.0)]
+    pub timeout: f64,
+    /// Where to write the result JSON.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
 /// The flags of `chart`.
 #[derive(Debug, Clone, Args)]
 pub struct ChartArgs {
@@ -373,6 +404,17 @@ mod tests {
                 ..
             })
         ));
+        // Presence.
+        assert!(matches!(
+            parse("presence --servers 127.0.0.1:1,127.0.0.1:2 --room pres:p1 --members 500 --reads 50")
+                .unwrap()
+                .command,
+            Command::Presence(PresenceArgs {
+                members: 500,
+                reads: 50,
+                ..
+            })
+        ));
         assert!(matches!(
             parse("proxy --to 127.0.0.1:6379").unwrap().command,
             Command::Proxy(ProxyArgs { .. })
@@ -423,6 +465,7 @@ mod tests {
             "chart --out c.svg",
             "catch-up --publish-server 127.0.0.1:1 --subscribe-server 127.0.0.1:2",
             "storm --clients 10",
+            "presence --members 10",
             "walk --servers 127.0.0.1:1",
         ] {
             assert!(parse(line).is_err(), "{line} parsed");

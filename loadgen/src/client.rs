@@ -1,8 +1,10 @@
 //! Opening one WebSocket client: a socket bound to a chosen loopback source address
 //! (so 20,000 clients do not exhaust one address's ephemeral ports), the HTTP
-//! upgrade, and for Socket.IO the namespace handshake.
+//! upgrade, and for Socket.IO the namespace handshake. And a plain HTTP `GET`, for
+//! the servers' own reads (`/stats`, `/presence/{room}`).
 
 use std::{
+    io::{Read, Write},
     net::{Ipv4Addr, SocketAddr},
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -99,4 +101,31 @@ async fn expect_open(ws: &mut Ws, protocol: Protocol) -> Result<(), String> {
         }
     }
     Err("closed during handshake".to_string())
+}
+
+/// A blocking `GET path` on a fresh connection to `server` (`Connection: close`, so
+/// the body is whatever follows the headers until the server closes): the status
+/// and the body. Two seconds to connect, five for each read.
+pub fn http_get(server: SocketAddr, path: &str) -> Result<(u16, String), String> {
+    let mut stream = std::net::TcpStream::connect_timeout(&server, Duration::from_secs(2))
+        .map_err(|e| format!("connect to {server}: {e}"))?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .map_err(|e| format!("read timeout: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .map_err(|e| format!("GET {path}: {e}"))?;
+    let bad = || format!("GET {path}: not an HTTP response");
+    let (head, body) = response.split_once("\r\n\r\n").ok_or_else(bad)?;
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .ok_or_else(bad)?;
+    Ok((status, body.to_string()))
 }

@@ -2,8 +2,8 @@
 //! samples the servers, merges the workers' reports and writes the results.
 
 use std::{
-    io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpStream},
+    io::{BufRead, BufReader, Write},
+    net::SocketAddr,
     path::Path,
     process::{Child, ChildStdin, Command, Stdio},
     sync::mpsc,
@@ -16,7 +16,7 @@ use serde::{de::DeserializeOwned, Serialize};
 
 use crate::{
     args::RunArgs,
-    client::now_ns,
+    client::{http_get, now_ns},
     memory::{sample, ProcSample, RssSampler},
     plan::Plan,
     proto::Protocol,
@@ -32,17 +32,15 @@ const MAX_P99_US: u64 = 250_000;
 /// Clock ticks a second (`getconf CLK_TCK`; 100 on every Linux this runs on).
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// `connections.slowConsumerCloses` from a Switchboard server's `GET /stats`.
-fn slow_consumer_closes(server: SocketAddr) -> Option<u64> {
-    let mut stream = TcpStream::connect_timeout(&server, Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let request = format!("GET /stats HTTP/1.1\r\nHost: {server}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let body = response.split_once("\r\n\r\n")?.1;
-    let stats: serde_json::Value = serde_json::from_str(body).ok()?;
-    stats.pointer("/connections/slowConsumerCloses")?.as_u64()
+/// `connections.slowConsumerCloses` from Switchboard servers' `GET /stats`, added
+/// (a server that does not answer counts 0).
+pub fn slow_consumer_closes(servers: &[SocketAddr]) -> u64 {
+    let closes = |server: SocketAddr| {
+        let (_, body) = http_get(server, "/stats").ok()?;
+        let stats: serde_json::Value = serde_json::from_str(&body).ok()?;
+        stats.pointer("/connections/slowConsumerCloses")?.as_u64()
+    };
+    servers.iter().filter_map(|&server| closes(server)).sum()
 }
 
 /// The worker processes and the lines they print.
@@ -284,10 +282,7 @@ fn slow_closes(plan: &Plan) -> u64 {
     if plan.protocol != Protocol::Switchboard {
         return 0;
     }
-    plan.servers
-        .iter()
-        .filter_map(|s| slow_consumer_closes(*s))
-        .sum()
+    slow_consumer_closes(&plan.servers)
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -23,6 +23,8 @@
 //! - [`catchup`], [`storm`]: durable rooms (`bench.sh`'s D3 and D4): the catch-up
 //!   after a server's Redis link was cut through a [`proxy`], and clients
 //!   reconnecting all at once with `since`; [`durable`] has what they share.
+//! - [`presence`]: a presence room (`bench.sh`'s P1): `--members` sessions join,
+//!   then reads of the member list and count are timed, one at a time.
 //! - [`memory`]: a server's RSS and CPU from `/proc`, and the soak's RSS trace
 //!   (`--rss-every`) with its growth after the warm-up fitted by least squares.
 //! - [`chart`]: the SVG charts (latency against offered rate, RSS over time),
@@ -44,6 +46,7 @@
 //! switchboard-loadgen catch-up --publish-server A --subscribe-server B --proxy-pid P \
 //!     --redis-url redis://127.0.0.1:6379 --clients 1000 --events 1000
 //! switchboard-loadgen storm --servers A,B --clients 5000 --rooms 5 --missed 100
+//! switchboard-loadgen presence --servers A,B --members 5000 --room pres:p1 --reads 50
 //! ```
 
 mod args;
@@ -54,6 +57,7 @@ mod coordinator;
 mod durable;
 mod memory;
 mod plan;
+mod presence;
 mod proto;
 mod proxy;
 mod publish_path;
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => proxy::run(&args),
         Command::CatchUp(args) => catchup::run(&args, &raw_flags()),
         Command::Storm(args) => storm::run(&args, &raw_flags()),
+        Command::Presence(args) => presence::run(&args, &raw_flags()),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,

@@ -300,6 +300,74 @@ pub fn subscribe_since(room: &str, since: Option<(u64, &str)>) -> String {
     }
 }
 
+/// A Switchboard answer about a presence room (PROTOCOL.md §9), as the `presence`
+/// scenario reads it; the body of `GET /presence/{room}` (no `op`) reads as a
+/// `presence` answer.
+#[derive(Debug, PartialEq, Eq)]
+pub enum PresenceFrame {
+    /// A `presence` answer: how many members it lists.
+    Members {
+        /// The request's `ref`.
+        reference: Option<u64>,
+        /// Members listed.
+        members: usize,
+    },
+    /// A `presence_count` answer.
+    Count {
+        /// The request's `ref`.
+        reference: Option<u64>,
+        /// Member sessions on every server.
+        clients: u64,
+        /// Distinct users among them.
+        users: u64,
+    },
+    /// The server refused something.
+    Error,
+    /// Anything else (`join`, `leave`, ...).
+    Other,
+}
+
+#[derive(Deserialize)]
+struct PresenceSbFrame<'a> {
+    #[serde(borrow, default)]
+    op: Option<&'a str>,
+    #[serde(default, rename = "ref")]
+    reference: Option<u64>,
+    /// Counted, not kept.
+    #[serde(default)]
+    members: Option<Vec<serde::de::IgnoredAny>>,
+    #[serde(default)]
+    clients: Option<u64>,
+    #[serde(default)]
+    users: Option<u64>,
+}
+
+/// Classifies a presence answer (a frame, or an HTTP body).
+pub fn parse_presence(text: &str) -> PresenceFrame {
+    let Ok(frame) = serde_json::from_str::<PresenceSbFrame<'_>>(text) else {
+        return PresenceFrame::Other;
+    };
+    let reference = frame.reference;
+    match (frame.op, frame.members, frame.clients) {
+        (Some("presence") | None, Some(members), _) => PresenceFrame::Members {
+            reference,
+            members: members.len(),
+        },
+        (Some("presence_count"), _, Some(clients)) => PresenceFrame::Count {
+            reference,
+            clients,
+            users: frame.users.unwrap_or(0),
+        },
+        (Some("error"), _, _) => PresenceFrame::Error,
+        _ => PresenceFrame::Other,
+    }
+}
+
+/// A presence read of `room`: `op` is `presence` or `presence_count`.
+pub fn presence_request(op: &str, room: &str, reference: u64) -> String {
+    format!(r#"{{"op":"{op}","room":"{room}","ref":{reference}}}"#)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,6 +450,52 @@ mod tests {
             serde_json::from_str(&subscribe_since("r", Some((5, "e\"1")))).unwrap();
         assert_eq!(since["since"]["offset"], 5);
         assert_eq!(since["since"]["epoch"], "e\"1");
+    }
+
+    #[test]
+    fn presence_answers() {
+        let request: serde_json::Value =
+            serde_json::from_str(&presence_request("presence_count", "pres:a", 4)).unwrap();
+        assert_eq!(request["op"], "presence_count");
+        assert_eq!(request["ref"], 4);
+        let member =
+            r#"{"client":"c1","user":null,"info":{"members":[1,2]},"serverId":"s","joinedAt":1}"#;
+        assert_eq!(
+            parse_presence(&format!(
+                r#"{{"op":"presence","room":"pres:a","members":[{member},{member}],"ref":3}}"#
+            )),
+            PresenceFrame::Members {
+                reference: Some(3),
+                members: 2
+            }
+        );
+        assert_eq!(
+            parse_presence(&format!(r#"{{"room":"pres:a","members":[{member}]}}"#)),
+            PresenceFrame::Members {
+                reference: None,
+                members: 1
+            }
+        );
+        assert_eq!(
+            parse_presence(
+                r#"{"op":"presence_count","room":"pres:a","clients":5,"users":0,"ref":9}"#
+            ),
+            PresenceFrame::Count {
+                reference: Some(9),
+                clients: 5,
+                users: 0
+            }
+        );
+        assert_eq!(
+            parse_presence(&format!(
+                r#"{{"op":"join","room":"pres:a","member":{member}}}"#
+            )),
+            PresenceFrame::Other
+        );
+        assert_eq!(
+            parse_presence(r#"{"op":"error","code":"not_presence","message":"m","ref":1}"#),
+            PresenceFrame::Error
+        );
     }
 
     #[test]
