@@ -543,3 +543,72 @@ async fn a_session_that_subscribes_again_before_the_answer_stays_a_member_once()
         }
     }
 }
+
+/// The presence room of the lost-link test; durable, so no `link_lost` gap covers
+/// what the link lost.
+const DURABLE_PRESENCE_ROOM: &str = "vip:relink";
+
+/// A server whose link to Redis is cut while a member on the other server leaves and
+/// another joins tells its members both once the link is back (a read of the room,
+/// compared with what it had told), each once, in a durable room where no gap says
+/// anything was missed. Fails without that read: the news published while the link
+/// was down never reaches this server.
+#[actix_web::test]
+async fn news_missed_while_the_link_was_down_is_told_once_after_it_is_back() {
+    let redis = RedisServer::start().await;
+    let proxy = support::proxy::Proxy::start(redis.port()).await;
+    let prefix = unique_prefix("relink");
+    let builder = |name: &str| {
+        ServerBuilder::new()
+            .id(&format!("{name}-relink"))
+            .env("REDIS_CHANNEL_PREFIX", &prefix)
+            .env("PRESENCE_ROOMS", PRESENCE_ROOMS)
+            .env("DURABLE_ROOMS", "vip:*")
+            .env("AUTH_JWT_SECRET", SECRET)
+    };
+    let a = builder("A")
+        .env("REDIS_URL", &proxy.redis_url())
+        .spawn()
+        .await;
+    let b = builder("B").env("REDIS_URL", &redis.url()).spawn().await;
+    a.wait_healthy().await;
+    b.wait_healthy().await;
+    let room = DURABLE_PRESENCE_ROOM;
+    let token = |sub: &str| member_token(SECRET, sub, "vip:*", None);
+
+    let mut watching = signed_in(&a, &token("watcher")).await;
+    watching.subscribe(room).await;
+    let mut watcher = Watcher::new(watching);
+    let mut leaving = signed_in(&b, &token("leaving")).await;
+    leaving.subscribe(room).await;
+    let mut reader = signed_in(&b, &token("reader")).await;
+    let leaving_member = by_user(&presence(&mut reader, room).await, "leaving").clone();
+    watcher
+        .wait_for(NOTICE_TIMEOUT, "join", room, &leaving_member.client)
+        .await;
+
+    // A's links hang: what Redis sends A waits in the proxy, and is dropped by the cut.
+    proxy.pause();
+    leaving.close();
+    let mut coming = signed_in(&b, &token("coming")).await;
+    coming.subscribe(room).await;
+    let members = presence(&mut reader, room).await;
+    assert!(
+        members.iter().all(|m| m.user.as_deref() != Some("leaving")),
+        "{members:?}"
+    );
+    let coming_member = by_user(&members, "coming").clone();
+    proxy.cut();
+    proxy.resume();
+
+    watcher
+        .wait_for(NOTICE_TIMEOUT, "leave", room, &leaving_member.client)
+        .await;
+    watcher
+        .wait_for(NOTICE_TIMEOUT, "join", room, &coming_member.client)
+        .await;
+    watcher.read_for(DUPLICATE_WINDOW).await;
+    assert_eq!(watcher.count("leave", room, &leaving_member.client), 1);
+    assert_eq!(watcher.count("join", room, &coming_member.client), 1);
+    assert_eq!(watcher.count("join", room, &leaving_member.client), 1);
+}

@@ -37,25 +37,14 @@ impl Session {
         reference: Reference,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
-        let limit = self.state.session.limits.outbound_bytes / 2;
         self.presence_read(
             name,
             reference,
             ctx,
             |room| ReadPresence { room },
-            move |room, members: Vec<_>, reference| {
+            |room, members: Vec<_>, reference| {
                 let answer = wire::PresenceAnswer::new(room.as_str(), &members);
-                let frame = wire::presence_frame(&answer, reference);
-                // Half the outbound bound, as a history answer: the queue keeps room for
-                // live traffic.
-                if crate::outbound::frame_len(frame.len()) > limit {
-                    return Err(Error::AnswerTooLarge(format!(
-                        "{room} has {} members, too many to list within half of \
-                     LIMIT_OUTBOUND_BYTES ({limit} bytes); presence_count counts them",
-                        members.len()
-                    )));
-                }
-                Ok(frame)
+                Ok(wire::presence_frame(&answer, reference))
             },
         )
     }
@@ -105,7 +94,8 @@ impl Session {
                 let framed = answer
                     .unwrap_or(Err(ActorError::ShuttingDown))
                     .map_err(|e| Error::from_read(&room, e, "presence read"))
-                    .and_then(|answer| frame(&room, answer, reference));
+                    .and_then(|answer| frame(&room, answer, reference))
+                    .and_then(|frame| act.fits(frame));
                 match framed {
                     Ok(frame) => act.send(frame, ctx),
                     Err(error) => act.refuse(&error, reference, ctx),
@@ -113,6 +103,29 @@ impl Session {
             })
             .spawn(ctx);
         Ok(())
+    }
+}
+
+impl Session {
+    /// A reply frame, if the outbound queue has room for it now: an answer larger
+    /// than what is left of `LIMIT_OUTBOUND_BYTES` is refused (`too_large`) rather
+    /// than close a client that is keeping up (1013).
+    fn fits(&self, frame: ByteString) -> Result<ByteString, Error> {
+        let (queued, _) = self.out.backlog();
+        let left = self
+            .state
+            .session
+            .limits
+            .outbound_bytes
+            .saturating_sub(queued);
+        let size = crate::outbound::frame_len(frame.len());
+        if size > left {
+            return Err(Error::AnswerTooLarge(format!(
+                "an answer of {size} bytes does not fit in this connection's outbound queue \
+                 ({left} of LIMIT_OUTBOUND_BYTES free); presence_count counts members"
+            )));
+        }
+        Ok(frame)
     }
 }
 

@@ -15,8 +15,10 @@ use tokio::sync::oneshot;
 use super::Broker;
 use crate::{
     presence::{
-        scripts::Announcer, Applied, CountPresence, Member, Membership, Op, PresenceChange,
-        PresenceConfig, PresenceCount, PresenceKind, ReadPresence,
+        scripts::Announcer,
+        view::{News, View},
+        Applied, CountPresence, Member, Membership, Op, PresenceChange, PresenceConfig,
+        PresenceCount, PresenceKind, ReadPresence,
     },
     Error, Event, Room, SubscriberStats,
 };
@@ -76,6 +78,11 @@ struct Local {
     stored: bool,
     /// The last write failed (its failure was logged; the next success is too).
     failing: bool,
+    /// The room's members on every server, as told to its recipients here.
+    view: View,
+    /// Joins written before the view's first read came back: answered after it, so
+    /// that every member here is told of every change after its answer.
+    awaiting_view: Vec<JoinAnswer>,
 }
 
 /// A member, and how many subscribes of its session hold it: the one that joined,
@@ -230,12 +237,34 @@ impl Broker {
     }
 
     /// The pub/sub link came back: the backplane may have lost this server's members
-    /// (Redis restarted), so they are written again, whole.
+    /// (Redis restarted), so they are written again, whole; and the joins and leaves
+    /// published meanwhile did not come, so the room is read and what changed is told.
     pub(super) fn presence_relinked(&mut self, room: &Room) {
         if let Some(local) = self.presence.rooms.get_mut(room) {
             local.resync = true;
             self.write_presence(room.clone());
+            self.read_view(room.clone());
         }
+    }
+
+    /// Reads the room's members for its view, unless a read is out.
+    fn read_view(&mut self, room: Room) {
+        let Some(local) = self.presence.rooms.get_mut(&room) else {
+            return;
+        };
+        if !local.view.start_read() {
+            return;
+        }
+        let read = self
+            .backplane
+            .presence_read(room.clone(), self.presence.announcer.clone());
+        let broker = self.presence.broker.clone();
+        actix::spawn(async move {
+            let result = read.await;
+            if let Some(broker) = broker.and_then(|b| b.upgrade()) {
+                broker.do_send(ViewRead { room, result });
+            }
+        });
     }
 
     /// Sends the room's next write, unless one is out.
@@ -308,7 +337,7 @@ impl Broker {
             .map_err(|e| Error::InvalidEvent(e.to_string()))
             .and_then(|body| Member::parse(body.data.get()));
         match member {
-            Ok(member) => self.tell_presence(event.room(), kind, Arc::new(member)),
+            Ok(member) => self.presence_news(event.room(), kind, Arc::new(member)),
             Err(e) => {
                 self.durable.stats.invalid_events += 1;
                 log::warn!(
@@ -317,6 +346,17 @@ impl Broker {
                     event.room()
                 );
             }
+        }
+    }
+
+    /// News of the room's members: told when it changes the room's view here. A room
+    /// without members here has nobody to tell.
+    fn presence_news(&mut self, room: &Room, kind: PresenceKind, member: Arc<Member>) {
+        let Some(local) = self.presence.rooms.get_mut(room) else {
+            return;
+        };
+        if let Some((kind, member)) = local.view.news(kind, member) {
+            self.tell_presence(room, kind, member);
         }
     }
 
@@ -390,6 +430,49 @@ impl Broker {
     }
 }
 
+/// A read of a room's members for its view came back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct ViewRead {
+    room: Room,
+    result: Result<Vec<Arc<Member>>, Error>,
+}
+
+impl Handler<ViewRead> for Broker {
+    type Result = ();
+
+    fn handle(&mut self, msg: ViewRead, ctx: &mut Context<Self>) {
+        let Some(local) = self.presence.rooms.get_mut(&msg.room) else {
+            return;
+        };
+        let members = match msg.result {
+            Ok(members) => members,
+            Err(e) => {
+                log::warn!(
+                    "broker {}: reading the members of {} failed: {e}; reading again",
+                    self.server_id,
+                    msg.room
+                );
+                local.view.read_failed();
+                let retry = WRITE_RETRY.min(self.presence.config.refresh_interval());
+                let room = msg.room;
+                ctx.run_later(retry, move |act, _ctx| act.read_view(room));
+                return;
+            }
+        };
+        let (told, again): (Vec<News>, bool) = local.view.read(members);
+        for join in local.awaiting_view.drain(..) {
+            let _ = join.send(Ok(()));
+        }
+        for (kind, member) in told {
+            self.tell_presence(&msg.room, kind, member);
+        }
+        if again {
+            self.read_view(msg.room);
+        }
+    }
+}
+
 impl Handler<PresenceWritten> for Broker {
     type Result = ();
 
@@ -445,11 +528,19 @@ impl Handler<PresenceWritten> for Broker {
             self.presence.stats.resyncs += 1;
         }
         local.stored = applied.members > 0;
-        for join in msg.joins {
-            let _ = join.send(Ok(()));
+        let first_read = !local.view.is_known();
+        if first_read {
+            local.awaiting_view.extend(msg.joins);
+        } else {
+            for join in msg.joins {
+                let _ = join.send(Ok(()));
+            }
         }
         for (kind, member) in applied.here {
-            self.tell_presence(&msg.room, kind, member);
+            self.presence_news(&msg.room, kind, member);
+        }
+        if first_read {
+            self.read_view(msg.room.clone());
         }
         self.write_presence(msg.room);
     }

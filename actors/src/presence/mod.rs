@@ -6,6 +6,8 @@
 //! - `scripts.rs`: the Redis side, three Lua scripts: a server's writes with its
 //!   refresh, a read and a count, each of which first sweeps the members of servers
 //!   that stopped refreshing;
+//! - `view.rs`: a room's members as one server has told its recipients, so news is
+//!   told once, and what a lost link hid is told after one read;
 //! - `memory.rs`: the same in the process, for the memory backplane.
 //!
 //! What the broker keeps per presence room (this server's members and their writes
@@ -13,6 +15,7 @@
 
 pub(crate) mod memory;
 pub(crate) mod scripts;
+pub(crate) mod view;
 
 use std::{sync::Arc, time::Duration};
 
