@@ -83,6 +83,9 @@ struct Local {
     /// Joins written before the view's first read came back: answered after it, so
     /// that every member here is told of every change after its answer.
     awaiting_view: Vec<JoinAnswer>,
+    /// The view is to be read once the next write is done (after a lost link: once
+    /// this server's members are written again, so they do not seem to leave).
+    read_after_write: bool,
 }
 
 /// A member, and how many subscribes of its session hold it: the one that joined,
@@ -242,8 +245,8 @@ impl Broker {
     pub(super) fn presence_relinked(&mut self, room: &Room) {
         if let Some(local) = self.presence.rooms.get_mut(room) {
             local.resync = true;
+            local.read_after_write = true;
             self.write_presence(room.clone());
-            self.read_view(room.clone());
         }
     }
 
@@ -529,6 +532,7 @@ impl Handler<PresenceWritten> for Broker {
         }
         local.stored = applied.members > 0;
         let first_read = !local.view.is_known();
+        let read = first_read || std::mem::take(&mut local.read_after_write);
         if first_read {
             local.awaiting_view.extend(msg.joins);
         } else {
@@ -539,7 +543,7 @@ impl Handler<PresenceWritten> for Broker {
         for (kind, member) in applied.here {
             self.presence_news(&msg.room, kind, member);
         }
-        if first_read {
+        if read {
             self.read_view(msg.room.clone());
         }
         self.write_presence(msg.room);
