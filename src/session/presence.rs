@@ -136,7 +136,7 @@ impl Handler<PresenceChange> for Session {
     /// dropped: the client asks `presence` after the reply, and that answer has it.
     fn handle(&mut self, change: PresenceChange, ctx: &mut Context<Self>) {
         if self.rooms.is_joined(&change.room) {
-            self.send(wire::change_frame(&change), ctx);
+            self.send(change.wire_encoding(wire::change_frame), ctx);
         }
     }
 }

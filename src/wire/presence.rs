@@ -63,7 +63,8 @@ pub fn count_frame(room: &str, count: PresenceCount, reference: Option<&RawValue
     })
 }
 
-/// The `join` or `leave` frame of a member.
+/// The `join` or `leave` frame of a member; made once per change and shared by every
+/// session told of it (see [`PresenceChange::wire_encoding`]).
 pub fn change_frame(change: &PresenceChange) -> ByteString {
     #[derive(Serialize)]
     struct Frame<'a> {
@@ -112,11 +113,11 @@ mod tests {
         assert!(frame["members"][0]["joinedAt"].as_u64().unwrap() > 1_700_000_000_000);
         assert_eq!(frame["members"][1]["user"], Value::Null);
 
-        let change = PresenceChange {
-            room: Room::new("lobby:1").unwrap(),
-            kind: PresenceKind::Leave,
-            member: members[1].clone(),
-        };
+        let change = PresenceChange::new(
+            Room::new("lobby:1").unwrap(),
+            PresenceKind::Leave,
+            members[1].clone(),
+        );
         let frame: Value = serde_json::from_str(&change_frame(&change)).unwrap();
         assert_eq!(frame["op"], "leave");
         assert_eq!(frame["member"]["client"], "c2");

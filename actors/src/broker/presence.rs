@@ -368,20 +368,16 @@ impl Broker {
         let Some(recipients) = self.rooms.get(room) else {
             return;
         };
+        let change = PresenceChange::new(room.clone(), kind, member);
         let mut full = Vec::new();
         for (recipient, notify) in recipients {
             let Some(presence) = &notify.presence else {
                 continue;
             };
-            if presence.client == *member.client() {
+            if presence.client == *change.member.client() {
                 continue;
             }
-            let change = PresenceChange {
-                room: room.clone(),
-                kind,
-                member: member.clone(),
-            };
-            if let Err(SendError::Full(_)) = presence.on_change.try_send(change) {
+            if let Err(SendError::Full(_)) = presence.on_change.try_send(change.clone()) {
                 full.push(recipient.clone());
             }
         }

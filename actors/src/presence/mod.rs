@@ -17,7 +17,12 @@ pub(crate) mod memory;
 pub(crate) mod scripts;
 pub(crate) mod view;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{Arc, OnceLock},
+    time::Duration,
+};
+
+use bytestring::ByteString;
 
 use actix::{Message, Recipient};
 use serde::{Deserialize, Serialize};
@@ -179,7 +184,8 @@ impl PresenceKind {
 }
 
 /// A member joined or left a presence room: told to each of the room's recipients
-/// that asked (`Subscribe::on_presence`), except the member itself.
+/// that asked ([`Membership::on_change`]), except the member itself. Every recipient
+/// gets a clone of the same change, so its transport encoding is made once.
 #[derive(Debug, Clone, Message)]
 #[rtype(result = "()")]
 pub struct PresenceChange {
@@ -189,6 +195,25 @@ pub struct PresenceChange {
     pub kind: PresenceKind,
     /// Who.
     pub member: Arc<Member>,
+    wire: Arc<OnceLock<ByteString>>,
+}
+
+impl PresenceChange {
+    /// A change, to hand out as clones.
+    pub fn new(room: Room, kind: PresenceKind, member: Arc<Member>) -> PresenceChange {
+        PresenceChange {
+            room,
+            kind,
+            member,
+            wire: Arc::default(),
+        }
+    }
+
+    /// This change's transport encoding: computed by `encode` on first use, then
+    /// shared by every clone.
+    pub fn wire_encoding(&self, encode: impl FnOnce(&PresenceChange) -> ByteString) -> ByteString {
+        self.wire.get_or_init(|| encode(self)).clone()
+    }
 }
 
 /// The members of a presence room, on every server (PROTOCOL.md §9 `presence`).
@@ -246,4 +271,28 @@ pub(crate) struct Applied {
     /// The changes to deliver here (the memory backplane; on Redis they come back
     /// through pub/sub like everyone's).
     pub(crate) here: Vec<(PresenceKind, Arc<Member>)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_is_encoded_once_for_all_its_clones() {
+        let info = MemberInfo {
+            client: "c".into(),
+            user: None,
+            info: None,
+        };
+        let member = Arc::new(Member::new(&info, "s"));
+        let change = PresenceChange::new(Room::new("lobby:1").unwrap(), PresenceKind::Join, member);
+        let mut calls = 0;
+        for clone in [change.clone(), change.clone(), change] {
+            clone.wire_encoding(|_| {
+                calls += 1;
+                ByteString::from_static("frame")
+            });
+        }
+        assert_eq!(calls, 1);
+    }
 }
