@@ -227,6 +227,12 @@ impl Config {
         let mut broker = BrokerConfig::new(server_id.clone(), backplane);
         broker.durable = durable(&env)?;
         broker.presence = presence(&env)?;
+        broker.inbound_capacity = env.number(
+            "LIMIT_INBOUND_EVENTS",
+            switchboard_actors::INBOUND_CAPACITY as u64,
+            1,
+            1_000_000,
+        )? as usize;
         broker.subscribe_timeout = env.millis(
             "SUBSCRIBE_TIMEOUT_MS",
             BrokerConfig::DEFAULT_SUBSCRIBE_TIMEOUT,

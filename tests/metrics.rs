@@ -29,6 +29,7 @@ const REQUIRED_SERIES: &[&str] = &[
     r#"switchboard_redis_reconnects_total{link="subscriber"}"#,
     r#"switchboard_gaps_total{reason="link_lost"}"#,
     r#"switchboard_gaps_total{reason="history_lost"}"#,
+    r#"switchboard_gaps_total{reason="overloaded"}"#,
     "switchboard_slow_consumer_closes_total",
     r#"switchboard_redis_link_up{link="publisher"}"#,
     r#"switchboard_redis_link_up{link="subscriber"}"#,

@@ -157,6 +157,12 @@ pub enum Inbound {
     /// The room is subscribed again after the pub/sub link was lost: what was
     /// published meanwhile did not come.
     Relinked(Room),
+    /// An event from Redis, checked, of a room that lost events before it because
+    /// this channel was full (the broker fell behind).
+    AfterDrop(Arc<Event>),
+    /// Events of the room were dropped because this channel was full, and no later
+    /// event of the room has come to say so (a second passed).
+    Dropped(Room),
 }
 
 /// Events of a room may have been lost before the events that follow (PROTOCOL.md
@@ -182,6 +188,10 @@ pub enum GapReason {
     /// A durable room's missed events cannot be had: another epoch, a rollback, or
     /// a history trimmed past them.
     HistoryLost,
+    /// This server fell behind: events of the room from Redis were dropped before
+    /// its broker took them (its inbound queue, `LIMIT_INBOUND_EVENTS`, was full).
+    /// Durable rooms read them back instead.
+    Overloaded,
 }
 
 /// Which backplane carries events between servers.

@@ -103,9 +103,11 @@ pub struct SubscriberStats {
     /// Gaps reported to a room's subscribers as they are (`gap` frames, one count
     /// per room and gap on this server): a room held again after a lost link.
     pub gaps_unrecovered: u64,
-    /// Of `gaps_unrecovered`, those of a lost link (`link_lost`); the others are
-    /// `history_lost`.
+    /// Of `gaps_unrecovered`, those of a lost link (`link_lost`).
     pub gaps_link_lost: u64,
+    /// Of `gaps_unrecovered`, those of events dropped because the broker fell behind
+    /// (`overloaded`); the rest are `history_lost`.
+    pub gaps_overloaded: u64,
     /// Events dropped as already delivered (durable rooms; none yet).
     pub duplicates_dropped: u64,
     /// Events waiting for the broker on its inbound channel now (a gauge; at most

@@ -1,6 +1,6 @@
 //! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
 
-use std::{future::Future, sync::Arc, time::Instant};
+use std::{collections::HashSet, future::Future, sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -45,6 +45,9 @@ pub struct RedisSubscriber {
     connected_at: Option<Instant>,
     link: LinkState,
     stats: SubscriberStats,
+    /// Rooms that lost an event to a full broker channel, not told to the broker yet
+    /// (a subset of the rooms held).
+    dropped_in: HashSet<Room>,
     closed: bool,
 }
 
@@ -98,6 +101,7 @@ impl RedisSubscriber {
             connected_at: None,
             link,
             stats: SubscriberStats::default(),
+            dropped_in: HashSet::new(),
             closed: false,
         })
     }
@@ -230,13 +234,44 @@ impl RedisSubscriber {
         }
     }
 
+    /// Tells the broker, as room in its channel allows, which rooms lost events to it
+    /// and had no event since to carry the news (on the subscriber's timer).
+    fn tell_dropped(&mut self) {
+        let rooms: Vec<Room> = self.dropped_in.iter().cloned().collect();
+        for room in rooms {
+            match self.inbound.try_send(Inbound::Dropped(room.clone())) {
+                Ok(()) => {
+                    self.dropped_in.remove(&room);
+                }
+                Err(TrySendError::Full(_)) => return,
+                Err(TrySendError::Closed(_)) => {
+                    self.dropped_in.clear();
+                    return;
+                }
+            }
+        }
+    }
+
     /// Hands a valid event to the broker, or drops and counts it when the broker is
-    /// too far behind.
+    /// too far behind. The room's next event that gets through says so
+    /// ([`Inbound::AfterDrop`]), or, when none comes, the subscriber's timer does
+    /// ([`Inbound::Dropped`]): its recipients learn of the loss before any later event.
     fn forward(&mut self, event: Event) {
         let room = event.room().clone();
-        match self.inbound.try_send(Inbound::Event(Arc::new(event))) {
-            Ok(()) => {}
+        let after_drop = self.dropped_in.contains(&room);
+        let inbound = if after_drop {
+            Inbound::AfterDrop(Arc::new(event))
+        } else {
+            Inbound::Event(Arc::new(event))
+        };
+        match self.inbound.try_send(inbound) {
+            Ok(()) => {
+                if after_drop {
+                    self.dropped_in.remove(&room);
+                }
+            }
             Err(TrySendError::Full(_)) => {
+                self.dropped_in.insert(room.clone());
                 self.stats.dropped_events += 1;
                 let dropped = self.stats.dropped_events;
                 if dropped <= 10 || dropped.is_power_of_two() {
@@ -262,7 +297,10 @@ impl Actor for RedisSubscriber {
         }
         // Abandoned confirmations (their subscribe timed out at the broker) are
         // dropped on a timer that runs connected or not.
-        ctx.run_interval(self.config.probe_interval, |act, _| act.rooms.prune());
+        ctx.run_interval(self.config.probe_interval, |act, _| {
+            act.rooms.prune();
+            act.tell_dropped();
+        });
         self.connect_when_due(ctx);
     }
 }
@@ -404,6 +442,8 @@ impl Handler<UnwatchRoom> for RedisSubscriber {
     type Result = ();
 
     fn handle(&mut self, msg: UnwatchRoom, ctx: &mut Context<Self>) {
+        // Nobody here is left to tell of a loss in it.
+        self.dropped_in.remove(&msg.room);
         self.rooms.unwant(&msg.room, self.sink.is_some());
         self.flush(ctx);
     }

@@ -193,9 +193,14 @@ pub(super) fn followers(r: &Definer) -> prometheus::Result<Vec<Follower>> {
         follow(label(&gaps, "link_lost"), |s| {
             s.stats.subscriber.gaps_link_lost
         }),
+        follow(label(&gaps, "overloaded"), |s| {
+            s.stats.subscriber.gaps_overloaded
+        }),
         follow(label(&gaps, "history_lost"), |s| {
             let subscriber = &s.stats.subscriber;
-            subscriber.gaps_unrecovered.saturating_sub(subscriber.gaps_link_lost)
+            subscriber
+                .gaps_unrecovered
+                .saturating_sub(subscriber.gaps_link_lost + subscriber.gaps_overloaded)
         }),
         follow(
             r.counter(

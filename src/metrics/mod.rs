@@ -203,6 +203,7 @@ mod tests {
             r#"switchboard_redis_reconnects_total{link="subscriber"} 0"#,
             r#"switchboard_gaps_total{reason="link_lost"} 0"#,
             r#"switchboard_gaps_total{reason="history_lost"} 0"#,
+            r#"switchboard_gaps_total{reason="overloaded"} 0"#,
             "switchboard_slow_consumer_closes_total 0",
             r#"switchboard_redis_link_up{link="publisher"} 0"#,
             r#"switchboard_redis_link_up{link="subscriber"} 0"#,

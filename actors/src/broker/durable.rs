@@ -61,6 +61,7 @@ pub(super) struct DurableStats {
     /// `failedEvents`, as other invalid events are.
     pub(super) invalid_events: u64,
     pub(super) gaps_link_lost: u64,
+    pub(super) gaps_overloaded: u64,
 }
 
 impl DurableStats {
@@ -71,6 +72,7 @@ impl DurableStats {
         stats.duplicates_dropped += self.duplicates_dropped;
         stats.failed_events += self.invalid_events;
         stats.gaps_link_lost += self.gaps_link_lost;
+        stats.gaps_overloaded += self.gaps_overloaded;
     }
 }
 

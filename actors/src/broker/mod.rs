@@ -29,8 +29,11 @@ use crate::{
     Unsubscribe, UnsubscribeAll,
 };
 
-/// Events from Redis waiting for the broker, at most. Past it the subscriber drops
-/// and counts them (`droppedEvents`): an overloaded server sheds load visibly.
+/// Events from Redis waiting for the broker, at most, by default
+/// (`LIMIT_INBOUND_EVENTS`). Past it the subscriber drops and counts them
+/// (`droppedEvents`) and tells the broker which rooms lost events, before their next
+/// event: durable rooms read them back, plain rooms' recipients get a `gap`
+/// `overloaded`. An overloaded server sheds load, and never silently.
 pub const INBOUND_CAPACITY: usize = 8192;
 
 /// The broker's settings.
@@ -48,6 +51,8 @@ pub struct BrokerConfig {
     pub durable: DurableConfig,
     /// Which rooms have presence.
     pub presence: PresenceConfig,
+    /// Events from Redis waiting for the broker, at most (`LIMIT_INBOUND_EVENTS`).
+    pub inbound_capacity: usize,
 }
 
 impl BrokerConfig {
@@ -63,6 +68,7 @@ impl BrokerConfig {
             backplane,
             durable: DurableConfig::default(),
             presence: PresenceConfig::default(),
+            inbound_capacity: INBOUND_CAPACITY,
         }
     }
 }
@@ -134,7 +140,7 @@ impl Broker {
             };
             // Events from Redis come on a bounded channel of their own (see
             // `RedisSubscriber`), not through the mailbox the sessions share.
-            let (inbound, mut events) = mpsc::channel(INBOUND_CAPACITY);
+            let (inbound, mut events) = mpsc::channel(config.inbound_capacity.max(1));
             ctx.add_stream(futures_util::stream::poll_fn(move |cx| {
                 events.poll_recv(cx)
             }));
@@ -203,6 +209,7 @@ impl Broker {
         );
         self.durable.stats.gaps_unrecovered += 1;
         self.durable.stats.gaps_link_lost += u64::from(gap.reason == GapReason::LinkLost);
+        self.durable.stats.gaps_overloaded += u64::from(gap.reason == GapReason::Overloaded);
         for notify in self
             .rooms
             .get(&gap.room)
@@ -212,6 +219,20 @@ impl Broker {
             if let Some(on_gap) = &notify.gap {
                 on_gap.do_send(gap.clone());
             }
+        }
+    }
+
+    /// Events of the room may not have reached this server (`why`): a durable room
+    /// reads them back from its last offset; a plain one tells its recipients.
+    fn missed(&mut self, room: Room, why: GapReason, ctx: &mut Context<Self>) {
+        if self.durable.is_durable(&room) {
+            self.relinked(room, ctx)
+        } else {
+            self.report_gap(Gap {
+                room,
+                reason: why,
+                position: None,
+            })
         }
     }
 
@@ -486,15 +507,16 @@ impl StreamHandler<Inbound> for Broker {
             },
             Inbound::Relinked(room) => {
                 self.presence_relinked(&room);
-                if self.durable.is_durable(&room) {
-                    self.relinked(room, ctx)
-                } else {
-                    self.report_gap(Gap {
-                        room,
-                        reason: GapReason::LinkLost,
-                        position: None,
-                    })
-                }
+                self.missed(room, GapReason::LinkLost, ctx);
+            }
+            Inbound::AfterDrop(event) => {
+                self.presence_missed(event.room());
+                self.missed(event.room().clone(), GapReason::Overloaded, ctx);
+                StreamHandler::handle(self, Inbound::Event(event), ctx);
+            }
+            Inbound::Dropped(room) => {
+                self.presence_missed(&room);
+                self.missed(room, GapReason::Overloaded, ctx);
             }
         }
     }

@@ -250,6 +250,14 @@ impl Broker {
         }
     }
 
+    /// News of the room may have been dropped before the broker took it (it fell
+    /// behind): the room is read, and what changed is told.
+    pub(super) fn presence_missed(&mut self, room: &Room) {
+        if self.presence.rooms.contains_key(room) {
+            self.read_view(room.clone());
+        }
+    }
+
     /// Reads the room's members for its view, unless a read is out.
     fn read_view(&mut self, room: Room) {
         let Some(local) = self.presence.rooms.get_mut(&room) else {

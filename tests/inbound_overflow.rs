@@ -1,0 +1,207 @@
+//! Events from Redis wait for a server's broker in a bounded queue
+//! (`LIMIT_INBOUND_EVENTS`); past it they are dropped and counted. None is lost
+//! silently: each subscriber of a plain room that lost events gets `gap` `overloaded`
+//! before the room's next event, and a durable room reads the dropped events back, so
+//! its subscribers get every offset once, in order, and no gap. The queue here holds
+//! one event, so bursts of events overflow it.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::{u64_at, unique_prefix, wait_until, RedisServer, Server, ServerBuilder, WsClient};
+
+/// Subscribers on the server whose queue overflows.
+const SUBSCRIBERS: usize = 20;
+/// Events per burst, in each room.
+const BURST: u64 = 2_000;
+/// Bursts at most, until the server has dropped some events.
+const MOST_BURSTS: u64 = 5;
+/// How long the frames of a burst may take to arrive once it was published.
+const FRAMES_TIMEOUT: Duration = Duration::from_secs(20);
+const PLAIN: &str = "plain:burst";
+const DURABLE: &str = "dur:burst";
+
+#[actix_web::test]
+async fn events_dropped_by_a_full_inbound_queue_are_told_as_a_gap_or_read_back() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("inbound");
+    let builder = |id: &str| {
+        ServerBuilder::new()
+            .redis(&redis, &prefix)
+            .id(id)
+            .env("DURABLE_ROOMS", "dur:*")
+            // Every event of the run stays in the history: a server far behind can
+            // read back all it dropped.
+            .env("HISTORY_SIZE", "100000")
+            .env("LIMIT_PUBLISH_RATE", "0")
+            .env("LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT", "4096")
+    };
+    let small = builder("small-queue")
+        .env("LIMIT_INBOUND_EVENTS", "1")
+        .spawn()
+        .await;
+    let publishing = builder("publishing").spawn().await;
+    small.wait_healthy().await;
+    publishing.wait_healthy().await;
+
+    let mut subscribers = Vec::new();
+    for _ in 0..SUBSCRIBERS {
+        let mut client = WsClient::connect(&small).await;
+        client.subscribe(PLAIN).await;
+        client.subscribe(DURABLE).await;
+        subscribers.push(client);
+    }
+    let mut publisher = WsClient::connect(&publishing).await;
+    let mut redis_client = redis.client().await;
+
+    let mut sent = 0;
+    for _ in 0..MOST_BURSTS {
+        // Plain: a foreign publisher's pipelined PUBLISHes; durable: pipelined publishes
+        // through the other server, numbered by its scripts.
+        let mut pipe = redis::pipe();
+        for n in sent..sent + BURST {
+            let envelope = json!({"type": "n", "data": {"n": n}}).to_string();
+            pipe.cmd("PUBLISH")
+                .arg(format!("{prefix}{PLAIN}"))
+                .arg(envelope);
+        }
+        let _: Vec<u64> = pipe.query_async(&mut redis_client).await.expect("PUBLISH");
+        for n in sent..sent + BURST {
+            let event = json!({"type": "n", "data": {"n": n}});
+            publisher.send_json(&json!({"op": "publish", "room": DURABLE, "event": event}));
+        }
+        for _ in 0..BURST {
+            let reply = publisher.recv_json(FRAMES_TIMEOUT).await;
+            assert_eq!(reply["op"], "published", "{reply}");
+        }
+        sent += BURST;
+        if dropped(&small).await > 0 {
+            break;
+        }
+    }
+    assert!(
+        dropped(&small).await > 0,
+        "{MOST_BURSTS} bursts of {BURST} events never overflowed a queue of one"
+    );
+    // A last event in each room once the small queue is empty again (so the last is
+    // not dropped itself): a loss at the end of the last burst is told before it.
+    wait_until(FRAMES_TIMEOUT, "the small queue drained", || async {
+        u64_at(&small.stats().await, "/subscriber/inboundQueued") == 0
+    })
+    .await;
+    let last = json!({"type": "last", "data": {"n": sent}}).to_string();
+    let _: u64 = redis::cmd("PUBLISH")
+        .arg(format!("{prefix}{PLAIN}"))
+        .arg(&last)
+        .query_async(&mut redis_client)
+        .await
+        .expect("PUBLISH");
+    let reply = publisher
+        .request(json!({"op": "publish", "room": DURABLE, "event": {"type": "last", "data": {"n": sent}}}))
+        .await;
+    assert_eq!(reply["op"], "published", "{reply}");
+
+    let mut gaps_told = 0;
+    for (i, client) in subscribers.iter_mut().enumerate() {
+        let frames = frames_until_both_last(client, sent).await;
+        gaps_told += check_plain(i, &frames, sent);
+        check_durable(i, &frames, sent);
+    }
+    let stats = small.stats().await;
+    eprintln!(
+        "inbound overflow: {sent} events a room, {} dropped at the small queue; {gaps_told} of \
+         {SUBSCRIBERS} subscribers told a gap in the plain room; durable events read back: {}",
+        u64_at(&stats, "/subscriber/droppedEvents"),
+        u64_at(&stats, "/subscriber/eventsRecovered"),
+    );
+}
+
+/// The server's count of events dropped at its inbound queue.
+async fn dropped(server: &Server) -> u64 {
+    u64_at(&server.stats().await, "/subscriber/droppedEvents")
+}
+
+/// Every frame up to the `last` event of both rooms.
+async fn frames_until_both_last(client: &mut WsClient, last: u64) -> Vec<Value> {
+    let mut frames: Vec<Value> = Vec::new();
+    let mut seen_last = 0;
+    while seen_last < 2 {
+        let Some(frame) = client.try_recv_json(FRAMES_TIMEOUT).await else {
+            let count = |room: &str, op: &str| {
+                frames
+                    .iter()
+                    .filter(|f| f["room"] == room && f["op"] == op)
+                    .count()
+            };
+            panic!(
+                "no `last` event in both rooms within {FRAMES_TIMEOUT:?}: {seen_last} came; \
+                 {PLAIN}: {} events, {} gaps; {DURABLE}: {} events, {} gaps; last frame {:?}",
+                count(PLAIN, "event"),
+                count(PLAIN, "gap"),
+                count(DURABLE, "event"),
+                count(DURABLE, "gap"),
+                frames.last()
+            );
+        };
+        if frame["op"] == "event" && frame["event"]["type"] == "last" {
+            assert_eq!(frame["event"]["data"]["n"], last, "{frame}");
+            seen_last += 1;
+        }
+        frames.push(frame);
+    }
+    frames
+}
+
+/// In the plain room: events in order, each at most once, and every event missing
+/// before a later one is preceded by a `gap` `overloaded` between them. Answers
+/// whether this subscriber was told a gap.
+fn check_plain(subscriber: usize, frames: &[Value], sent: u64) -> usize {
+    let mut next = 0;
+    let mut gap_since_loss = false;
+    let mut told = false;
+    for frame in frames.iter().filter(|f| f["room"] == PLAIN) {
+        if frame["op"] == "gap" {
+            assert_eq!(frame["reason"], "overloaded", "{frame}");
+            gap_since_loss = true;
+            told = true;
+            continue;
+        }
+        let n = frame["event"]["data"]["n"].as_u64().expect("n");
+        assert!(
+            n >= next,
+            "subscriber {subscriber}: {n} after {next}: repeated or reordered"
+        );
+        assert!(
+            n == next || gap_since_loss,
+            "subscriber {subscriber}: events {next} to {} lost without a gap",
+            n - 1
+        );
+        next = n + 1;
+        gap_since_loss = false;
+    }
+    assert_eq!(
+        next,
+        sent + 1,
+        "subscriber {subscriber}: the last event came"
+    );
+    usize::from(told)
+}
+
+/// In the durable room: every offset once, in order, and no gap.
+fn check_durable(subscriber: usize, frames: &[Value], sent: u64) {
+    let mut offsets = Vec::new();
+    for frame in frames.iter().filter(|f| f["room"] == DURABLE) {
+        assert_eq!(frame["op"], "event", "subscriber {subscriber}: {frame}");
+        offsets.push(frame["event"]["offset"].as_u64().expect("offset"));
+    }
+    let expected: Vec<u64> = (1..=sent + 1).collect();
+    assert!(
+        offsets == expected,
+        "subscriber {subscriber}: durable offsets are not 1..={}: {} of them, first {:?}",
+        sent + 1,
+        offsets.len(),
+        offsets.iter().take(5).collect::<Vec<_>>()
+    );
+}
