@@ -38,8 +38,12 @@ async fn events_dropped_by_a_full_inbound_queue_are_told_as_a_gap_or_read_back()
             .env("LIMIT_PUBLISH_RATE", "0")
             .env("LIMIT_CONNECTION_PUBLISHES_IN_FLIGHT", "4096")
     };
+    // Deep outbound queues: the test's clients share the machine with the rest of the
+    // suite, and this test is about the inbound queue, not about slow consumers.
     let small = builder("small-queue")
         .env("LIMIT_INBOUND_EVENTS", "1")
+        .env("LIMIT_OUTBOUND_FRAMES", "50000")
+        .env("LIMIT_OUTBOUND_BYTES", "16777216")
         .spawn()
         .await;
     let publishing = builder("publishing").spawn().await;

@@ -158,11 +158,22 @@ pub enum Inbound {
     /// published meanwhile did not come.
     Relinked(Room),
     /// An event from Redis, checked, of a room that lost events before it because
-    /// this channel was full (the broker fell behind).
-    AfterDrop(Arc<Event>),
+    /// this channel was full (the broker fell behind); `unnumbered`: an event without
+    /// an offset was among them, which a durable room's history cannot give back.
+    AfterDrop {
+        /// The event.
+        event: Arc<Event>,
+        /// An event without an offset was lost.
+        unnumbered: bool,
+    },
     /// Events of the room were dropped because this channel was full, and no later
     /// event of the room has come to say so (a second passed).
-    Dropped(Room),
+    Dropped {
+        /// The room.
+        room: Room,
+        /// An event without an offset was lost.
+        unnumbered: bool,
+    },
 }
 
 /// Events of a room may have been lost before the events that follow (PROTOCOL.md

@@ -1,6 +1,6 @@
 //! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
 
-use std::{collections::HashSet, future::Future, sync::Arc, time::Instant};
+use std::{collections::HashMap, future::Future, sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -46,8 +46,9 @@ pub struct RedisSubscriber {
     link: LinkState,
     stats: SubscriberStats,
     /// Rooms that lost an event to a full broker channel, not told to the broker yet
-    /// (a subset of the rooms held).
-    dropped_in: HashSet<Room>,
+    /// (a subset of the rooms held), each with whether an event without an offset was
+    /// among the lost (a durable room's history cannot give that one back).
+    dropped_in: HashMap<Room, bool>,
     closed: bool,
 }
 
@@ -101,7 +102,7 @@ impl RedisSubscriber {
             connected_at: None,
             link,
             stats: SubscriberStats::default(),
-            dropped_in: HashSet::new(),
+            dropped_in: HashMap::new(),
             closed: false,
         })
     }
@@ -237,9 +238,17 @@ impl RedisSubscriber {
     /// Tells the broker, as room in its channel allows, which rooms lost events to it
     /// and had no event since to carry the news (on the subscriber's timer).
     fn tell_dropped(&mut self) {
-        let rooms: Vec<Room> = self.dropped_in.iter().cloned().collect();
-        for room in rooms {
-            match self.inbound.try_send(Inbound::Dropped(room.clone())) {
+        let rooms: Vec<(Room, bool)> = self
+            .dropped_in
+            .iter()
+            .map(|(r, u)| (r.clone(), *u))
+            .collect();
+        for (room, unnumbered) in rooms {
+            let notice = Inbound::Dropped {
+                room: room.clone(),
+                unnumbered,
+            };
+            match self.inbound.try_send(notice) {
                 Ok(()) => {
                     self.dropped_in.remove(&room);
                 }
@@ -256,35 +265,49 @@ impl RedisSubscriber {
     /// too far behind. The room's next event that gets through says so
     /// ([`Inbound::AfterDrop`]), or, when none comes, the subscriber's timer does
     /// ([`Inbound::Dropped`]): its recipients learn of the loss before any later event.
+    /// A room that lost events goes on losing them until the channel is half empty
+    /// again, so an overload costs each room one notice, not one per event that slips
+    /// through.
     fn forward(&mut self, event: Event) {
         let room = event.room().clone();
-        let after_drop = self.dropped_in.contains(&room);
-        let inbound = if after_drop {
-            Inbound::AfterDrop(Arc::new(event))
-        } else {
-            Inbound::Event(Arc::new(event))
+        let unnumbered = event.position().is_none();
+        let pending = self.dropped_in.get(&room).copied();
+        let refilling = self.inbound.capacity() < self.inbound.max_capacity() / 2;
+        let inbound = match pending {
+            Some(_) if refilling => {
+                self.drop_event(room, unnumbered);
+                return;
+            }
+            Some(lost_unnumbered) => Inbound::AfterDrop {
+                event: Arc::new(event),
+                unnumbered: lost_unnumbered,
+            },
+            None => Inbound::Event(Arc::new(event)),
         };
         match self.inbound.try_send(inbound) {
             Ok(()) => {
-                if after_drop {
+                if pending.is_some() {
                     self.dropped_in.remove(&room);
                 }
             }
-            Err(TrySendError::Full(_)) => {
-                self.dropped_in.insert(room.clone());
-                self.stats.dropped_events += 1;
-                let dropped = self.stats.dropped_events;
-                if dropped <= 10 || dropped.is_power_of_two() {
-                    log::error!(
-                        "subscriber {}: the broker is overloaded; dropped an event in {room} ({dropped} so far)",
-                        self.identity.server_id
-                    );
-                }
-            }
+            Err(TrySendError::Full(_)) => self.drop_event(room, unnumbered),
             Err(TrySendError::Closed(_)) => {
                 log::debug!("subscriber {}: the broker is gone", self.identity.server_id);
             }
         }
+    }
+
+    /// Counts and logs an event dropped for a full channel, and remembers its room.
+    fn drop_event(&mut self, room: Room, unnumbered: bool) {
+        self.stats.dropped_events += 1;
+        let dropped = self.stats.dropped_events;
+        if dropped <= 10 || dropped.is_power_of_two() {
+            log::error!(
+                "subscriber {}: the broker is overloaded; dropped an event in {room} ({dropped} so far)",
+                self.identity.server_id
+            );
+        }
+        *self.dropped_in.entry(room).or_default() |= unnumbered;
     }
 }
 

@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use switchboard_actors::{
     durable::Position,
     stages::{Stage, STAGES},
-    Delivery, Event, Evicted, Gap, Leave, Room,
+    Delivery, Event, Evicted, Gap, GapReason, Leave, Room,
 };
 
 use crate::{
@@ -361,8 +361,12 @@ impl Handler<Gap> for Session {
             if self.replays.hold_gap(&gap) {
                 return;
             }
-            // A replay in the room ends here: the events after the gap follow live.
-            self.replays.cancel(&gap.room);
+            // A replay in the room ends at a lost history: the events after the gap
+            // follow live. Other gaps (a foreign event lost in an overload) leave the
+            // numbered events, and a replay of them, as they are.
+            if gap.reason == GapReason::HistoryLost {
+                self.replays.cancel(&gap.room);
+            }
             if let Some(position) = &gap.position {
                 self.positions.insert(gap.room.clone(), position.clone());
             }

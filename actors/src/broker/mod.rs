@@ -236,6 +236,22 @@ impl Broker {
         }
     }
 
+    /// Events of the room were dropped before the broker took them (it fell behind):
+    /// a presence room reads its members again; a durable room reads the numbered ones
+    /// back, and its recipients are told of a gap only if one without an offset (a
+    /// foreign publisher's) was lost too; a plain room's recipients are told.
+    fn dropped(&mut self, room: Room, unnumbered: bool, ctx: &mut Context<Self>) {
+        self.presence_missed(&room);
+        if unnumbered && self.durable.is_durable(&room) {
+            self.report_gap(Gap {
+                room: room.clone(),
+                reason: GapReason::Overloaded,
+                position: None,
+            });
+        }
+        self.missed(room, GapReason::Overloaded, ctx);
+    }
+
     /// Removes a recipient from one room; the room is released when it empties.
     fn part(&mut self, room: &Room, recipient: &Recipient<Delivery>) {
         if let Some(rooms) = self.memberships.get_mut(recipient) {
@@ -509,15 +525,11 @@ impl StreamHandler<Inbound> for Broker {
                 self.presence_relinked(&room);
                 self.missed(room, GapReason::LinkLost, ctx);
             }
-            Inbound::AfterDrop(event) => {
-                self.presence_missed(event.room());
-                self.missed(event.room().clone(), GapReason::Overloaded, ctx);
+            Inbound::AfterDrop { event, unnumbered } => {
+                self.dropped(event.room().clone(), unnumbered, ctx);
                 StreamHandler::handle(self, Inbound::Event(event), ctx);
             }
-            Inbound::Dropped(room) => {
-                self.presence_missed(&room);
-                self.missed(room, GapReason::Overloaded, ctx);
-            }
+            Inbound::Dropped { room, unnumbered } => self.dropped(room, unnumbered, ctx),
         }
     }
 

@@ -97,8 +97,14 @@ struct Held {
 }
 
 impl Local {
+    /// Nothing here needs the room any more: no member, nothing to write or out, no
+    /// read of the view out (its answer must find this room, not a later one).
     fn is_idle(&self) -> bool {
-        self.members.is_empty() && self.queue.is_empty() && !self.writing && !self.stored
+        self.members.is_empty()
+            && self.queue.is_empty()
+            && !self.writing
+            && !self.stored
+            && !self.view.is_reading()
     }
 
     /// Queues an op; past [`MAX_QUEUED_OPS`] the ops give way to a resync (the joins'
@@ -263,9 +269,13 @@ impl Broker {
         let Some(local) = self.presence.rooms.get_mut(&room) else {
             return;
         };
-        if !local.view.start_read() {
-            return;
+        if local.view.start_read() {
+            self.send_view_read(room);
         }
+    }
+
+    /// Sends the view's read (marked out already): news stays held until it answers.
+    fn send_view_read(&mut self, room: Room) {
         let read = self
             .backplane
             .presence_read(room.clone(), self.presence.announcer.clone());
@@ -460,10 +470,15 @@ impl Handler<ViewRead> for Broker {
                     self.server_id,
                     msg.room
                 );
-                local.view.read_failed();
+                // The read stays out, so news stays held in order; the same read is
+                // sent again.
                 let retry = WRITE_RETRY.min(self.presence.config.refresh_interval());
                 let room = msg.room;
-                ctx.run_later(retry, move |act, _ctx| act.read_view(room));
+                ctx.run_later(retry, move |act, _ctx| {
+                    if act.presence.rooms.contains_key(&room) {
+                        act.send_view_read(room);
+                    }
+                });
                 return;
             }
         };
@@ -476,6 +491,9 @@ impl Handler<ViewRead> for Broker {
         }
         if again {
             self.read_view(msg.room);
+        } else {
+            // The room may have emptied while the read was out.
+            self.write_presence(msg.room);
         }
     }
 }
@@ -536,7 +554,9 @@ impl Handler<PresenceWritten> for Broker {
         }
         local.stored = applied.members > 0;
         let first_read = !local.view.is_known();
-        let read = first_read || std::mem::take(&mut local.read_after_write);
+        // After a lost link, the read waits for the resync write, so this server's
+        // own members do not seem to leave.
+        let read = first_read || (msg.resync && std::mem::take(&mut local.read_after_write));
         if first_read {
             local.awaiting_view.extend(msg.joins);
         } else {

@@ -25,19 +25,29 @@ pub(crate) struct View {
     /// A read is out; news waits in `held`.
     reading: bool,
     held: Vec<News>,
-    /// Held news was dropped: read again once the read out comes back.
+    /// Held news past [`MAX_HELD`] was dropped: nothing more is held for this read.
+    overflowed: bool,
+    /// Read again once the read out comes back: news was dropped, or a read was
+    /// wanted while this one was out.
     reread: bool,
 }
 
 impl View {
     /// Whether a read should be sent now: one is wanted (the first, or after a lost
-    /// link) and none is out. Marks it out.
+    /// link) and none is out. Marks it out. When one is out already, another follows
+    /// it: the one out may have run before what made this one wanted.
     pub(crate) fn start_read(&mut self) -> bool {
         if self.reading {
+            self.reread = true;
             return false;
         }
         self.reading = true;
         true
+    }
+
+    /// Whether a read is out (news is held for it).
+    pub(crate) fn is_reading(&self) -> bool {
+        self.reading
     }
 
     /// Whether the room was read once.
@@ -51,9 +61,10 @@ impl View {
         if self.reading || !self.known {
             if self.held.len() >= MAX_HELD {
                 self.held.clear();
+                self.overflowed = true;
                 self.reread = true;
             }
-            if !self.reread {
+            if !self.overflowed {
                 self.held.push((kind, member));
             }
             return None;
@@ -97,15 +108,11 @@ impl View {
         self.members = fresh;
         self.known = true;
         self.reading = false;
+        self.overflowed = false;
         for (kind, member) in std::mem::take(&mut self.held) {
             told.extend(self.apply(kind, member));
         }
         (told, std::mem::take(&mut self.reread))
-    }
-
-    /// A read failed: it will be sent again; news stays held.
-    pub(crate) fn read_failed(&mut self) {
-        self.reading = false;
     }
 }
 
@@ -169,7 +176,10 @@ mod tests {
         // The link is lost: b left and c joined meanwhile, unseen. The read is out
         // when d joins and b's leave comes late.
         assert!(view.start_read());
-        assert!(!view.start_read(), "one read out at a time");
+        assert!(
+            !view.start_read(),
+            "one read out at a time (and another after it)"
+        );
         assert!(view.news(Join, member("d")).is_none());
         assert!(view.news(Leave, member("b")).is_none());
         let (told, _) = view.read(vec![member("a"), member("c")]);
