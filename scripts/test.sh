@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# The server's allocator (tikv-jemallocator) builds jemalloc with make.
+command -v make >/dev/null 2>&1 || missing+=(make)
 # The browser tests (tests/console.rs) drive Debian's chromium, headless, from Node.
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v npm >/dev/null 2>&1 || missing+=(npm)

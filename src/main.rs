@@ -10,6 +10,13 @@ use switchboard::{
     Config, Switchboard,
 };
 
+/// jemalloc, not glibc's malloc: under a steady load glibc's heap grows without bound
+/// (fragmentation that `malloc_trim` cannot return), jemalloc's stays flat at the same
+/// memory per connection (`bench/notes.md`, issue 8 item 16). The library leaves the
+/// choice to the application that embeds it.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// How long the server waits for Redis before it starts serving anyway.
 const READY_WITHIN: Duration = Duration::from_secs(3);
 
