@@ -78,6 +78,8 @@ struct Local {
     stored: bool,
     /// The last write failed (its failure was logged; the next success is too).
     failing: bool,
+    /// The last read of the view failed (logged once until a read works again).
+    read_failing: bool,
     /// The room's members on every server, as told to its recipients here.
     view: View,
     /// Joins written before the view's first read came back: answered after it, so
@@ -465,11 +467,14 @@ impl Handler<ViewRead> for Broker {
         let members = match msg.result {
             Ok(members) => members,
             Err(e) => {
-                log::warn!(
-                    "broker {}: reading the members of {} failed: {e}; reading again",
-                    self.server_id,
-                    msg.room
-                );
+                if !std::mem::replace(&mut local.read_failing, true) {
+                    log::warn!(
+                        "broker {}: reading the members of {} failed: {e}; reading again every {:?} until it works",
+                        self.server_id,
+                        msg.room,
+                        WRITE_RETRY.min(self.presence.config.refresh_interval())
+                    );
+                }
                 // The read stays out, so news stays held in order; the same read is
                 // sent again.
                 let retry = WRITE_RETRY.min(self.presence.config.refresh_interval());
@@ -482,6 +487,13 @@ impl Handler<ViewRead> for Broker {
                 return;
             }
         };
+        if std::mem::take(&mut local.read_failing) {
+            log::info!(
+                "broker {}: reading the members of {} works again",
+                self.server_id,
+                msg.room
+            );
+        }
         let (told, again): (Vec<News>, bool) = local.view.read(members);
         for join in local.awaiting_view.drain(..) {
             let _ = join.send(Ok(()));
