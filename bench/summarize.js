@@ -256,7 +256,7 @@ p("## 5. Durable rooms");
 p();
 p("Switchboard alone, on a Redis and two servers of its own started with");
 p("`DURABLE_ROOMS=dur:*`: rooms named `dur:...` are durable (numbered by the publish");
-p("script, kept in a stream), every other room is plain, so plain and durable rooms");
+p("script, kept in a list), every other room is plain, so plain and durable rooms");
 p("are measured on the same servers, one after the other.");
 p();
 p("### D1. Publish path into a durable room");

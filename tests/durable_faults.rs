@@ -474,7 +474,7 @@ async fn redis_rolled_back_to_an_older_file_reports_history_lost_never_repeats_o
     let offsets: Vec<u64> = kept.iter().chain(&forgotten).map(|p| p.1).collect();
     assert_eq!(offsets, ids, "offsets 1 to 20 before the rollback");
 
-    let history = format!("{{{prefix}{room}}}:history");
+    let history = format!("{{{prefix}{room}}}:log");
     let before = history_length(&redis, &history).await;
     redis.restart_from(&snapshot).await;
     let back = Instant::now();
@@ -504,7 +504,7 @@ async fn redis_rolled_back_to_an_older_file_reports_history_lost_never_repeats_o
     )
     .await;
     eprintln!(
-        "dur-rollback: old epoch {old_epoch} at offset 20, rolled back to 10 (XLEN \
+        "dur-rollback: old epoch {old_epoch} at offset 20, rolled back to 10 (LLEN \
          {history} {before:?} before, {restored:?} once restarted); gap {} at every client \
          {noticed:?} after Redis answered; published after: {:?}",
         gaps[0].1,

@@ -27,10 +27,10 @@ const LONG_RUN_REDIS: u64 = 1_000_000;
 /// The long run on the memory backplane, where no Redis memory is at stake: enough for
 /// the server's RSS to show a leak.
 const LONG_RUN_MEMORY: u64 = 100_000;
-/// What the room's stream in Redis may take at the end of the long run, against what it
-/// took after the warm-up: `MAXLEN ~` trims whole stream nodes, so its length (and
-/// memory) moves between one and about two `HISTORY_SIZE`s, never with the run.
-const MOST_STREAM_GROWTH: i64 = 3;
+/// What the room's history in Redis may take at the end of the long run, against what
+/// it took after the warm-up: it holds `HISTORY_SIZE` entries either way, so only how
+/// its list nodes happen to be filled may differ.
+const MOST_HISTORY_GROWTH: i64 = 2;
 /// Publishes before the memory baseline is taken: buffers and the history fill up.
 const WARM_UP: u64 = 10_000;
 /// What the publishes after the warm-up may add to the server's RSS: a leak of 48 bytes
@@ -56,7 +56,7 @@ macro_rules! on_both_backplanes {
 }
 
 on_both_backplanes!(
-    the_history_stays_near_history_size,
+    the_history_holds_exactly_history_size,
     the_history_expires_after_its_ttl_while_offset_and_epoch_stay,
     a_long_run_into_one_room_keeps_the_memory_flat,
 );
@@ -84,13 +84,30 @@ async fn server(
     (server, prefix)
 }
 
-/// The room's history stream and meta hash: `{C}:history` and `{C}:meta` for its
-/// channel C (the braces are literal, a Redis Cluster hash tag).
-fn keys(prefix: &str, room: &str) -> (String, String) {
-    (
-        format!("{{{prefix}{room}}}:history"),
-        format!("{{{prefix}{room}}}:meta"),
-    )
+/// The room's keys for its channel C (the braces are literal, a Redis Cluster hash
+/// tag): the history lists `{C}:log` (the envelopes) and `{C}:ids` (their publish ids),
+/// and the meta hash `{C}:meta`.
+fn keys(prefix: &str, room: &str) -> [String; 3] {
+    ["log", "ids", "meta"].map(|key| format!("{{{prefix}{room}}}:{key}"))
+}
+
+/// `MEMORY USAGE` of the room's two history lists together.
+async fn history_bytes(redis: &RedisServer, prefix: &str, room: &str) -> i64 {
+    let [log, ids, _] = keys(prefix, room);
+    query_int(redis, &["MEMORY", "USAGE", &log]).await
+        + query_int(redis, &["MEMORY", "USAGE", &ids]).await
+}
+
+/// Asserts that both history lists hold exactly `size` entries.
+async fn assert_history_length(redis: &RedisServer, prefix: &str, room: &str, size: i64) {
+    let [log, ids, _] = keys(prefix, room);
+    let logged = query_int(redis, &["LLEN", &log]).await;
+    let identified = query_int(redis, &["LLEN", &ids]).await;
+    assert_eq!(
+        (logged, identified),
+        (size, size),
+        "LLEN {log} and LLEN {ids}"
+    );
 }
 
 /// Runs one Redis command whose answer is an integer.
@@ -138,10 +155,9 @@ fn offsets_of(answer: &Value) -> Vec<u64> {
     events.iter().map(|e| u64_at(e, "/offset")).collect()
 }
 
-async fn the_history_stays_near_history_size(redis: Option<&RedisServer>) {
+async fn the_history_holds_exactly_history_size(redis: Option<&RedisServer>) {
     let (a, prefix) = server(redis, "bounded", &[("HISTORY_SIZE", "100")]).await;
     let room = "chat:bounded";
-    let (stream, _) = keys(&prefix, room);
     let mut publisher = WsClient::connect(&a).await;
     let mut all = Vec::new();
     let mut epoch = String::new();
@@ -150,12 +166,7 @@ async fn the_history_stays_near_history_size(redis: Option<&RedisServer>) {
         all.extend(offsets);
         epoch = answered;
         if let Some(redis) = redis {
-            // Redis may trim approximately (`MAXLEN ~`): a little over the size is fine.
-            let len = query_int(redis, &["XLEN", &stream]).await;
-            assert!(
-                (100..=200).contains(&len),
-                "round {round}: XLEN {stream} = {len}"
-            );
+            assert_history_length(redis, &prefix, room, 100).await;
         }
         let latest = history(&a, room, "limit=100").await;
         assert_eq!(
@@ -190,7 +201,7 @@ async fn the_history_expires_after_its_ttl_while_offset_and_epoch_stay(
     ];
     let (a, prefix) = server(redis, "ttl", &ttls).await;
     let room = "chat:ttl";
-    let (stream, meta) = keys(&prefix, room);
+    let [log, ids, meta] = keys(&prefix, room);
     let mut watcher = WsClient::connect(&a).await;
     let reply = watcher
         .request(json!({"op": "subscribe", "room": room}))
@@ -216,8 +227,10 @@ async fn the_history_expires_after_its_ttl_while_offset_and_epoch_stay(
     let published = Instant::now();
     assert_eq!(offsets_of(&history(&a, room, "").await), [1, 2, 3, 4, 5]);
     if let Some(redis) = redis {
-        let ttl = query_int(redis, &["PTTL", &stream]).await;
-        assert!((1..=1000).contains(&ttl), "PTTL {stream} = {ttl}");
+        for list in [&log, &ids] {
+            let ttl = query_int(redis, &["PTTL", list]).await;
+            assert!((1..=1000).contains(&ttl), "PTTL {list} = {ttl}");
+        }
         let ttl = query_int(redis, &["PTTL", &meta]).await;
         assert!(
             ttl > 1000,
@@ -234,9 +247,11 @@ async fn the_history_expires_after_its_ttl_while_offset_and_epoch_stay(
         published.elapsed()
     );
     if let Some(redis) = redis {
-        wait_until(Duration::from_secs(5), "the stream key expires", || async {
-            query_int(redis, &["EXISTS", &stream]).await == 0
-        })
+        wait_until(
+            Duration::from_secs(5),
+            "the history keys expire",
+            || async { query_int(redis, &["EXISTS", &log, &ids]).await == 0 },
+        )
         .await;
         assert_eq!(
             query_int(redis, &["EXISTS", &meta]).await,
@@ -315,10 +330,9 @@ async fn a_long_run_into_one_room_keeps_the_memory_flat(redis: Option<&RedisServ
     let (offsets, _) = publish_and_watch(&mut publisher, &mut watcher, room, 1, WARM_UP).await;
     assert_eq!(offsets, (1..=WARM_UP).collect::<Vec<_>>());
     let baseline = a.rss_kib();
-    let (stream, _) = keys(&prefix, room);
     let mut redis_at_warm_up = None;
     if let Some(redis) = redis {
-        let used = query_int(redis, &["MEMORY", "USAGE", &stream]).await;
+        let used = history_bytes(redis, &prefix, room).await;
         let keys = query_int(redis, &["DBSIZE"]).await;
         redis_at_warm_up = Some((used, keys));
     }
@@ -338,17 +352,16 @@ async fn a_long_run_into_one_room_keeps_the_memory_flat(redis: Option<&RedisServ
         (long_run - 999..=long_run).collect::<Vec<_>>()
     );
     if let (Some(redis), Some((used_then, keys_then))) = (redis, redis_at_warm_up) {
-        let len = query_int(redis, &["XLEN", &stream]).await;
-        assert!((1000..=2000).contains(&len), "XLEN {stream} = {len}");
-        let used = query_int(redis, &["MEMORY", "USAGE", &stream]).await;
+        assert_history_length(redis, &prefix, room, 1000).await;
+        let used = history_bytes(redis, &prefix, room).await;
         let keys = query_int(redis, &["DBSIZE"]).await;
         eprintln!(
-            "long run: the stream took {used_then} bytes after {WARM_UP} publishes and \
+            "long run: the history took {used_then} bytes after {WARM_UP} publishes and \
              {used} after {long_run}; Redis holds {keys} keys (then {keys_then})"
         );
         assert!(
-            used <= MOST_STREAM_GROWTH * used_then,
-            "the stream grew from {used_then} to {used} bytes"
+            used <= MOST_HISTORY_GROWTH * used_then,
+            "the history grew from {used_then} to {used} bytes"
         );
         assert_eq!(keys, keys_then, "keys were added by the run");
     }

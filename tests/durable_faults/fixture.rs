@@ -318,10 +318,10 @@ pub fn assert_history_lost(gaps: &[(Instant, Value)], room: &str, old_epoch: &st
     epoch
 }
 
-/// `XLEN` of a room's history stream, for the report (`None`: not a stream there).
+/// `LLEN` of a room's history list, for the report (`None`: not a list there).
 pub async fn history_length(redis: &RedisServer, key: &str) -> Option<u64> {
     let mut conn = redis.client().await;
-    redis::cmd("XLEN")
+    redis::cmd("LLEN")
         .arg(key)
         .query_async(&mut conn)
         .await

@@ -1,11 +1,16 @@
-//! The Redis side of durable rooms and idempotent publish: four Lua scripts, each one
+//! The Redis side of durable rooms and idempotent publish: five Lua scripts, each one
 //! atomic step, loaded once and called by SHA (`EVALSHA`; reloaded on `NOSCRIPT`).
 //!
 //! A room's keys share one hash tag, its channel in braces, so every script runs
 //! unchanged on a Redis Cluster shard:
-//! - `{C}:history`: a stream of the room's envelopes; entry ids are `0-<offset>`, so
-//!   the stream's ids are the numbering, and each entry holds `p` (the publish id a
-//!   retry looks for) and `v` (the envelope);
+//! - `{C}:log`: a list of the room's envelopes, oldest first, trimmed to
+//!   `HISTORY_SIZE`. Its last entry has the room's last offset, so an entry's offset
+//!   follows from its place: the scripts are the only writers, and each appends
+//!   exactly one entry per offset it takes. (A stream whose ids were the offsets came
+//!   first; appending to a list costs Redis about a third as much, and Redis's CPU
+//!   is what bounds durable publishes: `bench/notes.md`.)
+//! - `{C}:ids`: the publish id of each entry of `{C}:log`, in step with it (the same
+//!   appends, trims and TTLs): what a retried publish looks for;
 //! - `{C}:meta`: a hash, `o` the last offset and `e` the epoch; it outlives the
 //!   history (`HISTORY_META_TTL_MS`), so an idle room keeps its epoch;
 //! - `{C}:idem:<key>`: a publish's idempotency key, `offset:epoch` in a durable room
@@ -20,17 +25,16 @@ use super::{DurableConfig, Epoch, HistoryPage, IdempotencyKey, Position};
 use crate::{link::with_deadline, Error, Event, RedisConfig, Room};
 
 /// A durable publish: the next offset, the envelope completed with `offset` and
-/// `epoch`, appended to the history (trimmed to about `HISTORY_SIZE`: `MAXLEN ~`
-/// trims whole stream nodes, which costs Redis far less than an exact trim), both
-/// keys' TTLs refreshed, and published. With an idempotency key, a key seen before
-/// answers its first publish's position and publishes nothing (a key a plain room's
-/// publish left, without a position, is not one: the room became durable since); on a
-/// retry (`ARGV[9]` = 1), a publish id found among the room's last `ARGV[10]` events
-/// does the same.
+/// `epoch`, appended to the history (trimmed to `HISTORY_SIZE`), the keys' TTLs
+/// refreshed, and published. With an idempotency key, a key seen before answers its
+/// first publish's position and publishes nothing (a key a plain room's publish left,
+/// without a position, is not one: the room became durable since); on a retry
+/// (`ARGV[9]` = 1), a publish id found among the room's last `ARGV[10]` events does
+/// the same.
 ///
 /// Returns `{offset, epoch, duplicate}`.
 const PUBLISH: &str = r#"
-local history, meta, idem = KEYS[1], KEYS[2], KEYS[3]
+local log, ids, meta, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if idem then
   local seen = redis.call('GET', idem)
   local sep = seen and string.find(seen, ':', 1, true)
@@ -40,22 +44,28 @@ if idem then
 end
 local epoch = redis.call('HGET', meta, 'e')
 if epoch and ARGV[9] == '1' then
-  for _, entry in ipairs(redis.call('XREVRANGE', history, '+', '-', 'COUNT', ARGV[10])) do
-    if entry[2][2] == ARGV[8] then
-      return {tonumber(string.sub(entry[1], 3)), epoch, 1}
+  local recent = redis.call('LRANGE', ids, '-' .. ARGV[10], -1)
+  local last = tonumber(redis.call('HGET', meta, 'o') or '0')
+  for i = #recent, 1, -1 do
+    if recent[i] == ARGV[8] then
+      return {last - #recent + i, epoch, 1}
     end
   end
 end
 if not epoch then
   epoch = ARGV[6]
-  redis.call('DEL', history)
+  redis.call('DEL', log, ids)
   redis.call('HSET', meta, 'e', epoch)
 end
 local offset = redis.call('HINCRBY', meta, 'o', 1)
-redis.call('PEXPIRE', meta, ARGV[5])
 local envelope = ARGV[1] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-redis.call('XADD', history, 'MAXLEN', '~', ARGV[3], '0-' .. offset, 'p', ARGV[8], 'v', envelope)
-redis.call('PEXPIRE', history, ARGV[4])
+redis.call('RPUSH', log, envelope)
+redis.call('RPUSH', ids, ARGV[8])
+redis.call('LTRIM', log, '-' .. ARGV[3], -1)
+redis.call('LTRIM', ids, '-' .. ARGV[3], -1)
+redis.call('PEXPIRE', log, ARGV[4])
+redis.call('PEXPIRE', ids, ARGV[4])
+redis.call('PEXPIRE', meta, ARGV[5])
 redis.call('PUBLISH', ARGV[2], envelope)
 if idem then
   redis.call('SET', idem, offset .. ':' .. epoch, 'PX', ARGV[7])
@@ -64,30 +74,38 @@ return {offset, epoch, 0}
 "#;
 
 /// A run of durable publishes in one room, numbered by one call: the same steps as
-/// [`PUBLISH`] for each, but the offsets taken, the history trimmed and the TTLs
-/// refreshed once for the run.
+/// [`PUBLISH`] for each, but the offsets taken, the appends, the trims and the TTLs
+/// done once for the run. What is left per event is completing and publishing its
+/// envelope.
 /// `ARGV[6..]` are pairs of (envelope without its closing `}`, publish id). Returns
 /// `{first offset, epoch}`; the run's events have the offsets from the first on.
 const PUBLISH_RUN: &str = r#"
-local history, meta = KEYS[1], KEYS[2]
+local log, ids, meta = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'e')
 if not epoch then
   epoch = ARGV[5]
-  redis.call('DEL', history)
+  redis.call('DEL', log, ids)
   redis.call('HSET', meta, 'e', epoch)
 end
 local n = (#ARGV - 5) / 2
 local offset = redis.call('HINCRBY', meta, 'o', n) - n
 local first = offset + 1
+local closing = ',"epoch":"' .. epoch .. '"}'
+local envelopes, publish_ids = {}, {}
 for i = 6, #ARGV, 2 do
   offset = offset + 1
-  local envelope = ARGV[i] .. ',"offset":' .. offset .. ',"epoch":"' .. epoch .. '"}'
-  redis.call('XADD', history, '0-' .. offset, 'p', ARGV[i + 1], 'v', envelope)
+  local envelope = ARGV[i] .. ',"offset":' .. offset .. closing
+  envelopes[#envelopes + 1] = envelope
+  publish_ids[#publish_ids + 1] = ARGV[i + 1]
   redis.call('PUBLISH', ARGV[1], envelope)
 end
-redis.call('XTRIM', history, 'MAXLEN', '~', ARGV[2])
+redis.call('RPUSH', log, unpack(envelopes))
+redis.call('RPUSH', ids, unpack(publish_ids))
+redis.call('LTRIM', log, '-' .. ARGV[2], -1)
+redis.call('LTRIM', ids, '-' .. ARGV[2], -1)
+redis.call('PEXPIRE', log, ARGV[3])
+redis.call('PEXPIRE', ids, ARGV[3])
 redis.call('PEXPIRE', meta, ARGV[4])
-redis.call('PEXPIRE', history, ARGV[3])
 return {first, epoch}
 "#;
 
@@ -101,34 +119,34 @@ end
 return 1
 "#;
 
-/// A read: the room's position and up to `ARGV[2]` envelopes from offset `ARGV[1]`
-/// on (the latest ones, newest first, when `ARGV[1]` is empty). A room without a
-/// numbering gets an epoch (`ARGV[3]`) that lives `HISTORY_TTL_MS` (`ARGV[5]`) unless
-/// a publish makes it last: a read of a room nobody publishes in leaves no lasting key.
+/// A read: the room's position and up to `ARGV[2]` envelopes, oldest first: from
+/// offset `ARGV[1]` on (from the history's first when it no longer reaches back that
+/// far), or the latest ones when `ARGV[1]` is empty. A room without a numbering gets
+/// an epoch (`ARGV[3]`) that lives `HISTORY_TTL_MS` (`ARGV[5]`) unless a publish makes
+/// it last: a read of a room nobody publishes in leaves no lasting key.
 /// Returns `{offset, epoch, {envelope, ...}}`.
 const READ: &str = r#"
-local history, meta = KEYS[1], KEYS[2]
+local log, ids, meta = KEYS[1], KEYS[2], KEYS[3]
 local epoch = redis.call('HGET', meta, 'e')
 local offset = tonumber(redis.call('HGET', meta, 'o') or '0')
 if not epoch then
   epoch = ARGV[3]
-  redis.call('DEL', history)
+  redis.call('DEL', log, ids)
   redis.call('HSET', meta, 'e', epoch, 'o', offset)
   redis.call('PEXPIRE', meta, ARGV[5])
 elseif offset > 0 then
   redis.call('PEXPIRE', meta, ARGV[4])
 end
-local entries = {}
-if ARGV[2] ~= '0' then
-  if ARGV[1] == '' then
-    entries = redis.call('XREVRANGE', history, '+', '-', 'COUNT', ARGV[2])
-  else
-    entries = redis.call('XRANGE', history, '0-' .. ARGV[1], '+', 'COUNT', ARGV[2])
-  end
-end
+local count = tonumber(ARGV[2])
 local envelopes = {}
-for i, entry in ipairs(entries) do
-  envelopes[i] = entry[2][4]
+if count > 0 then
+  if ARGV[1] == '' then
+    envelopes = redis.call('LRANGE', log, -count, -1)
+  else
+    local oldest = offset - redis.call('LLEN', log) + 1
+    local start = math.max(tonumber(ARGV[1]) - oldest, 0)
+    envelopes = redis.call('LRANGE', log, start, start + count - 1)
+  end
 end
 return {offset, epoch, envelopes}
 "#;
@@ -137,9 +155,9 @@ return {offset, epoch, envelopes}
 /// (`ARGV[2]`) replaces it and the history, which belongs to the old one, goes.
 /// Returns `{offset, epoch}`; the epoch is `false` when the room has no meta.
 const ROTATE: &str = r#"
-local history, meta = KEYS[1], KEYS[2]
+local log, ids, meta = KEYS[1], KEYS[2], KEYS[3]
 if redis.call('HGET', meta, 'e') == ARGV[1] then
-  redis.call('DEL', history)
+  redis.call('DEL', log, ids)
   redis.call('HSET', meta, 'e', ARGV[2])
   redis.call('PEXPIRE', meta, ARGV[3])
 end
@@ -159,7 +177,8 @@ static ROTATE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(ROTATE));
 
 /// A room's keys.
 struct Keys {
-    history: String,
+    log: String,
+    ids: String,
     meta: String,
     channel: String,
 }
@@ -168,7 +187,8 @@ impl Keys {
     fn of(config: &RedisConfig, room: &Room) -> Keys {
         let channel = config.channel(room);
         Keys {
-            history: format!("{{{channel}}}:history"),
+            log: format!("{{{channel}}}:log"),
+            ids: format!("{{{channel}}}:ids"),
             meta: format!("{{{channel}}}:meta"),
             channel,
         }
@@ -209,8 +229,9 @@ pub(crate) fn add_publish(
     let command = pipeline
         .cmd("EVALSHA")
         .arg(PUBLISH_SCRIPT.get_hash())
-        .arg(if key.is_some() { 3 } else { 2 })
-        .arg(&keys.history)
+        .arg(if key.is_some() { 4 } else { 3 })
+        .arg(&keys.log)
+        .arg(&keys.ids)
         .arg(&keys.meta);
     if let Some(key) = key {
         command.arg(keys.idempotency(key));
@@ -243,8 +264,9 @@ pub(crate) fn add_publish_run(
     let command = pipeline
         .cmd("EVALSHA")
         .arg(PUBLISH_RUN_SCRIPT.get_hash())
-        .arg(2)
-        .arg(&keys.history)
+        .arg(3)
+        .arg(&keys.log)
+        .arg(&keys.ids)
         .arg(&keys.meta)
         .arg(&keys.channel)
         .arg(durable.history_size)
@@ -325,8 +347,9 @@ pub(crate) async fn read(
     limit: usize,
 ) -> Result<HistoryPage, Error> {
     let keys = Keys::of(config, room);
-    let mut invocation = READ_SCRIPT.key(&keys.history);
+    let mut invocation = READ_SCRIPT.key(&keys.log);
     invocation
+        .key(&keys.ids)
         .key(&keys.meta)
         .arg(from.map(|f| f.to_string()).unwrap_or_default())
         .arg(limit)
@@ -350,9 +373,6 @@ pub(crate) async fn read(
             _ => log::warn!("history of {room}: skipped an entry that is not a numbered envelope"),
         }
     }
-    if from.is_none() {
-        events.reverse();
-    }
     Ok(HistoryPage {
         current: Position { offset, epoch },
         events,
@@ -369,8 +389,9 @@ pub(crate) async fn rotate(
     lost: &Epoch,
 ) -> Result<Option<Position>, Error> {
     let keys = Keys::of(config, room);
-    let mut invocation = ROTATE_SCRIPT.key(&keys.history);
+    let mut invocation = ROTATE_SCRIPT.key(&keys.log);
     invocation
+        .key(&keys.ids)
         .key(&keys.meta)
         .arg(lost.as_str())
         .arg(Epoch::fresh().as_str())

@@ -3,13 +3,16 @@
 use std::time::Duration;
 
 /// Pipelines out at once before the queue is held (for one to end, or for
-/// [`MAX_HOLD`]). A publish that finds nothing in flight goes at once; under load
-/// the queue grows during one round trip into the next pipeline, so the fixed cost
-/// of a pipeline (a task, a write, a read, waking the connection) is shared by
-/// hundreds of publishes. With no limit pipelines averaged 128 publishes and the
-/// publish path ran at 750k events/s; with one in flight they average about 490 and
-/// it runs at 850-900k (`switchboard-loadgen publish-path --concurrency 1024`).
-const MAX_IN_FLIGHT: usize = 1;
+/// [`MAX_HOLD`]). A publish that finds room goes at once; under load the queue grows
+/// during a round trip into the next pipeline, so the fixed cost of a pipeline (a
+/// task, a write, a read, waking the connection) is shared by hundreds of publishes.
+/// More than one, so that Redis works on one pipeline while this side sends the next
+/// and reads the answers of the last: with one, the two took turns, and a durable
+/// room's publish path, which Redis's CPU bounds, left Redis idle part of the
+/// time. Three ran the durable path a little faster and steadier than two, and the
+/// plain path as fast (`bench/results/ab-d1-2026-11-26T2219Z`). Without a limit
+/// pipelines shrank to about 128 publishes and the plain path lost a tenth.
+const MAX_IN_FLIGHT: usize = 3;
 
 /// The longest a held queue waits for a pipeline to end before it is sent anyway
 /// (while fewer than [`MAX_QUEUED`] are unanswered): a stalled Redis delays the
@@ -122,14 +125,16 @@ mod tests {
     use crate::publisher::pipeline::MAX_PIPELINE;
 
     #[test]
-    fn a_publish_goes_at_once_when_nothing_is_out_and_is_held_behind_a_pipeline() {
+    fn a_publish_goes_at_once_while_pipelines_are_few_and_is_held_behind_the_most() {
         let mut flow = Flow::default();
-        assert_eq!(flow.next(true), Next::Now);
-        flow.sent(10);
+        for _ in 0..MAX_IN_FLIGHT {
+            assert_eq!(flow.next(true), Next::Now);
+            flow.sent(10);
+        }
         assert_eq!(flow.next(true), Next::Hold);
         flow.ended(10, true);
         assert_eq!(flow.next(true), Next::Now);
-        assert_eq!(flow.unanswered, 0);
+        assert_eq!(flow.unanswered, 10 * (MAX_IN_FLIGHT - 1));
     }
 
     #[test]
@@ -155,17 +160,27 @@ mod tests {
     #[test]
     fn an_old_connections_pipeline_frees_its_publishes_but_not_the_new_slot() {
         let mut flow = Flow::default();
-        flow.sent(100);
+        for _ in 0..MAX_IN_FLIGHT {
+            flow.sent(100);
+        }
         flow.reconnecting();
         assert_eq!(
             flow.next(true),
             Next::Now,
-            "the old connection's pipeline does not hold the new one's queue"
+            "the old connection's pipelines do not hold the new one's queue"
         );
-        flow.sent(5);
-        flow.ended(100, false);
-        assert_eq!(flow.unanswered, 5);
-        assert_eq!(flow.next(true), Next::Hold, "the new pipeline is still out");
+        for _ in 0..MAX_IN_FLIGHT {
+            flow.sent(5);
+        }
+        for _ in 0..MAX_IN_FLIGHT {
+            flow.ended(100, false);
+        }
+        assert_eq!(flow.unanswered, 5 * MAX_IN_FLIGHT);
+        assert_eq!(
+            flow.next(true),
+            Next::Hold,
+            "the new pipelines are still out"
+        );
     }
 
     #[test]
