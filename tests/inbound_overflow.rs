@@ -3,11 +3,19 @@
 //! silently: each subscriber of a plain room that lost events gets `gap` `overloaded`
 //! before the room's next event, and a durable room reads the dropped events back, so
 //! its subscribers get every offset once, in order, and no gap. The queue here holds
-//! one event, so bursts of events overflow it.
+//! one event, so bursts of events overflow it. A link back after a lost one is told
+//! (`gap` `link_lost`) before any later event of the room, however full the queue.
 
 mod support;
 
-use std::time::Duration;
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use serde_json::{json, Value};
 use support::{u64_at, unique_prefix, wait_until, RedisServer, Server, ServerBuilder, WsClient};
@@ -208,4 +216,165 @@ fn check_durable(subscriber: usize, frames: &[Value], sent: u64) {
         offsets.len(),
         offsets.iter().take(5).collect::<Vec<_>>()
     );
+}
+
+/// Plain rooms of the link test, each with the one subscriber on the small server.
+const RELINK_ROOMS: usize = 50;
+/// Times the small server's pub/sub link is killed.
+const KILLS: u64 = 5;
+/// How long the server may take to be back and to have told every room.
+const BACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Rounds (one event in every room) the publisher sends at most, a bound on the loop.
+const MOST_ROUNDS: u64 = 20_000;
+
+/// A link back after `CLIENT KILL TYPE pubsub` while events keep coming into a full
+/// inbound queue: the `gap` `link_lost` of each room reaches its subscriber before
+/// any event that came after the link, so no event ever follows a loss untold. A
+/// notice that finds the queue full waits for it, and the room's events are dropped
+/// (and told) until the notice is in.
+#[actix_web::test]
+async fn a_link_back_is_told_before_the_rooms_next_event_even_with_a_full_queue() {
+    let redis = RedisServer::start().await;
+    let prefix = unique_prefix("relink");
+    let small = ServerBuilder::new()
+        .redis(&redis, &prefix)
+        .id("small-relink")
+        .env("LIMIT_INBOUND_EVENTS", "1")
+        .env("LIMIT_OUTBOUND_FRAMES", "200000")
+        .env("LIMIT_OUTBOUND_BYTES", "67108864")
+        .spawn()
+        .await;
+    small.wait_healthy().await;
+    let rooms: Vec<String> = (0..RELINK_ROOMS)
+        .map(|i| format!("plain:relink:{i}"))
+        .collect();
+    let mut client = WsClient::connect(&small).await;
+    for room in &rooms {
+        client.subscribe(room).await;
+    }
+
+    // A foreign publisher on a thread of its own (so the test's reading cannot starve
+    // it): one event in every room per round, a round every 5 ms, until told to stop.
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = {
+        let stop = stop.clone();
+        let mut conn = redis::Client::open(redis.url())
+            .and_then(|c| c.get_connection())
+            .expect("a Redis connection");
+        let channels: Vec<String> = rooms.iter().map(|r| format!("{prefix}{r}")).collect();
+        std::thread::spawn(move || {
+            let mut round = 0;
+            while !stop.load(Ordering::Relaxed) && round < MOST_ROUNDS {
+                let envelope = json!({"type": "n", "data": {"n": round}}).to_string();
+                let mut pipe = redis::pipe();
+                for channel in &channels {
+                    pipe.cmd("PUBLISH").arg(channel).arg(&envelope).ignore();
+                }
+                let () = pipe.query(&mut conn).expect("PUBLISH");
+                round += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            round
+        })
+    };
+
+    let mut admin = redis.client().await;
+    let mut frames: Vec<Value> = Vec::new();
+    let mut told: HashMap<&str, u64> = rooms.iter().map(|r| (r.as_str(), 0)).collect();
+    for kill in 1..=KILLS {
+        let _: u64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .expect("CLIENT KILL");
+        // Every room is told of this lost link before the next one is cut.
+        while told.values().any(|&gaps| gaps < kill) {
+            let Some(frame) = client.try_recv_json(BACK_TIMEOUT).await else {
+                panic!(
+                    "after kill {kill}, not every room was told within {BACK_TIMEOUT:?}: {told:?}; \
+                     /stats {}",
+                    small.stats().await["subscriber"]
+                );
+            };
+            if frame["reason"] == "link_lost" {
+                if let Some(gaps) = frame["room"].as_str().and_then(|r| told.get_mut(r)) {
+                    *gaps += 1;
+                }
+            }
+            frames.push(frame);
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let rounds = publishing.join().expect("the publisher");
+
+    // A last event in each room, one at a time once the queue is empty, so that none
+    // is dropped itself.
+    let last = json!({"type": "last", "data": {"n": rounds}}).to_string();
+    for room in &rooms {
+        wait_until(BACK_TIMEOUT, "the small queue drained", || async {
+            u64_at(&small.stats().await, "/subscriber/inboundQueued") == 0
+        })
+        .await;
+        redis.publish(&format!("{prefix}{room}"), &last).await;
+        loop {
+            let Some(frame) = client.try_recv_json(FRAMES_TIMEOUT).await else {
+                panic!(
+                    "no last event in {room} within {FRAMES_TIMEOUT:?} ({} frames; the last \
+                     {:?}); /stats {}",
+                    frames.len(),
+                    frames.last(),
+                    small.stats().await["subscriber"]
+                );
+            };
+            let done = frame["room"] == room.as_str() && frame["event"]["type"] == "last";
+            frames.push(frame);
+            if done {
+                break;
+            }
+        }
+    }
+    let mut link_lost = 0;
+    for room in &rooms {
+        link_lost += check_told_before_next(room, &frames, rounds);
+    }
+    let stats = small.stats().await;
+    eprintln!(
+        "relink: {rounds} rounds over {RELINK_ROOMS} rooms, {KILLS} links killed; \
+         {link_lost} link_lost gaps told; {} events dropped at the small queue",
+        u64_at(&stats, "/subscriber/droppedEvents"),
+    );
+    assert_eq!(
+        link_lost,
+        KILLS as usize * RELINK_ROOMS,
+        "one link_lost per room and kill"
+    );
+}
+
+/// In `room`: events in order, each at most once, every event missing before a later
+/// one told by a `gap` between them, and the `last` event at the end. Answers the
+/// number of `link_lost` gaps.
+fn check_told_before_next(room: &str, frames: &[Value], rounds: u64) -> usize {
+    let mut next = 0;
+    let mut told = false;
+    let mut link_lost = 0;
+    for frame in frames.iter().filter(|f| f["room"] == room) {
+        if frame["op"] == "gap" {
+            link_lost += usize::from(frame["reason"] == "link_lost");
+            told = true;
+            continue;
+        }
+        let n = frame["event"]["data"]["n"].as_u64().expect("n");
+        assert!(n >= next, "{room}: {n} after {next}: repeated or reordered");
+        assert!(
+            n == next || told,
+            "{room}: events {next} to {} lost without a gap before {n}",
+            n - 1
+        );
+        next = n + 1;
+        told = false;
+    }
+    assert_eq!(next, rounds + 1, "{room}: the last event came");
+    link_lost
 }

@@ -1,6 +1,11 @@
 //! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
 
-use std::{collections::HashMap, future::Future, sync::Arc, time::Instant};
+use std::{
+    collections::{HashMap, HashSet},
+    future::Future,
+    sync::Arc,
+    time::Instant,
+};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -49,6 +54,10 @@ pub struct RedisSubscriber {
     /// (a subset of the rooms held), each with whether an event without an offset was
     /// among the lost (a durable room's history cannot give that one back).
     dropped_in: HashMap<Room, bool>,
+    /// Rooms subscribed again after a lost link whose notice found the broker's
+    /// channel full. Until it is sent, the room's events are dropped (and told as
+    /// dropped after it), so that none overtakes the notice.
+    relinked: HashSet<Room>,
     closed: bool,
 }
 
@@ -103,6 +112,7 @@ impl RedisSubscriber {
             link,
             stats: SubscriberStats::default(),
             dropped_in: HashMap::new(),
+            relinked: HashSet::new(),
             closed: false,
         })
     }
@@ -152,7 +162,7 @@ impl RedisSubscriber {
                 match result {
                     Ok(()) => {
                         for room in act.rooms.confirmed(batch) {
-                            act.report_relinked(room);
+                            act.report_relinked(room, ctx);
                         }
                         act.link.prove();
                         act.mark_ready();
@@ -215,32 +225,51 @@ impl RedisSubscriber {
 
     /// `room` is held again after a lost link: the broker decides what that means
     /// for it (a catch-up read in a durable room, a `link_lost` gap in a plain one).
-    /// Never dropped: when the broker's channel is full, the notice waits for room in
-    /// it (there is one per room per lost link).
-    fn report_relinked(&mut self, room: Room) {
+    /// Never dropped: when the broker's channel is full, the notice waits in
+    /// [`Self::relinked`] for the next place in it (senders get places in the order
+    /// they asked), and the room's events are dropped until it is in, so that none
+    /// overtakes it (they are told as dropped after it).
+    fn report_relinked(&mut self, room: Room, ctx: &mut Context<Self>) {
         log::info!(
             "subscriber {}: {room} subscribed again after a lost link",
             self.identity.server_id
         );
-        if let Err(TrySendError::Full(relinked)) = self.inbound.try_send(Inbound::Relinked(room)) {
-            let inbound = self.inbound.clone();
-            let server_id = self.identity.server_id.clone();
-            actix::spawn(async move {
-                if inbound.send(relinked).await.is_err() {
+        if self.relinked.contains(&room) {
+            return; // The notice still waiting covers this lost link too.
+        }
+        let notice = match self.inbound.try_send(Inbound::Relinked(room)) {
+            Err(TrySendError::Full(Inbound::Relinked(room))) => room,
+            Ok(()) | Err(_) => return,
+        };
+        self.relinked.insert(notice.clone());
+        self.inbound
+            .clone()
+            .reserve_owned()
+            .into_actor(self)
+            .map(move |place, act, _| match place {
+                Ok(place) if act.relinked.remove(&notice) => {
+                    place.send(Inbound::Relinked(notice));
+                }
+                Ok(_) => {} // The room was let go meanwhile.
+                Err(_) => {
+                    act.relinked.remove(&notice);
                     log::debug!(
-                        "subscriber {server_id}: the broker is gone; a relink was not told"
+                        "subscriber {}: the broker is gone; a relink was not told",
+                        act.identity.server_id
                     );
                 }
-            });
-        }
+            })
+            .spawn(ctx);
     }
 
     /// Tells the broker, as room in its channel allows, which rooms lost events to it
-    /// and had no event since to carry the news (on the subscriber's timer).
+    /// and had no event since to carry the news (on the subscriber's timer), once any
+    /// relink notice of theirs is in.
     fn tell_dropped(&mut self) {
         let rooms: Vec<(Room, bool)> = self
             .dropped_in
             .iter()
+            .filter(|(room, _)| !self.relinked.contains(*room))
             .map(|(r, u)| (r.clone(), *u))
             .collect();
         for (room, unnumbered) in rooms {
@@ -271,6 +300,10 @@ impl RedisSubscriber {
     fn forward(&mut self, event: Event) {
         let room = event.room().clone();
         let unnumbered = event.position().is_none();
+        if self.relinked.contains(&room) {
+            self.drop_event(room, unnumbered);
+            return;
+        }
         let pending = self.dropped_in.get(&room).copied();
         let refilling = self.inbound.capacity() < self.inbound.max_capacity() / 2;
         let inbound = match pending {
@@ -467,6 +500,7 @@ impl Handler<UnwatchRoom> for RedisSubscriber {
     fn handle(&mut self, msg: UnwatchRoom, ctx: &mut Context<Self>) {
         // Nobody here is left to tell of a loss in it.
         self.dropped_in.remove(&msg.room);
+        self.relinked.remove(&msg.room);
         self.rooms.unwant(&msg.room, self.sink.is_some());
         self.flush(ctx);
     }
