@@ -8,6 +8,8 @@ cd "$(dirname "$0")/.."
 # with the openssl CLI).
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+# tests/cluster.rs makes six of them a cluster with redis-cli (Debian's redis-tools).
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # The server's allocator (tikv-jemallocator) builds jemalloc with make.
 command -v make >/dev/null 2>&1 || missing+=(make)

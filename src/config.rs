@@ -477,7 +477,15 @@ fn redis_config(env: &Env<'_>, client: redis::Client) -> Result<RedisConfig, Con
 }
 
 /// `REDIS_URL` wins; else `REDIS_HOST` and friends; none set means the memory backplane.
+/// `REDIS_CLUSTER_NODES` is refused: a server that quietly ran on one Redis (or on
+/// none) when asked for a cluster would keep its servers apart.
 fn redis_client(env: &Env<'_>) -> Result<Option<redis::Client>, ConfigError> {
+    if env.text("REDIS_CLUSTER_NODES")?.is_some() {
+        return Err(ConfigError {
+            name: "REDIS_CLUSTER_NODES",
+            why: "Redis Cluster is not supported yet (PROTOCOL.md §11); use REDIS_URL".into(),
+        });
+    }
     if let Some(url) = env.text("REDIS_URL")? {
         let scheme = url.split("://").next().unwrap_or_default();
         if !matches!(scheme, "redis" | "rediss" | "unix" | "redis+unix") || !url.contains("://") {
@@ -707,6 +715,7 @@ mod tests {
             ("AUTH_TIMEOUT_MS", "0"),
             ("CLIENT_TIMEOUT_MS", "5000"),
             ("HTTP_WORKERS", "0"),
+            ("REDIS_CLUSTER_NODES", "127.0.0.1:7000"),
         ] {
             let mut vars = vec![(name, value)];
             if name == "PUBLISH_RETRIES" {

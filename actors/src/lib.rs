@@ -21,6 +21,9 @@
 //!   refresh, the others' joins and leaves). Its backplane (`backplane.rs`,
 //!   [`BackplaneConfig`]) is the two Redis link actors, or nothing on the memory
 //!   backplane (one server, no Redis).
+//! - [`cluster`] (`cluster/`): Redis Cluster's hash slots ([`cluster::key_slot`]) and
+//!   which master serves each ([`cluster::SlotMap`]); not used by a backplane yet (its
+//!   module doc has the plan).
 //! - [`durable`] (`durable/`): durable rooms' settings and values ([`DurableConfig`](durable::DurableConfig),
 //!   [`Position`](durable::Position), [`Since`](durable::Since), ...); `track.rs`, the
 //!   pure type the broker keeps per durable room; `scripts.rs`, the Lua scripts and
@@ -69,6 +72,7 @@
 mod backoff;
 mod backplane;
 mod broker;
+pub mod cluster;
 pub mod durable;
 mod error;
 mod event;

@@ -3,6 +3,8 @@
 //! # Layout
 //!
 //! - [`redis`]: [`RedisServer`], a real `redis-server` on a free port, killed on drop.
+//! - [`cluster`]: [`RedisCluster`], six of them made a Redis Cluster (three masters
+//!   with a replica each).
 //! - [`server`]: [`Server`] and [`ServerBuilder`], the `switchboard` binary run as a child
 //!   process configured only through its environment, with HTTP helpers.
 //! - [`ws`]: [`WsClient`], a well-behaved WebSocket client over `awc` that answers pings
@@ -22,6 +24,7 @@
 // Every test binary compiles this module but uses only part of it.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 mod output;
 pub mod presence;
 pub mod proxy;
@@ -37,6 +40,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+pub use self::cluster::RedisCluster;
 pub use self::proxy::Proxy;
 pub use self::raw_ws::{RawFrame, RawWs};
 pub use self::redis::RedisServer;

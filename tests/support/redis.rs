@@ -29,14 +29,17 @@ pub struct RedisServer {
     port: u16,
     /// `None` while the server is killed (between [`RedisServer::kill`] and `restart`).
     child: Option<Child>,
-    /// The append-only file's directory of a persistent server; kept across restarts.
+    /// The data directory of a persistent server or a cluster node; kept across
+    /// restarts.
     data: Option<TempDir>,
+    /// The arguments it was started with (besides the port), again on a restart.
+    args: Vec<String>,
 }
 
 impl RedisServer {
     /// Starts a server on a free port and waits until it answers PING.
     pub async fn start() -> Self {
-        Self::start_with(None).await
+        Self::start_with(None, persistence_args(None)).await
     }
 
     /// Starts a server that logs every write to an append-only file before answering it
@@ -44,11 +47,35 @@ impl RedisServer {
     /// [`RedisServer::restart`] after [`RedisServer::kill`] loads that file: what Redis
     /// acknowledged survives the crash.
     pub async fn start_persistent() -> Self {
-        Self::start_with(Some(TempDir::new("redis-aof"))).await
+        let data = TempDir::new("redis-aof");
+        let args = persistence_args(Some(&data));
+        Self::start_with(Some(data), args).await
     }
 
-    async fn start_with(data: Option<TempDir>) -> Self {
-        let args = persistence_args(data.as_ref());
+    /// Starts a node for a Redis Cluster ([`super::cluster::RedisCluster`]): cluster
+    /// mode, no persistence, its cluster state (`nodes.conf`) in a directory of its
+    /// own, kept across restarts, and `node_timeout` before the others count it failed.
+    pub async fn start_cluster_node(node_timeout: Duration) -> Self {
+        let data = TempDir::new("redis-cluster");
+        let dir = data.path().to_str().expect("a UTF-8 temporary directory");
+        let mut args = persistence_args(None);
+        args.extend(
+            [
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &node_timeout.as_millis().to_string(),
+                "--dir",
+                dir,
+            ]
+            .map(str::to_owned),
+        );
+        Self::start_with(Some(data), args).await
+    }
+
+    async fn start_with(data: Option<TempDir>, args: Vec<String>) -> Self {
         for _ in 0..START_ATTEMPTS {
             let port = free_port();
             if let Some(child) = spawn_ready(port, &args).await {
@@ -56,6 +83,7 @@ impl RedisServer {
                     port,
                     child: Some(child),
                     data,
+                    args,
                 };
             }
         }
@@ -86,10 +114,9 @@ impl RedisServer {
     /// Retries for a while: the old listening socket may linger for a moment.
     pub async fn restart(&mut self) {
         self.kill();
-        let args = persistence_args(self.data.as_ref());
         let deadline = Instant::now() + START_TIMEOUT;
         while Instant::now() < deadline {
-            if let Some(child) = spawn_ready(self.port, &args).await {
+            if let Some(child) = spawn_ready(self.port, &self.args).await {
                 self.child = Some(child);
                 return;
             }

@@ -10,8 +10,8 @@ use std::time::Duration;
 /// and reads the answers of the last: with one, the two took turns, and a durable
 /// room's publish path, which Redis's CPU bounds, left Redis idle part of the
 /// time. Three ran the durable path a little faster and steadier than two, and the
-/// plain path as fast (`bench/results/ab-d1-2026-11-26T2219Z`). Without a limit
-/// pipelines shrank to about 128 publishes and the plain path lost a tenth.
+/// plain path as fast (`bench/results/ab-d1-2026-11-26T2219Z`). Without a limit,
+/// pipelines shrank and the plain path slowed down (an earlier measurement).
 const MAX_IN_FLIGHT: usize = 3;
 
 /// The longest a held queue waits for a pipeline to end before it is sent anyway
