@@ -123,6 +123,11 @@ async fn a_client_that_stops_reading_is_closed_within_5s_and_the_others_keep_the
         .env("LIMIT_OUTBOUND_FRAMES", &OUTBOUND_FRAMES.to_string())
         .env("LIMIT_PUBLISH_RATE", "0")
         .env("CLIENT_TIMEOUT_MS", "120000")
+        // The grace a closed client gets to read its close frame before the reset is
+        // the heartbeat interval: 2 s, so that `late`, reading what its socket holds
+        // through a small buffer on a busy machine, reaches the frame in time (with
+        // the suite's 500 ms it once did not).
+        .env("HEARTBEAT_INTERVAL_MS", "2000")
         .spawn()
         .await;
     let mut steady = Vec::new();
