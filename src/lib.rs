@@ -51,6 +51,7 @@ mod config;
 mod console;
 mod error;
 mod failing;
+pub mod filter;
 mod http;
 mod inbound;
 mod memory;

@@ -139,7 +139,14 @@ fn extra_fields() -> impl Strategy<Value = Map<String, Value>> {
 fn assert_parses_to(text: &str, op: &ValidOp) {
     let frame = parse_frame(text).unwrap_or_else(|(_, e)| panic!("{text} refused: {e}"));
     match (&frame.op, op) {
-        (ClientOp::Subscribe { room, since: None }, ValidOp::Subscribe(want))
+        (
+            ClientOp::Subscribe {
+                room,
+                since: None,
+                filter: None,
+            },
+            ValidOp::Subscribe(want),
+        )
         | (ClientOp::Unsubscribe { room }, ValidOp::Unsubscribe(want)) => assert_eq!(room, want),
         (
             ClientOp::Publish {

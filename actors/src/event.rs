@@ -90,6 +90,10 @@ pub struct Event {
     /// once per server, not once per client. A `OnceLock`, not a mutex: readers never
     /// wait once it is set.
     wire: OnceLock<ByteString>,
+    /// The envelope's `data` decoded, by the first recipient that filters on it
+    /// (PROTOCOL.md §12) and shared by the rest, as `wire` is encoded once. `None`
+    /// inside: the envelope has no `data`.
+    data: OnceLock<Option<serde_json::Value>>,
     /// For an event from Redis picked by the stage sampler (`stages.rs`): when it was
     /// parsed, and when the broker handed it out.
     timing: Option<Timing>,
@@ -169,6 +173,7 @@ impl Event {
             presence: None,
             json: json.into(),
             wire: OnceLock::new(),
+            data: OnceLock::new(),
             timing: None,
         }
     }
@@ -214,6 +219,7 @@ impl Event {
             presence,
             json,
             wire: OnceLock::new(),
+            data: OnceLock::new(),
             timing,
         })
     }
@@ -305,6 +311,22 @@ impl Event {
         serde_json::from_str::<Data<T>>(&self.json)
             .map(|d| d.data)
             .map_err(|e| Error::InvalidEvent(format!("data does not decode: {e}")))
+    }
+
+    /// The envelope's `data` as JSON, decoded once for every recipient that asks
+    /// (subscription filters); `None` when the envelope has none.
+    pub fn data_value(&self) -> Option<&serde_json::Value> {
+        self.data
+            .get_or_init(|| {
+                #[derive(Deserialize)]
+                struct Data {
+                    data: Option<serde_json::Value>,
+                }
+                serde_json::from_str::<Data>(&self.json)
+                    .ok()
+                    .and_then(|d| d.data)
+            })
+            .as_ref()
     }
 
     /// Decodes the whole envelope as `T`, typically a channel's event enum

@@ -109,7 +109,7 @@ impl Session {
             }
             match self.replays.step(&room) {
                 Step::Send(event) => {
-                    if !self.advance(&event) {
+                    if !self.advance(&event) || !self.admits(&event) {
                         continue;
                     }
                     let frame = wire::event_frame(&event, self.state.session.limits.outbound_bytes);

@@ -18,6 +18,7 @@ use switchboard_actors::{
 };
 
 use crate::{
+    filter::Filter,
     outbound::{Outbound, Overflow},
     rate::PublishBudget,
     rooms::SessionRooms,
@@ -90,6 +91,9 @@ pub struct Session {
     /// Per durable room joined, where this client stands: the offset of the last
     /// event sent (or of the `subscribed` reply), for a repeated `subscribe`'s reply.
     positions: HashMap<Room, Position>,
+    /// Per room joined with a filter, what it lets through (PROTOCOL.md §12); a room
+    /// without one lets every event through. Set by each subscribe, dropped on leaving.
+    filters: HashMap<Room, Filter>,
     /// A timer will feed the replays again once the outbound queue has drained.
     replay_scheduled: bool,
     /// `history` and presence reads waiting for the broker's answer.
@@ -115,6 +119,7 @@ impl Session {
             rooms,
             replays: replay::Replays::default(),
             positions: HashMap::new(),
+            filters: HashMap::new(),
             replay_scheduled: false,
             reads: 0,
             fragments: None,
@@ -273,6 +278,14 @@ impl Session {
             }
         }
     }
+
+    /// Whether the room's filter, if it has one, lets `event` through. Checked after
+    /// [`Self::advance`]: a durable room's client stands past the events it filters out.
+    fn admits(&self, event: &Event) -> bool {
+        self.filters
+            .get(event.room())
+            .map_or(true, |filter| filter.admits(event))
+    }
 }
 
 impl Actor for Session {
@@ -334,7 +347,7 @@ impl Handler<Delivery> for Session {
         if !self.rooms.contains(msg.event.room()) || !self.replays.live(&msg.event) {
             return;
         }
-        if !self.advance(&msg.event) {
+        if !self.advance(&msg.event) || !self.admits(&msg.event) {
             return;
         }
         let frame = wire::event_frame(&msg.event, self.state.session.limits.outbound_bytes);

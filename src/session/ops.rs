@@ -15,6 +15,7 @@ use switchboard_actors::{
 
 use super::{close, Access, Session};
 use crate::{
+    filter::Filter,
     rate::Spend,
     rooms::{Answer, Join, Reference},
     wire::{self, ClientOp, LeaveReason, Reply},
@@ -128,9 +129,11 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         let result = match op {
-            ClientOp::Subscribe { room, since } => {
-                self.subscribe(&room, since, reference.clone(), ctx)
-            }
+            ClientOp::Subscribe {
+                room,
+                since,
+                filter,
+            } => self.subscribe(&room, since, filter, reference.clone(), ctx),
             ClientOp::Unsubscribe { room } => self.unsubscribe(&room, reference.as_deref(), ctx),
             ClientOp::Publish { room, event, key } => {
                 self.publish(&room, &event, key, reference.clone(), ctx)
@@ -158,6 +161,7 @@ impl Session {
         &mut self,
         name: &str,
         since: Option<Since>,
+        filter: Option<Filter>,
         reference: Reference,
         ctx: &mut Context<Self>,
     ) -> Result<(), Error> {
@@ -169,7 +173,12 @@ impl Session {
             self.rooms.unsubscribe(&room);
             self.leave_room(room.clone(), ctx);
         }
-        let attempt = match self.rooms.subscribe(&room, reference)? {
+        let join = self.rooms.subscribe(&room, reference)?;
+        match filter {
+            Some(filter) => self.filters.insert(room.clone(), filter),
+            None => self.filters.remove(&room),
+        };
+        let attempt = match join {
             Join::Joined(reference) => {
                 // Where this client stands in a durable room: the events after it follow.
                 let position = self.positions.get(&room).cloned();
@@ -300,6 +309,7 @@ impl Session {
     pub(super) fn leave_room(&mut self, room: Room, ctx: &mut Context<Self>) {
         self.replays.cancel(&room);
         self.positions.remove(&room);
+        self.filters.remove(&room);
         self.state.broker.do_send(Unsubscribe {
             room,
             recipient: ctx.address().recipient(),

@@ -9,7 +9,7 @@ use switchboard_actors::{
     Event, Gap, GapReason, History, NewEvent, Room,
 };
 
-use crate::{Error, ErrorCode};
+use crate::{filter::Filter, Error, ErrorCode};
 
 mod presence;
 
@@ -33,6 +33,9 @@ pub enum ClientOp {
         room: String,
         /// The last event the client has (PROTOCOL.md §7).
         since: Option<Since>,
+        /// Only the events it lets through reach the client (PROTOCOL.md §12); a
+        /// subscribe without one lets every event through.
+        filter: Option<Filter>,
     },
     /// Leave a room.
     Unsubscribe {
@@ -91,6 +94,8 @@ struct SubscribeFields {
     room: String,
     #[serde(default)]
     since: Option<Box<RawValue>>,
+    #[serde(default)]
+    filter: Option<Box<RawValue>>,
 }
 
 #[derive(Deserialize)]
@@ -137,6 +142,7 @@ pub fn parse_frame(text: &str) -> Result<ClientFrame, (Option<Box<RawValue>>, Er
             Ok(ClientOp::Subscribe {
                 room: f.room,
                 since: f.since.as_deref().map(parse_since).transpose()?,
+                filter: f.filter.as_deref().map(Filter::parse).transpose()?,
             })
         }),
         "unsubscribe" => fields(text).map(|f: RoomFields| ClientOp::Unsubscribe { room: f.room }),
@@ -467,7 +473,7 @@ mod tests {
     fn parses_each_op() {
         let frame = parse_frame(r#"{"op":"subscribe","room":"match:42","ref":7}"#).unwrap();
         assert!(
-            matches!(frame.op, ClientOp::Subscribe { room, since: None } if room == "match:42")
+            matches!(frame.op, ClientOp::Subscribe { room, since: None, filter: None } if room == "match:42")
         );
         assert_eq!(frame.reference.unwrap().get(), "7");
         assert!(matches!(

@@ -1,0 +1,194 @@
+//! Subscription filters (PROTOCOL.md §12): a subscribe may carry
+//! `"filter":{"types":[...],"data":{"dotted.path": value}}`, and only the room's events
+//! whose `type` is listed (when `types` is given) and whose `data` holds each path at a
+//! value equal to the given one reach that subscriber.
+//!
+//! A filter is checked per subscriber and event, in the session, against the event's
+//! `data` decoded once per event for every subscriber that filters
+//! ([`Event::data_value`]). Its size is bounded so that the check stays cheap: at most
+//! [`MAX_TYPES`] types, [`MAX_PATHS`] paths of at most [`MAX_PATH_DEPTH`] keys.
+
+use serde::Deserialize;
+use serde_json::{value::RawValue, Map, Value};
+use switchboard_actors::Event;
+
+/// The most types a filter lists.
+pub const MAX_TYPES: usize = 64;
+/// The most `data` paths a filter checks.
+pub const MAX_PATHS: usize = 16;
+/// The most keys in one dotted path.
+pub const MAX_PATH_DEPTH: usize = 8;
+/// The longest type or path, in bytes.
+const MAX_NAME_BYTES: usize = 200;
+
+/// What one subscriber of a room lets through.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    /// The types let through; `None`: every type.
+    types: Option<Vec<String>>,
+    /// Each path (its keys) and the value the event's `data` must hold there.
+    data: Vec<(Vec<String>, Value)>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilterFields {
+    #[serde(default)]
+    types: Option<Vec<String>>,
+    #[serde(default)]
+    data: Option<Map<String, Value>>,
+}
+
+impl Filter {
+    /// Parses a subscribe frame's `filter`; the error says what is wrong with it.
+    pub fn parse(raw: &RawValue) -> Result<Filter, String> {
+        let fields: FilterFields = serde_json::from_str(raw.get()).map_err(|e| {
+            format!("`filter` must be an object with `types` (a list of strings) and/or `data` (an object): {e}")
+        })?;
+        if fields.types.is_none() && fields.data.is_none() {
+            return Err("`filter` needs `types` or `data`".into());
+        }
+        let types = match fields.types {
+            Some(types) if types.is_empty() => {
+                return Err("`filter.types` lists no type, so nothing would pass".into())
+            }
+            Some(types) if types.len() > MAX_TYPES => {
+                return Err(format!("`filter.types` lists more than {MAX_TYPES} types"))
+            }
+            Some(types) => {
+                if let Some(bad) = types
+                    .iter()
+                    .find(|t| t.is_empty() || t.len() > MAX_NAME_BYTES)
+                {
+                    return Err(format!(
+                        "`filter.types` has a type that is empty or over {MAX_NAME_BYTES} bytes: {bad:?}"
+                    ));
+                }
+                Some(types)
+            }
+            None => None,
+        };
+        let paths = fields.data.unwrap_or_default();
+        if paths.len() > MAX_PATHS {
+            return Err(format!("`filter.data` checks more than {MAX_PATHS} paths"));
+        }
+        let mut data = Vec::with_capacity(paths.len());
+        for (path, value) in paths {
+            let keys: Vec<String> = path.split('.').map(str::to_owned).collect();
+            if path.len() > MAX_NAME_BYTES
+                || keys.len() > MAX_PATH_DEPTH
+                || keys.iter().any(String::is_empty)
+            {
+                return Err(format!(
+                    "`filter.data` path {path:?} must be 1 to {MAX_PATH_DEPTH} non-empty keys \
+                     joined by dots, at most {MAX_NAME_BYTES} bytes"
+                ));
+            }
+            data.push((keys, value));
+        }
+        Ok(Filter { types, data })
+    }
+
+    /// Whether `event` reaches the subscriber.
+    pub fn admits(&self, event: &Event) -> bool {
+        if let Some(types) = &self.types {
+            if !types.iter().any(|t| t == event.kind()) {
+                return false;
+            }
+        }
+        if self.data.is_empty() {
+            return true;
+        }
+        let Some(data) = event.data_value() else {
+            return false;
+        };
+        self.data.iter().all(|(keys, expected)| {
+            keys.iter()
+                .try_fold(data, |at, key| at.get(key.as_str()))
+                .is_some_and(|found| same(found, expected))
+        })
+    }
+}
+
+/// JSON equality, numbers by value: `1` and `1.0` are the same number.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
+            (Some(x), Some(y)) => x == y,
+            _ => match (x.as_u64(), y.as_u64()) {
+                (Some(x), Some(y)) => x == y,
+                _ => x.as_f64() == y.as_f64(),
+            },
+        },
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use serde_json::json;
+    use switchboard_actors::Room;
+
+    use super::*;
+
+    fn filter(value: Value) -> Result<Filter, String> {
+        let raw = RawValue::from_string(value.to_string()).expect("JSON");
+        Filter::parse(&raw)
+    }
+
+    fn event(kind: &str, data: Value) -> Event {
+        let envelope = json!({"type": kind, "data": data}).to_string();
+        Event::parse(Room::new("r").expect("a room"), Bytes::from(envelope)).expect("an event")
+    }
+
+    #[test]
+    fn types_and_dotted_paths_must_all_match() {
+        let f = filter(json!({"types": ["match_started"], "data": {"match.region": "eu"}}))
+            .expect("a filter");
+        let eu = json!({"match": {"region": "eu", "id": 7}});
+        assert!(f.admits(&event("match_started", eu.clone())));
+        assert!(!f.admits(&event("match_ended", eu)));
+        assert!(!f.admits(&event("match_started", json!({"match": {"region": "us"}}))));
+        assert!(!f.admits(&event("match_started", json!({"match": "eu"}))));
+        assert!(!f.admits(&event("match_started", json!(null))));
+    }
+
+    #[test]
+    fn types_alone_or_data_alone() {
+        let f = filter(json!({"types": ["a", "b"]})).expect("a filter");
+        assert!(f.admits(&event("b", json!(1))));
+        assert!(!f.admits(&event("c", json!(1))));
+        let f = filter(json!({"data": {"score": 10, "tags": ["x"]}})).expect("a filter");
+        assert!(f.admits(&event("any", json!({"score": 10.0, "tags": ["x"]}))));
+        assert!(!f.admits(&event("any", json!({"score": 10}))));
+        assert!(!f.admits(&event("any", json!({"score": 11, "tags": ["x"]}))));
+    }
+
+    #[test]
+    fn bad_filters_say_what_is_wrong() {
+        for bad in [
+            json!("match"),
+            json!([]),
+            json!({}),
+            json!({"types": []}),
+            json!({"types": "a"}),
+            json!({"types": [""]}),
+            json!({"types": [1]}),
+            json!({"data": []}),
+            json!({"data": {"": 1}}),
+            json!({"data": {"a..b": 1}}),
+            json!({"data": {"a.b.c.d.e.f.g.h.i": 1}}),
+            json!({"kinds": ["a"]}),
+            json!({"types": (0..=MAX_TYPES).map(|i| i.to_string()).collect::<Vec<_>>()}),
+        ] {
+            assert!(filter(bad.clone()).is_err(), "{bad} was accepted");
+        }
+    }
+}
