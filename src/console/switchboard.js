@@ -174,7 +174,9 @@
 
     /**
      * Joins `room`: `handler(envelope, room)` gets each event. Options: `since`
-     * (`{offset, epoch}`: recover what followed it in a durable room), `onGap(gap)`,
+     * (`{offset, epoch}`: recover what followed it in a durable room), `filter`
+     * (`{types, data}`: only the events it lets through, PROTOCOL.md §12; kept across
+     * reconnects), `onGap(gap)`,
      * `onSubscribed(reply)` (every `subscribed` reply: the first and each one after a
      * reconnect), `onPresence(frame)` (`join` and `leave` frames of a presence room),
      * `onEnd({room, reason})` (the server took the client out of the room, or refused
@@ -349,6 +351,7 @@
       const frame = { op: 'subscribe', room: record.room };
       const since = record.position;
       if (since) frame.since = { offset: since.offset, epoch: since.epoch };
+      if (record.options.filter) frame.filter = record.options.filter;
       this._send(frame, {
         reply: (reply) => this._subscribed(record, reply, Boolean(since)),
         error: (error) => {

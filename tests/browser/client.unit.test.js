@@ -110,6 +110,25 @@ test('a reconnect resubscribes with since, and nothing arrives twice', async (t)
   client.close();
 });
 
+test('a filter goes with the subscribe, and with every resubscribe', async (t) => {
+  ScriptedSocket.all = [];
+  const client = Switchboard.connect(FAST);
+  t.after(() => client.close());
+  const first = await newSocket(1);
+  first.open();
+  const filter = { types: ['match_started'], data: { 'match.region': 'eu' } };
+  const subscribed = client.subscribe('match:events', () => {}, { filter });
+  const sub = first.last('subscribe');
+  assert.deepEqual(sub.filter, filter);
+  first.receive({ op: 'subscribed', room: 'match:events', ref: sub.ref });
+  await subscribed;
+  first.drop(1006);
+  const second = await newSocket(2);
+  second.open();
+  assert.deepEqual(second.last('subscribe').filter, filter);
+  client.close();
+});
+
 test('requests settle by ref; an error reply rejects with its code', async (t) => {
   ScriptedSocket.all = [];
   const client = Switchboard.connect(FAST);
