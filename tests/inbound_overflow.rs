@@ -220,48 +220,70 @@ fn check_durable(subscriber: usize, frames: &[Value], sent: u64) {
 
 /// Plain rooms of the link test, each with the one subscriber on the small server.
 const RELINK_ROOMS: usize = 50;
-/// Times the small server's pub/sub link is killed.
+/// Times the small server's pub/sub link is killed, each once every room was told.
 const KILLS: u64 = 5;
+/// How long the storm kills the link, each time 300 µs after the last (relink notices
+/// still waiting for places).
+const STORM: Duration = Duration::from_secs(2);
 /// How long the server may take to be back and to have told every room.
 const BACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Rounds (one event in every room) the publisher sends at most, a bound on the loop.
 const MOST_ROUNDS: u64 = 20_000;
 
-/// A link back after `CLIENT KILL TYPE pubsub` while events keep coming into a full
-/// inbound queue: the `gap` `link_lost` of each room reaches its subscriber before
-/// any event that came after the link, so no event ever follows a loss untold. A
-/// notice that finds the queue full waits for it, and the room's events are dropped
-/// (and told) until the notice is in.
-#[actix_web::test]
-async fn a_link_back_is_told_before_the_rooms_next_event_even_with_a_full_queue() {
-    let redis = RedisServer::start().await;
-    let prefix = unique_prefix("relink");
-    let small = ServerBuilder::new()
-        .redis(&redis, &prefix)
-        .id("small-relink")
-        .env("LIMIT_INBOUND_EVENTS", "1")
-        .env("LIMIT_OUTBOUND_FRAMES", "200000")
-        .env("LIMIT_OUTBOUND_BYTES", "67108864")
-        .spawn()
-        .await;
-    small.wait_healthy().await;
-    let rooms: Vec<String> = (0..RELINK_ROOMS)
-        .map(|i| format!("plain:relink:{i}"))
-        .collect();
-    let mut client = WsClient::connect(&small).await;
-    for room in &rooms {
-        client.subscribe(room).await;
+/// A server whose inbound queue holds one event, a client of it in [`RELINK_ROOMS`]
+/// plain rooms, and a foreign publisher into them all.
+struct RelinkFixture {
+    redis: RedisServer,
+    prefix: String,
+    small: Server,
+    client: WsClient,
+    rooms: Vec<String>,
+    /// Every frame the client got so far.
+    frames: Vec<Value>,
+}
+
+impl RelinkFixture {
+    async fn start(name: &str) -> RelinkFixture {
+        let redis = RedisServer::start().await;
+        let prefix = unique_prefix(name);
+        let small = ServerBuilder::new()
+            .redis(&redis, &prefix)
+            .id(&format!("small-{name}"))
+            .env("LIMIT_INBOUND_EVENTS", "1")
+            .env("LIMIT_OUTBOUND_FRAMES", "200000")
+            .env("LIMIT_OUTBOUND_BYTES", "67108864")
+            .spawn()
+            .await;
+        small.wait_healthy().await;
+        let rooms: Vec<String> = (0..RELINK_ROOMS)
+            .map(|i| format!("plain:{name}:{i}"))
+            .collect();
+        let mut client = WsClient::connect(&small).await;
+        for room in &rooms {
+            client.subscribe(room).await;
+        }
+        RelinkFixture {
+            redis,
+            prefix,
+            small,
+            client,
+            rooms,
+            frames: Vec::new(),
+        }
     }
 
-    // A foreign publisher on a thread of its own (so the test's reading cannot starve
-    // it): one event in every room per round, a round every 5 ms, until told to stop.
-    let stop = Arc::new(AtomicBool::new(false));
-    let publishing = {
-        let stop = stop.clone();
-        let mut conn = redis::Client::open(redis.url())
+    /// A foreign publisher on a thread of its own (so the test's reading cannot
+    /// starve it): one event in every room per round, a round every 5 ms, until
+    /// `stop`; it answers the rounds sent.
+    fn publish_until(&self, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+        let mut conn = redis::Client::open(self.redis.url())
             .and_then(|c| c.get_connection())
             .expect("a Redis connection");
-        let channels: Vec<String> = rooms.iter().map(|r| format!("{prefix}{r}")).collect();
+        let channels: Vec<String> = self
+            .rooms
+            .iter()
+            .map(|r| format!("{}{r}", self.prefix))
+            .collect();
         std::thread::spawn(move || {
             let mut round = 0;
             while !stop.load(Ordering::Relaxed) && round < MOST_ROUNDS {
@@ -276,11 +298,70 @@ async fn a_link_back_is_told_before_the_rooms_next_event_even_with_a_full_queue(
             }
             round
         })
-    };
+    }
 
-    let mut admin = redis.client().await;
-    let mut frames: Vec<Value> = Vec::new();
-    let mut told: HashMap<&str, u64> = rooms.iter().map(|r| (r.as_str(), 0)).collect();
+    /// The next frame, kept; panics with the server's statistics after `timeout`.
+    async fn next_frame(&mut self, timeout: Duration, waiting_for: &str) -> &Value {
+        let Some(frame) = self.client.try_recv_json(timeout).await else {
+            panic!(
+                "{waiting_for}: nothing within {timeout:?} ({} frames; the last {:?}); /stats {}",
+                self.frames.len(),
+                self.frames.last(),
+                self.small.stats().await["subscriber"]
+            );
+        };
+        self.frames.push(frame);
+        self.frames.last().expect("just pushed")
+    }
+
+    /// A `last` event in each room, one at a time once the queue is empty (so that
+    /// none is dropped itself), each awaited; then every room's frames checked with
+    /// [`check_told_before_next`]. Answers the `link_lost` gaps told.
+    async fn finish(mut self, rounds: u64) -> usize {
+        let last = json!({"type": "last", "data": {"n": rounds}}).to_string();
+        for room in self.rooms.clone() {
+            wait_until(BACK_TIMEOUT, "the small queue drained", || async {
+                u64_at(&self.small.stats().await, "/subscriber/inboundQueued") == 0
+            })
+            .await;
+            self.redis
+                .publish(&format!("{}{room}", self.prefix), &last)
+                .await;
+            let waiting_for = format!("the last event in {room}");
+            loop {
+                let frame = self.next_frame(FRAMES_TIMEOUT, &waiting_for).await;
+                if frame["room"] == room.as_str() && frame["event"]["type"] == "last" {
+                    break;
+                }
+            }
+        }
+        let told = self
+            .rooms
+            .iter()
+            .map(|room| check_told_before_next(room, &self.frames, rounds))
+            .sum();
+        eprintln!(
+            "{}: {rounds} rounds over {RELINK_ROOMS} rooms; {told} link_lost gaps told; {} \
+             events dropped at the small queue",
+            self.prefix,
+            u64_at(&self.small.stats().await, "/subscriber/droppedEvents"),
+        );
+        told
+    }
+}
+
+/// A link back after `CLIENT KILL TYPE pubsub` while events keep coming into a full
+/// inbound queue: the `gap` `link_lost` of each room reaches its subscriber before
+/// any event that came after the link, so no event ever follows a loss untold. A
+/// notice that finds the queue full waits for it, and the room's events are dropped
+/// (and told) until the notice is in.
+#[actix_web::test]
+async fn a_link_back_is_told_before_the_rooms_next_event_even_with_a_full_queue() {
+    let mut fixture = RelinkFixture::start("relink").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = fixture.publish_until(stop.clone());
+    let mut admin = fixture.redis.client().await;
+    let mut told: HashMap<String, u64> = fixture.rooms.iter().map(|r| (r.clone(), 0)).collect();
     for kill in 1..=KILLS {
         let _: u64 = redis::cmd("CLIENT")
             .arg("KILL")
@@ -290,65 +371,75 @@ async fn a_link_back_is_told_before_the_rooms_next_event_even_with_a_full_queue(
             .await
             .expect("CLIENT KILL");
         // Every room is told of this lost link before the next one is cut.
+        let waiting_for = format!("every room told of kill {kill}");
         while told.values().any(|&gaps| gaps < kill) {
-            let Some(frame) = client.try_recv_json(BACK_TIMEOUT).await else {
-                panic!(
-                    "after kill {kill}, not every room was told within {BACK_TIMEOUT:?}: {told:?}; \
-                     /stats {}",
-                    small.stats().await["subscriber"]
-                );
-            };
+            let frame = fixture.next_frame(BACK_TIMEOUT, &waiting_for).await;
             if frame["reason"] == "link_lost" {
                 if let Some(gaps) = frame["room"].as_str().and_then(|r| told.get_mut(r)) {
                     *gaps += 1;
                 }
             }
-            frames.push(frame);
         }
     }
     stop.store(true, Ordering::Relaxed);
     let rounds = publishing.join().expect("the publisher");
-
-    // A last event in each room, one at a time once the queue is empty, so that none
-    // is dropped itself.
-    let last = json!({"type": "last", "data": {"n": rounds}}).to_string();
-    for room in &rooms {
-        wait_until(BACK_TIMEOUT, "the small queue drained", || async {
-            u64_at(&small.stats().await, "/subscriber/inboundQueued") == 0
-        })
-        .await;
-        redis.publish(&format!("{prefix}{room}"), &last).await;
-        loop {
-            let Some(frame) = client.try_recv_json(FRAMES_TIMEOUT).await else {
-                panic!(
-                    "no last event in {room} within {FRAMES_TIMEOUT:?} ({} frames; the last \
-                     {:?}); /stats {}",
-                    frames.len(),
-                    frames.last(),
-                    small.stats().await["subscriber"]
-                );
-            };
-            let done = frame["room"] == room.as_str() && frame["event"]["type"] == "last";
-            frames.push(frame);
-            if done {
-                break;
-            }
-        }
-    }
-    let mut link_lost = 0;
-    for room in &rooms {
-        link_lost += check_told_before_next(room, &frames, rounds);
-    }
-    let stats = small.stats().await;
-    eprintln!(
-        "relink: {rounds} rounds over {RELINK_ROOMS} rooms, {KILLS} links killed; \
-         {link_lost} link_lost gaps told; {} events dropped at the small queue",
-        u64_at(&stats, "/subscriber/droppedEvents"),
-    );
+    let link_lost = fixture.finish(rounds).await;
     assert_eq!(
         link_lost,
         KILLS as usize * RELINK_ROOMS,
         "one link_lost per room and kill"
+    );
+}
+
+/// The link killed again and again, each time as soon as the last, while relink
+/// notices still wait for places in the full queue (and the subscriber restarts
+/// under them): every room still gets its later events, and every loss is told
+/// before the room's next event. A notice lost with a restart would silence its room
+/// for good.
+#[actix_web::test]
+async fn a_storm_of_lost_links_over_waiting_notices_silences_no_room() {
+    let mut fixture = RelinkFixture::start("relink-storm").await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let publishing = fixture.publish_until(stop.clone());
+    // The killer on a thread of its own, for STORM seconds: a kill, 300 µs, a kill...
+    let killing = {
+        let mut conn = redis::Client::open(fixture.redis.url())
+            .and_then(|c| c.get_connection())
+            .expect("a Redis connection");
+        std::thread::spawn(move || {
+            let end = std::time::Instant::now() + STORM;
+            let mut killed = 0;
+            while std::time::Instant::now() < end {
+                let n: u64 = redis::cmd("CLIENT")
+                    .arg("KILL")
+                    .arg("TYPE")
+                    .arg("pubsub")
+                    .query(&mut conn)
+                    .expect("CLIENT KILL");
+                killed += n;
+                std::thread::sleep(Duration::from_micros(300));
+            }
+            killed
+        })
+    };
+    while !killing.is_finished() {
+        if let Some(frame) = fixture
+            .client
+            .try_recv_json(Duration::from_millis(50))
+            .await
+        {
+            fixture.frames.push(frame);
+        }
+    }
+    let killed = killing.join().expect("the killer");
+    assert!(killed >= 10, "only {killed} links were killed");
+    stop.store(true, Ordering::Relaxed);
+    let rounds = publishing.join().expect("the publisher");
+    fixture.small.wait_healthy().await;
+    let link_lost = fixture.finish(rounds).await;
+    assert!(
+        link_lost >= RELINK_ROOMS,
+        "every room was told of a lost link"
     );
 }
 

@@ -435,6 +435,10 @@ impl Supervised for RedisSubscriber {
         if let Some(batch) = self.in_flight.take() {
             self.rooms.failed(batch);
         }
+        // The futures that waited to send relink notices died with the context; their
+        // rooms are lost again and will be reported after the resubscribe, one notice
+        // covering both losses. Kept, they would keep dropping those rooms' events.
+        self.relinked.clear();
         self.rooms.reconnected();
         self.sink = None;
         self.ready = false;

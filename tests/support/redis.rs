@@ -76,8 +76,13 @@ impl RedisServer {
     }
 
     async fn start_with(data: Option<TempDir>, args: Vec<String>) -> Self {
+        let cluster = args.iter().any(|a| a == "--cluster-enabled");
         for _ in 0..START_ATTEMPTS {
-            let port = free_port();
+            let port = if cluster {
+                free_cluster_port()
+            } else {
+                free_port()
+            };
             if let Some(child) = spawn_ready(port, &args).await {
                 return RedisServer {
                     port,
@@ -244,6 +249,18 @@ impl Drop for RedisServer {
 fn free_port() -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind a throwaway listener");
     listener.local_addr().expect("listener address").port()
+}
+
+/// A free port for a cluster node: its cluster bus listens 10,000 above it, so that
+/// port must exist and be free too.
+fn free_cluster_port() -> u16 {
+    for _ in 0..100 {
+        let port = free_port();
+        if port <= u16::MAX - 10_000 && TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port in 100 tries")
 }
 
 /// A copy of a persistent server's data directory ([`RedisServer::snapshot`]), removed

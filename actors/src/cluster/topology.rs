@@ -40,8 +40,8 @@ pub struct SlotMap {
 }
 
 impl SlotMap {
-    /// Parses a `CLUSTER SLOTS` answer. A node that announces no address (an empty
-    /// host) is reached at `asked`'s host, the node that answered.
+    /// Parses a `CLUSTER SLOTS` answer. A node that announces no address is reached at
+    /// `asked`'s host, the node that answered.
     pub fn from_cluster_slots(answer: &Value, asked: &NodeAddr) -> Result<SlotMap, Error> {
         let unexpected = || Error::Redis(format!("unexpected CLUSTER SLOTS answer: {answer:?}"));
         let Value::Array(entries) = answer else {
@@ -113,12 +113,16 @@ fn node(value: &Value, asked: &NodeAddr) -> Option<NodeAddr> {
     let [host, port, ..] = fields.as_slice() else {
         return None;
     };
-    let host: String = redis::from_redis_value_ref(host).ok()?;
+    // No address: `NULL` (`cluster-preferred-endpoint-type unknown-endpoint`), an
+    // empty string, or `?` (not known yet): the node that answered is the best guess.
+    let host: Option<String> = match host {
+        Value::Nil => None,
+        host => Some(redis::from_redis_value_ref(host).ok()?),
+    };
     let port: u16 = redis::from_redis_value_ref(port).ok()?;
-    let host = if host.is_empty() || host == "?" {
-        asked.host.clone()
-    } else {
-        host
+    let host = match host {
+        Some(host) if !host.is_empty() && host != "?" => host,
+        _ => asked.host.clone(),
     };
     Some(NodeAddr { host, port })
 }
@@ -191,6 +195,17 @@ mod tests {
         assert_eq!(
             map.master(42).map(|n| n.to_string()),
             Some("10.0.0.1:7001".into())
+        );
+        let null_host = Value::Array(vec![
+            Value::Int(0),
+            Value::Int(16383),
+            Value::Array(vec![Value::Nil, Value::Int(7002)]),
+        ]);
+        let map =
+            SlotMap::from_cluster_slots(&Value::Array(vec![null_host]), &asked()).expect("a map");
+        assert_eq!(
+            map.master(42).map(|n| n.to_string()),
+            Some("10.0.0.1:7002".into())
         );
 
         let overlapping = Value::Array(vec![entry(0, 100, 30001), entry(100, 16383, 30002)]);

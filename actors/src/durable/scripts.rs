@@ -7,8 +7,10 @@
 //!   `HISTORY_SIZE`. Its last entry has the room's last offset, so an entry's offset
 //!   follows from its place: the scripts are the only writers, and each appends
 //!   exactly one entry per offset it takes. (A stream whose ids were the offsets came
-//!   first; appending to a list costs Redis about a third as much, and Redis's CPU
-//!   is what bounds durable publishes: `bench/notes.md`.)
+//!   first; appending a run to a list in one command costs Redis less, and Redis's
+//!   CPU is what bounds durable publishes: `bench/notes.md`.) The keys are not the
+//!   stream's, so servers of both kinds on one Redis would number into different
+//!   histories: upgrade by stopping every server first (README, Durable rooms).
 //! - `{C}:ids`: the publish id of each entry of `{C}:log`, in step with it (the same
 //!   appends, trims and TTLs): what a retried publish looks for;
 //! - `{C}:meta`: a hash, `o` the last offset and `e` the epoch; it outlives the
@@ -76,7 +78,9 @@ return {offset, epoch, 0}
 /// A run of durable publishes in one room, numbered by one call: the same steps as
 /// [`PUBLISH`] for each, but the offsets taken, the appends, the trims and the TTLs
 /// done once for the run. What is left per event is completing and publishing its
-/// envelope.
+/// envelope. The run is kept before any of it is published: Redis does not roll a
+/// script back, so an append that failed must not leave published events that the
+/// history lacks.
 /// `ARGV[6..]` are pairs of (envelope without its closing `}`, publish id). Returns
 /// `{first offset, epoch}`; the run's events have the offsets from the first on.
 const PUBLISH_RUN: &str = r#"
@@ -94,13 +98,14 @@ local closing = ',"epoch":"' .. epoch .. '"}'
 local envelopes, publish_ids = {}, {}
 for i = 6, #ARGV, 2 do
   offset = offset + 1
-  local envelope = ARGV[i] .. ',"offset":' .. offset .. closing
-  envelopes[#envelopes + 1] = envelope
+  envelopes[#envelopes + 1] = ARGV[i] .. ',"offset":' .. offset .. closing
   publish_ids[#publish_ids + 1] = ARGV[i + 1]
-  redis.call('PUBLISH', ARGV[1], envelope)
 end
 redis.call('RPUSH', log, unpack(envelopes))
 redis.call('RPUSH', ids, unpack(publish_ids))
+for _, envelope in ipairs(envelopes) do
+  redis.call('PUBLISH', ARGV[1], envelope)
+end
 redis.call('LTRIM', log, '-' .. ARGV[2], -1)
 redis.call('LTRIM', ids, '-' .. ARGV[2], -1)
 redis.call('PEXPIRE', log, ARGV[3])
@@ -373,10 +378,41 @@ pub(crate) async fn read(
             _ => log::warn!("history of {room}: skipped an entry that is not a numbered envelope"),
         }
     }
+    keep_consecutive(room, &mut events, from);
     Ok(HistoryPage {
         current: Position { offset, epoch },
         events,
     })
+}
+
+/// Keeps the events of a page that follow each other: from `from` on, up to the first
+/// hole; or, for the latest events (`from` is `None`), those after the last hole.
+///
+/// The scripts keep one entry per offset, so a hole can only come from outside the
+/// scripts (servers of an older build numbering into the stream this list replaced, a
+/// key edited by hand). Cut there, the page never carries events across a hole: the
+/// next read starts at the missing offset, does not find it, and the loss is reported
+/// as a gap instead of passing unseen.
+fn keep_consecutive(room: &Room, events: &mut Vec<Arc<Event>>, from: Option<u64>) {
+    if let Some(from) = from {
+        events.retain(|e| e.offset().is_some_and(|o| o >= from));
+    }
+    let hole = events
+        .windows(2)
+        .position(|pair| pair[1].offset() != pair[0].offset().map(|o| o + 1));
+    let Some(at) = hole else {
+        return;
+    };
+    log::warn!(
+        "history of {room}: a hole after offset {:?}",
+        events[at].offset()
+    );
+    match from {
+        Some(_) => events.truncate(at + 1),
+        None => {
+            events.drain(..=at);
+        }
+    }
 }
 
 /// Replaces the room's epoch `lost` with a fresh one (the numbering was rolled back),
@@ -414,4 +450,52 @@ pub(crate) async fn rotate(
 
 fn millis(duration: std::time::Duration) -> u64 {
     duration.as_millis().max(1) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page(offsets: &[u64]) -> Vec<Arc<Event>> {
+        let room = Room::new("chat:1").expect("a room");
+        offsets
+            .iter()
+            .map(|o| {
+                let json = format!(r#"{{"type":"t","data":{o},"offset":{o},"epoch":"e1"}}"#);
+                Arc::new(Event::parse(room.clone(), Bytes::from(json)).expect("an event"))
+            })
+            .collect()
+    }
+
+    fn offsets(events: &[Arc<Event>]) -> Vec<u64> {
+        events.iter().filter_map(|e| e.offset()).collect()
+    }
+
+    #[test]
+    fn a_page_never_carries_events_across_a_hole() {
+        let room = Room::new("chat:1").expect("a room");
+        let mut events = page(&[11, 13, 14]);
+        keep_consecutive(&room, &mut events, Some(10));
+        assert_eq!(offsets(&events), [11], "from an offset: up to the hole");
+
+        let mut events = page(&[11, 13, 14]);
+        keep_consecutive(&room, &mut events, Some(12));
+        assert_eq!(
+            offsets(&events),
+            [13, 14],
+            "what lies before `from` is dropped"
+        );
+
+        let mut events = page(&[11, 13, 14]);
+        keep_consecutive(&room, &mut events, None);
+        assert_eq!(
+            offsets(&events),
+            [13, 14],
+            "the latest: after the last hole"
+        );
+
+        let mut events = page(&[4, 5, 6]);
+        keep_consecutive(&room, &mut events, Some(4));
+        assert_eq!(offsets(&events), [4, 5, 6], "no hole, nothing cut");
+    }
 }

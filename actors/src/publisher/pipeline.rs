@@ -121,8 +121,8 @@ pub(super) enum FlushState {
     /// A [`Flush`] is in the mailbox: publishes arriving before it runs join its
     /// pipeline.
     Due,
-    /// A pipeline is out and the queue waits for it to end, or for this timer, which
-    /// sends the queue after [`MAX_HOLD`] anyway.
+    /// As many pipelines are out as may be, and the queue waits for one to end, or
+    /// for this timer, which sends the queue after [`MAX_HOLD`] anyway.
     Held(SpawnHandle),
 }
 
@@ -174,8 +174,8 @@ impl RedisPublisher {
     }
 
     /// Arranges for the queue to be sent, as [`Flow::next`](super::flow::Flow::next)
-    /// says: at once; when the pipeline out ends or after [`MAX_HOLD`], whichever
-    /// comes first; or, with [`MAX_QUEUED`] unanswered, when a pipeline ends.
+    /// says: at once; when one of the pipelines out ends or after [`MAX_HOLD`],
+    /// whichever comes first; or, with [`MAX_QUEUED`] unanswered, when a pipeline ends.
     pub(super) fn schedule_flush(&mut self, ctx: &mut Context<Self>) {
         if self.queue.is_empty() || matches!(self.next_flush, FlushState::Due) {
             return;
