@@ -41,12 +41,13 @@
 //!   The actor, its messages and statistics are in `publisher/mod.rs`; its connection
 //!   in `connection.rs`; its flow control, a pure type with the [`MAX_QUEUED`] bound,
 //!   in `flow.rs`; the queue sent in pipelines, with the retries, in `pipeline.rs`.
-//! - [`RedisSubscriber`] (`subscriber.rs`): owns the pub/sub connection. Accepts
+//! - [`RedisSubscriber`] (`subscriber/`): owns the pub/sub connection. Accepts
 //!   [`WatchRoom`], [`UnwatchRoom`], [`GetLinkStatus`], [`GetSubscriberStats`],
 //!   [`ResetStats`], [`Shutdown`]; streams Redis messages in, checks them, suppresses
 //!   echoes and hands the rest to the broker. Supervised: on restart it subscribes
 //!   every room still wanted. Its room bookkeeping is a pure type, `Subscriptions`
-//!   (`subscriptions.rs`).
+//!   (`subscriptions.rs`); what it owes the broker besides events (news of dropped
+//!   events, relink notices waiting for a place) another, `Owed` (`subscriber/owed.rs`).
 //! - `link.rs`: what both links share: settings ([`RedisConfig`]), status
 //!   ([`LinkStatus`]), reconnect state, and their lifecycle (the `RedisLink` trait:
 //!   connect at once or after the backoff, probe with PING, stop on a dead link).

@@ -1,11 +1,10 @@
-//! The `RedisSubscriber` actor: owns the server's one pub/sub connection.
+//! The `RedisSubscriber` actor: owns the server's one pub/sub connection; `owed.rs`
+//! keeps what it owes the broker besides events (news of dropped events, relink
+//! notices waiting for a place).
 
-use std::{
-    collections::{HashMap, HashSet},
-    future::Future,
-    sync::Arc,
-    time::Instant,
-};
+mod owed;
+
+use std::{future::Future, sync::Arc, time::Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
@@ -15,6 +14,7 @@ use redis::{
 };
 use tokio::sync::mpsc::{self, error::TrySendError};
 
+use self::owed::Owed;
 use crate::{
     link::{with_deadline, GetLinkStatus, LinkState, LinkStatus, RedisConfig, RedisLink},
     subscriptions::{Batch, Subscriptions, Want},
@@ -50,14 +50,9 @@ pub struct RedisSubscriber {
     connected_at: Option<Instant>,
     link: LinkState,
     stats: SubscriberStats,
-    /// Rooms that lost an event to a full broker channel, not told to the broker yet
-    /// (a subset of the rooms held), each with whether an event without an offset was
-    /// among the lost (a durable room's history cannot give that one back).
-    dropped_in: HashMap<Room, bool>,
-    /// Rooms subscribed again after a lost link whose notice found the broker's
-    /// channel full. Until it is sent, the room's events are dropped (and told as
-    /// dropped after it), so that none overtakes the notice.
-    relinked: HashSet<Room>,
+    /// Notices the broker is owed: of dropped events, and of rooms back after a lost
+    /// link whose notice waits for a place in its channel.
+    owed: Owed,
     closed: bool,
 }
 
@@ -111,8 +106,7 @@ impl RedisSubscriber {
             connected_at: None,
             link,
             stats: SubscriberStats::default(),
-            dropped_in: HashMap::new(),
-            relinked: HashSet::new(),
+            owed: Owed::default(),
             closed: false,
         })
     }
@@ -225,8 +219,8 @@ impl RedisSubscriber {
 
     /// `room` is held again after a lost link: the broker decides what that means
     /// for it (a catch-up read in a durable room, a `link_lost` gap in a plain one).
-    /// Never dropped: when the broker's channel is full, the notice waits in
-    /// [`Self::relinked`] for the next place in it (senders get places in the order
+    /// Never dropped: when the broker's channel is full, the notice waits (in
+    /// [`Owed`]) for the next place in it (senders get places in the order
     /// they asked), and the room's events are dropped until it is in, so that none
     /// overtakes it (they are told as dropped after it).
     fn report_relinked(&mut self, room: Room, ctx: &mut Context<Self>) {
@@ -234,25 +228,25 @@ impl RedisSubscriber {
             "subscriber {}: {room} subscribed again after a lost link",
             self.identity.server_id
         );
-        if self.relinked.contains(&room) {
+        if !self.owed.may_forward(&room) {
             return; // The notice still waiting covers this lost link too.
         }
         let notice = match self.inbound.try_send(Inbound::Relinked(room)) {
             Err(TrySendError::Full(Inbound::Relinked(room))) => room,
             Ok(()) | Err(_) => return,
         };
-        self.relinked.insert(notice.clone());
+        self.owed.relink_waits(notice.clone());
         self.inbound
             .clone()
             .reserve_owned()
             .into_actor(self)
             .map(move |place, act, _| match place {
-                Ok(place) if act.relinked.remove(&notice) => {
+                Ok(place) if act.owed.relink_placed(&notice) => {
                     place.send(Inbound::Relinked(notice));
                 }
                 Ok(_) => {} // The room was let go meanwhile.
                 Err(_) => {
-                    act.relinked.remove(&notice);
+                    act.owed.relink_placed(&notice);
                     log::debug!(
                         "subscriber {}: the broker is gone; a relink was not told",
                         act.identity.server_id
@@ -266,24 +260,16 @@ impl RedisSubscriber {
     /// and had no event since to carry the news (on the subscriber's timer), once any
     /// relink notice of theirs is in.
     fn tell_dropped(&mut self) {
-        let rooms: Vec<(Room, bool)> = self
-            .dropped_in
-            .iter()
-            .filter(|(room, _)| !self.relinked.contains(*room))
-            .map(|(r, u)| (r.clone(), *u))
-            .collect();
-        for (room, unnumbered) in rooms {
+        for (room, unnumbered) in self.owed.drops_to_tell() {
             let notice = Inbound::Dropped {
                 room: room.clone(),
                 unnumbered,
             };
             match self.inbound.try_send(notice) {
-                Ok(()) => {
-                    self.dropped_in.remove(&room);
-                }
+                Ok(()) => self.owed.drop_told(&room),
                 Err(TrySendError::Full(_)) => return,
                 Err(TrySendError::Closed(_)) => {
-                    self.dropped_in.clear();
+                    self.owed.forget_drops();
                     return;
                 }
             }
@@ -300,11 +286,11 @@ impl RedisSubscriber {
     fn forward(&mut self, event: Event) {
         let room = event.room().clone();
         let unnumbered = event.position().is_none();
-        if self.relinked.contains(&room) {
+        if !self.owed.may_forward(&room) {
             self.drop_event(room, unnumbered);
             return;
         }
-        let pending = self.dropped_in.get(&room).copied();
+        let pending = self.owed.dropped_untold(&room);
         let refilling = self.inbound.capacity() < self.inbound.max_capacity() / 2;
         let inbound = match pending {
             Some(_) if refilling => {
@@ -320,7 +306,7 @@ impl RedisSubscriber {
         match self.inbound.try_send(inbound) {
             Ok(()) => {
                 if pending.is_some() {
-                    self.dropped_in.remove(&room);
+                    self.owed.drop_told(&room);
                 }
             }
             Err(TrySendError::Full(_)) => self.drop_event(room, unnumbered),
@@ -340,7 +326,7 @@ impl RedisSubscriber {
                 self.identity.server_id
             );
         }
-        *self.dropped_in.entry(room).or_default() |= unnumbered;
+        self.owed.dropped(room, unnumbered);
     }
 }
 
@@ -435,10 +421,7 @@ impl Supervised for RedisSubscriber {
         if let Some(batch) = self.in_flight.take() {
             self.rooms.failed(batch);
         }
-        // The futures that waited to send relink notices died with the context; their
-        // rooms are lost again and will be reported after the resubscribe, one notice
-        // covering both losses. Kept, they would keep dropping those rooms' events.
-        self.relinked.clear();
+        self.owed.restarted();
         self.rooms.reconnected();
         self.sink = None;
         self.ready = false;
@@ -503,8 +486,7 @@ impl Handler<UnwatchRoom> for RedisSubscriber {
 
     fn handle(&mut self, msg: UnwatchRoom, ctx: &mut Context<Self>) {
         // Nobody here is left to tell of a loss in it.
-        self.dropped_in.remove(&msg.room);
-        self.relinked.remove(&msg.room);
+        self.owed.let_go(&msg.room);
         self.rooms.unwant(&msg.room, self.sink.is_some());
         self.flush(ctx);
     }
