@@ -1,6 +1,7 @@
 //! Redis Cluster (PROTOCOL.md §11), the part built so far: the hash slot of a room's
 //! channel and of its keys, and which master serves it, checked against a real
-//! cluster of six nodes. No server runs on a cluster yet.
+//! cluster of six nodes; and a sharded pub/sub link to one node. No server runs on a
+//! cluster yet.
 
 mod support;
 
@@ -8,7 +9,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::{cluster::MASTERS, RedisCluster};
-use switchboard_actors::cluster::{key_slot, read_slot_map, NodeAddr};
+use switchboard_actors::cluster::{key_slot, read_slot_map, NodeAddr, ShardLink, ShardPush};
+
+/// How long a push from a node may take to arrive.
+const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[actix_web::test]
 async fn slots_and_their_masters_agree_with_a_real_cluster() {
@@ -72,4 +76,69 @@ async fn slots_and_their_masters_agree_with_a_real_cluster() {
         .await
         .expect_err("a master that does not own the slot");
     assert_eq!(refused.code(), Some("MOVED"), "{refused}");
+}
+
+/// A sharded pub/sub link to the master of a room's slot gets the room's `SPUBLISH`es;
+/// another master refuses the room; killing the master is seen as the link's end.
+#[actix_web::test]
+async fn a_shard_link_gets_its_channels_messages_and_sees_its_master_die() {
+    let mut cluster = RedisCluster::start().await;
+    let first = &cluster.nodes()[0];
+    let asked = NodeAddr {
+        host: "127.0.0.1".into(),
+        port: first.port(),
+    };
+    let mut conn = first.client().await;
+    let map = read_slot_map(&mut conn, &asked, Duration::from_secs(2))
+        .await
+        .expect("the slot map");
+    let room = "chat:7";
+    let owner = map
+        .master(key_slot(room.as_bytes()))
+        .expect("a master")
+        .clone();
+    let (mut link, mut pushes) = ShardLink::open(&owner, Duration::from_secs(2), 64)
+        .await
+        .expect("a link to the master");
+    link.ssubscribe(room).await.expect("SSUBSCRIBE");
+
+    let other = map
+        .masters()
+        .into_iter()
+        .find(|m| *m != owner)
+        .expect("another master");
+    let (mut elsewhere, _) = ShardLink::open(&other, Duration::from_secs(2), 64)
+        .await
+        .expect("a link to another master");
+    let refused = elsewhere.ssubscribe(room).await.expect_err("not its slot");
+    assert!(
+        refused.to_string().to_lowercase().contains("moved"),
+        "{refused}"
+    );
+
+    let receivers: u64 = cluster
+        .node(owner.port)
+        .query(redis::cmd("SPUBLISH").arg(room).arg("hello"))
+        .await;
+    assert_eq!(receivers, 1, "the link is the one subscriber");
+    match tokio::time::timeout(PUSH_TIMEOUT, pushes.recv()).await {
+        Ok(Some(ShardPush::Message(msg))) => {
+            assert_eq!(msg.get_channel_name(), room);
+            assert_eq!(msg.get_payload_bytes(), b"hello");
+        }
+        other => panic!("expected the message, got {other:?}"),
+    }
+
+    link.sunsubscribe(room).await.expect("SUNSUBSCRIBE");
+    match tokio::time::timeout(PUSH_TIMEOUT, pushes.recv()).await {
+        Ok(Some(ShardPush::Unsubscribed(channel))) => assert_eq!(channel, room),
+        other => panic!("expected the unsubscribe, got {other:?}"),
+    }
+
+    cluster.kill(owner.port);
+    match tokio::time::timeout(PUSH_TIMEOUT, pushes.recv()).await {
+        Ok(Some(ShardPush::Disconnected)) => {}
+        other => panic!("expected the link's end, got {other:?}"),
+    }
+    assert_eq!(link.dropped(), 0);
 }

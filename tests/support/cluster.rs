@@ -78,6 +78,15 @@ impl RedisCluster {
             .unwrap_or_else(|| panic!("no node on port {port}"))
     }
 
+    /// Kills the node on `port` (SIGKILL, like a crash).
+    pub fn kill(&mut self, port: u16) {
+        self.nodes
+            .iter_mut()
+            .find(|n| n.port() == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+            .kill();
+    }
+
     /// Whether every running node says the cluster is ok, and sees every master with
     /// a replica.
     async fn is_whole(&self) -> bool {

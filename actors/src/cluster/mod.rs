@@ -1,6 +1,7 @@
 //! Redis Cluster (PROTOCOL.md §11): what a cluster backplane needs to know before it
 //! sends anything, the hash slot of a room's channel ([`key_slot`]) and which master
-//! serves it ([`SlotMap`], read with [`read_slot_map`]).
+//! serves it ([`SlotMap`], read with [`read_slot_map`]); and a sharded pub/sub
+//! connection to one node ([`ShardLink`]).
 //!
 //! # Not wired yet
 //!
@@ -9,8 +10,9 @@
 //! (`docs/research/redis-cluster-2026-11-26/`):
 //! - one link pair per master, each the existing actors on a single-node connection:
 //!   the publisher with `SPUBLISH` (and the scripts' `SPUBLISH`, legal because a
-//!   room's keys share its channel's slot); the subscriber on a RESP3 connection,
-//!   one `SSUBSCRIBE` per channel. redis-rs's own cluster connection re-sends a whole
+//!   room's keys share its channel's slot); the subscriber on a [`ShardLink`] (built
+//!   and tested against a real cluster: `tests/cluster.rs`). redis-rs's own cluster
+//!   connection re-sends a whole
 //!   pipeline on `MOVED` (publishes twice), falls back to replicas for `SPUBLISH`, and
 //!   did not follow a failover or a migration for sharded subscriptions on its own;
 //! - the backplane polls `CLUSTER SLOTS` and moves a room whose slot changed master
@@ -19,6 +21,7 @@
 //! - an unsolicited `sunsubscribe` (the slot moved) ends the subscriber's connection:
 //!   redis-rs would take it for the answer to a request in flight.
 
+mod shard;
 mod slot;
 mod topology;
 
@@ -26,6 +29,7 @@ use std::time::Duration;
 
 use redis::aio::MultiplexedConnection;
 
+pub use shard::{ShardLink, ShardPush};
 pub use slot::{key_slot, SLOTS};
 pub use topology::{NodeAddr, SlotMap};
 
