@@ -38,6 +38,10 @@ pub enum ShardPush {
     Disconnected,
 }
 
+/// A push dropped: the receiver was full (or gone). redis-rs ignores it; the drop
+/// is counted.
+struct ReceiverFull;
+
 /// A RESP3 connection to one node, for sharded subscriptions.
 pub struct ShardLink {
     node: NodeAddr,
@@ -58,12 +62,13 @@ impl ShardLink {
         let (tx, rx) = mpsc::channel(capacity);
         let dropped = Arc::new(AtomicU64::new(0));
         let counted = dropped.clone();
-        let sender = move |push: PushInfo| -> Result<(), mpsc::error::TrySendError<ShardPush>> {
+        let sender = move |push: PushInfo| -> Result<(), ReceiverFull> {
             let Some(push) = ShardPush::from_push(push) else {
                 return Ok(());
             };
-            tx.try_send(push).inspect_err(|_| {
+            tx.try_send(push).map_err(|_| {
                 counted.fetch_add(1, Ordering::Relaxed);
+                ReceiverFull
             })
         };
         let config = AsyncConnectionConfig::new()
