@@ -47,7 +47,7 @@ pub(super) struct Flow {
 pub(super) enum Next {
     /// Send a pipeline now (or, without a connection, start the retries).
     Now,
-    /// Wait for the pipeline out to end, or for [`MAX_HOLD`].
+    /// The most pipelines are out: wait for one to end, or for [`MAX_HOLD`].
     Hold,
     /// [`MAX_QUEUED`] are unanswered: wait for a pipeline to end.
     Wait,
