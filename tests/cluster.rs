@@ -9,23 +9,31 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use support::{cluster::MASTERS, RedisCluster};
-use switchboard_actors::cluster::{key_slot, read_slot_map, NodeAddr, ShardLink, ShardPush};
+use switchboard_actors::cluster::{
+    key_slot, read_slot_map, NodeAddr, ShardLink, ShardPush, SlotMap,
+};
 
 /// How long a push from a node may take to arrive.
 const PUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[actix_web::test]
-async fn slots_and_their_masters_agree_with_a_real_cluster() {
-    let cluster = RedisCluster::start().await;
+/// The slot map as the cluster's first node answers it.
+async fn slot_map(cluster: &RedisCluster) -> SlotMap {
     let first = &cluster.nodes()[0];
     let asked = NodeAddr {
         host: "127.0.0.1".into(),
         port: first.port(),
     };
     let mut conn = first.client().await;
-    let map = read_slot_map(&mut conn, &asked, Duration::from_secs(2))
+    read_slot_map(&mut conn, &asked, Duration::from_secs(2))
         .await
-        .expect("the slot map");
+        .expect("the slot map")
+}
+
+#[actix_web::test]
+async fn slots_and_their_masters_agree_with_a_real_cluster() {
+    let cluster = RedisCluster::start().await;
+    let map = slot_map(&cluster).await;
+    let first = &cluster.nodes()[0];
     assert!(map.covers_all(), "{map:?}");
     assert_eq!(map.masters().len(), MASTERS, "{map:?}");
 
@@ -83,15 +91,7 @@ async fn slots_and_their_masters_agree_with_a_real_cluster() {
 #[actix_web::test]
 async fn a_shard_link_gets_its_channels_messages_and_sees_its_master_die() {
     let mut cluster = RedisCluster::start().await;
-    let first = &cluster.nodes()[0];
-    let asked = NodeAddr {
-        host: "127.0.0.1".into(),
-        port: first.port(),
-    };
-    let mut conn = first.client().await;
-    let map = read_slot_map(&mut conn, &asked, Duration::from_secs(2))
-        .await
-        .expect("the slot map");
+    let map = slot_map(&cluster).await;
     let room = "chat:7";
     let owner = map
         .master(key_slot(room.as_bytes()))
