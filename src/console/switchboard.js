@@ -193,6 +193,8 @@
         record = { room, waiters: [], position: null };
         this._rooms.set(room, record);
       }
+      // A room already joined keeps what it had if the server refuses this frame.
+      if (record.joined) record.previous = { handler: record.handler, options: record.options };
       record.handler = handler;
       record.options = opts;
       if (opts.since) record.position = { offset: opts.since.offset, epoch: opts.since.epoch };
@@ -365,6 +367,14 @@
             }, backoffDelay(0, this.options.backoff));
             return;
           }
+          if (error.code === 'bad_frame' && record.previous) {
+            // A joined room subscribed again with a frame the server refused (a bad
+            // filter): the server keeps the room as it was, and so does the client.
+            Object.assign(record, record.previous);
+            record.previous = null;
+            this._settleWaiters(record, error);
+            return;
+          }
           // Refused (or the app's own subscribe failed: it decides whether to retry).
           this._rooms.delete(record.room);
           const waited = record.waiters.length > 0;
@@ -376,6 +386,8 @@
 
     _subscribed(record, reply, withSince) {
       if (this._rooms.get(record.room) !== record) return;
+      record.joined = true;
+      record.previous = null;
       if (typeof reply.epoch === 'string') {
         record.position = { offset: reply.offset, epoch: reply.epoch };
       }

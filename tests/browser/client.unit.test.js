@@ -126,6 +126,19 @@ test('a filter goes with the subscribe, and with every resubscribe', async (t) =
   const second = await newSocket(2);
   second.open();
   assert.deepEqual(second.last('subscribe').filter, filter);
+  const again = second.last('subscribe');
+  second.receive({ op: 'subscribed', room: 'match:events', ref: again.ref });
+
+  // A joined room subscribed again with a filter the server refuses keeps the old one.
+  const refused = client.subscribe('match:events', () => {}, { filter: { types: [] } });
+  const bad = second.last('subscribe');
+  assert.deepEqual(bad.filter, { types: [] });
+  second.receive({ op: 'error', code: 'bad_frame', message: 'no type', ref: bad.ref });
+  await assert.rejects(refused, (e) => e.code === 'bad_frame');
+  second.drop(1006);
+  const third = await newSocket(3);
+  third.open();
+  assert.deepEqual(third.last('subscribe').filter, filter, 'still joined, with its filter');
   client.close();
 });
 
