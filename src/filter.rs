@@ -3,15 +3,19 @@
 //! whose `type` is listed (when `types` is given) and whose `data` holds each path at a
 //! value equal to the given one reach that subscriber.
 //!
-//! A filter is checked per subscriber and event, in the session, against the event's
-//! `data` decoded once per event for every subscriber that filters
-//! ([`Event::data_value`]). Its size is bounded so that the check stays cheap: at most
+//! A filter is checked per subscriber and event, in the session: each path is walked
+//! over the event's raw JSON and only the value at its end is decoded
+//! ([`Event::data_at`]); nothing decoded is kept with the event, which a durable room's
+//! ring may hold long after its fan-out. Its size is bounded so that the check stays
+//! cheap and a session's filters small: at most [`MAX_FILTER_BYTES`] of JSON,
 //! [`MAX_TYPES`] types, [`MAX_PATHS`] paths of at most [`MAX_PATH_DEPTH`] keys.
 
 use serde::Deserialize;
 use serde_json::{value::RawValue, Map, Value};
 use switchboard_actors::Event;
 
+/// The longest filter, as JSON text: a session holds one per room it is in.
+pub const MAX_FILTER_BYTES: usize = 4096;
 /// The most types a filter lists.
 pub const MAX_TYPES: usize = 64;
 /// The most `data` paths a filter checks.
@@ -42,6 +46,9 @@ struct FilterFields {
 impl Filter {
     /// Parses a subscribe frame's `filter`; the error says what is wrong with it.
     pub fn parse(raw: &RawValue) -> Result<Filter, String> {
+        if raw.get().len() > MAX_FILTER_BYTES {
+            return Err(format!("`filter` is over {MAX_FILTER_BYTES} bytes"));
+        }
         let fields: FilterFields = serde_json::from_str(raw.get()).map_err(|e| {
             format!("`filter` must be an object with `types` (a list of strings) and/or `data` (an object): {e}")
         })?;
@@ -96,30 +103,19 @@ impl Filter {
                 return false;
             }
         }
-        if self.data.is_empty() {
-            return true;
-        }
-        let Some(data) = event.data_value() else {
-            return false;
-        };
         self.data.iter().all(|(keys, expected)| {
-            keys.iter()
-                .try_fold(data, |at, key| at.get(key.as_str()))
-                .is_some_and(|found| same(found, expected))
+            event
+                .data_at(keys)
+                .is_some_and(|found| same(&found, expected))
         })
     }
 }
 
-/// JSON equality, numbers by value: `1` and `1.0` are the same number.
+/// JSON equality, numbers by value: `1` and `1.0` are the same number; an integer
+/// and a float are equal only when the float is that integer exactly.
 fn same(a: &Value, b: &Value) -> bool {
     match (a, b) {
-        (Value::Number(x), Value::Number(y)) => match (x.as_i64(), y.as_i64()) {
-            (Some(x), Some(y)) => x == y,
-            _ => match (x.as_u64(), y.as_u64()) {
-                (Some(x), Some(y)) => x == y,
-                _ => x.as_f64() == y.as_f64(),
-            },
-        },
+        (Value::Number(x), Value::Number(y)) => same_number(x, y),
         (Value::Array(x), Value::Array(y)) => {
             x.len() == y.len() && x.iter().zip(y).all(|(x, y)| same(x, y))
         }
@@ -127,6 +123,25 @@ fn same(a: &Value, b: &Value) -> bool {
             x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
         }
         _ => a == b,
+    }
+}
+
+fn same_number(x: &serde_json::Number, y: &serde_json::Number) -> bool {
+    // An integer as i128 (every u64 and i64 fits), a float as its value.
+    let integer = |n: &serde_json::Number| {
+        n.as_i64()
+            .map(i128::from)
+            .or_else(|| n.as_u64().map(i128::from))
+    };
+    match (integer(x), integer(y)) {
+        (Some(x), Some(y)) => x == y,
+        (Some(i), None) | (None, Some(i)) => {
+            let float = x.as_f64().filter(|_| integer(x).is_none()).or(y.as_f64());
+            float.is_some_and(|f| {
+                f.fract() == 0.0 && f.abs() < 1e38 && f as i128 == i && i as f64 == f
+            })
+        }
+        (None, None) => x.as_f64() == y.as_f64(),
     }
 }
 
@@ -172,6 +187,23 @@ mod tests {
     }
 
     #[test]
+    fn an_integer_equals_a_float_only_exactly() {
+        let number = |text: &str| serde_json::from_str::<Value>(text).expect("a number");
+        assert!(same(&number("10"), &number("10.0")));
+        assert!(same(&number("-3.0"), &number("-3")));
+        assert!(!same(
+            &number("9007199254740993"),
+            &number("9007199254740992.0")
+        ));
+        assert!(!same(
+            &number("18446744073709551615"),
+            &number("1.8446744073709552e19")
+        ));
+        assert!(!same(&number("10"), &number("10.5")));
+        assert!(same(&number("0.5"), &number("0.5")));
+    }
+
+    #[test]
     fn bad_filters_say_what_is_wrong() {
         for bad in [
             json!("match"),
@@ -187,6 +219,7 @@ mod tests {
             json!({"data": {"a.b.c.d.e.f.g.h.i": 1}}),
             json!({"kinds": ["a"]}),
             json!({"types": (0..=MAX_TYPES).map(|i| i.to_string()).collect::<Vec<_>>()}),
+            json!({"data": {"x": vec![0; MAX_FILTER_BYTES]}}),
         ] {
             assert!(filter(bad.clone()).is_err(), "{bad} was accepted");
         }

@@ -161,6 +161,11 @@ async fn a_bad_filter_is_bad_frame_and_the_session_lives_on() {
             "{filter}: {reply}"
         );
     }
+    // A joined room subscribed again with a bad filter stays as it was.
+    let reply = bystander
+        .request(json!({"op": "subscribe", "room": "lobby", "filter": {"types": []}}))
+        .await;
+    assert_eq!(reply["code"], "bad_frame", "{reply}");
     // Not joined by any of them; the session and the other client carry on.
     client.assert_alive().await;
     let mut publisher = WsClient::connect(&server).await;

@@ -2,6 +2,7 @@
 
 use std::{
     borrow::Cow,
+    collections::HashMap,
     sync::OnceLock,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -90,10 +91,6 @@ pub struct Event {
     /// once per server, not once per client. A `OnceLock`, not a mutex: readers never
     /// wait once it is set.
     wire: OnceLock<ByteString>,
-    /// The envelope's `data` decoded, by the first recipient that filters on it
-    /// (PROTOCOL.md §12) and shared by the rest, as `wire` is encoded once. `None`
-    /// inside: the envelope has no `data`.
-    data: OnceLock<Option<serde_json::Value>>,
     /// For an event from Redis picked by the stage sampler (`stages.rs`): when it was
     /// parsed, and when the broker handed it out.
     timing: Option<Timing>,
@@ -173,7 +170,6 @@ impl Event {
             presence: None,
             json: json.into(),
             wire: OnceLock::new(),
-            data: OnceLock::new(),
             timing: None,
         }
     }
@@ -219,7 +215,6 @@ impl Event {
             presence,
             json,
             wire: OnceLock::new(),
-            data: OnceLock::new(),
             timing,
         })
     }
@@ -313,20 +308,22 @@ impl Event {
             .map_err(|e| Error::InvalidEvent(format!("data does not decode: {e}")))
     }
 
-    /// The envelope's `data` as JSON, decoded once for every recipient that asks
-    /// (subscription filters); `None` when the envelope has none.
-    pub fn data_value(&self) -> Option<&serde_json::Value> {
-        self.data
-            .get_or_init(|| {
-                #[derive(Deserialize)]
-                struct Data {
-                    data: Option<serde_json::Value>,
-                }
-                serde_json::from_str::<Data>(&self.json)
-                    .ok()
-                    .and_then(|d| d.data)
-            })
-            .as_ref()
+    /// The value at `path` (object keys, outermost first) inside the envelope's
+    /// `data`, decoded alone: the levels above it are only scanned, and nothing is
+    /// kept with the event (a durable room's ring holds events long after their
+    /// fan-out). `None` when a level is not an object or lacks the key.
+    pub fn data_at(&self, path: &[String]) -> Option<serde_json::Value> {
+        #[derive(Deserialize)]
+        struct Data<'a> {
+            #[serde(borrow)]
+            data: Option<&'a RawValue>,
+        }
+        let mut at: &RawValue = serde_json::from_str::<Data<'_>>(&self.json).ok()?.data?;
+        for key in path {
+            let level: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(at.get()).ok()?;
+            at = *level.get(key.as_str())?;
+        }
+        serde_json::from_str(at.get()).ok()
     }
 
     /// Decodes the whole envelope as `T`, typically a channel's event enum
