@@ -5,10 +5,12 @@
 //!
 //! A filter is checked per subscriber and event, in the session: each path is walked
 //! over the event's raw JSON and only the value at its end is decoded
-//! ([`Event::data_at`]); nothing decoded is kept with the event, which a durable room's
+//! ([`Event::data_raw`], then `value_at`); nothing decoded is kept with the event, which a durable room's
 //! ring may hold long after its fan-out. Its size is bounded so that the check stays
 //! cheap and a session's filters small: at most [`MAX_FILTER_BYTES`] of JSON,
 //! [`MAX_TYPES`] types, [`MAX_PATHS`] paths of at most [`MAX_PATH_DEPTH`] keys.
+
+use std::{borrow::Cow, collections::HashMap};
 
 use serde::Deserialize;
 use serde_json::{value::RawValue, Map, Value};
@@ -103,12 +105,28 @@ impl Filter {
                 return false;
             }
         }
+        if self.data.is_empty() {
+            return true;
+        }
+        let Some(data) = event.data_raw() else {
+            return false;
+        };
         self.data.iter().all(|(keys, expected)| {
-            event
-                .data_at(keys)
-                .is_some_and(|found| same(&found, expected))
+            value_at(data, keys).is_some_and(|found| same(&found, expected))
         })
     }
+}
+
+/// The value at `path` (object keys, outermost first) in `data`, decoded alone: the
+/// levels above it are only scanned. `None` when a level is not an object or lacks
+/// the key.
+fn value_at(data: &RawValue, path: &[String]) -> Option<Value> {
+    let mut at = data;
+    for key in path {
+        let level: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(at.get()).ok()?;
+        at = *level.get(key.as_str())?;
+    }
+    serde_json::from_str(at.get()).ok()
 }
 
 /// JSON equality, numbers by value: `1` and `1.0` are the same number; an integer

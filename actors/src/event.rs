@@ -2,7 +2,6 @@
 
 use std::{
     borrow::Cow,
-    collections::HashMap,
     sync::OnceLock,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
@@ -308,22 +307,16 @@ impl Event {
             .map_err(|e| Error::InvalidEvent(format!("data does not decode: {e}")))
     }
 
-    /// The value at `path` (object keys, outermost first) inside the envelope's
-    /// `data`, decoded alone: the levels above it are only scanned, and nothing is
-    /// kept with the event (a durable room's ring holds events long after their
-    /// fan-out). `None` when a level is not an object or lacks the key.
-    pub fn data_at(&self, path: &[String]) -> Option<serde_json::Value> {
+    /// The envelope's `data` as raw JSON, borrowed from the envelope (nothing decoded
+    /// is kept with the event: a durable room's ring holds events long after their
+    /// fan-out). `None` when the envelope has none.
+    pub fn data_raw(&self) -> Option<&RawValue> {
         #[derive(Deserialize)]
         struct Data<'a> {
             #[serde(borrow)]
             data: Option<&'a RawValue>,
         }
-        let mut at: &RawValue = serde_json::from_str::<Data<'_>>(&self.json).ok()?.data?;
-        for key in path {
-            let level: HashMap<Cow<'_, str>, &RawValue> = serde_json::from_str(at.get()).ok()?;
-            at = *level.get(key.as_str())?;
-        }
-        serde_json::from_str(at.get()).ok()
+        serde_json::from_str::<Data<'_>>(&self.json).ok()?.data
     }
 
     /// Decodes the whole envelope as `T`, typically a channel's event enum

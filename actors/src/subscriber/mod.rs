@@ -232,8 +232,15 @@ impl RedisSubscriber {
             return; // The notice still waiting covers this lost link too.
         }
         let notice = match self.inbound.try_send(Inbound::Relinked(room)) {
+            Ok(()) => return,
             Err(TrySendError::Full(Inbound::Relinked(room))) => room,
-            Ok(()) | Err(_) => return,
+            Err(_) => {
+                log::debug!(
+                    "subscriber {}: the broker is gone; a relink was not told",
+                    self.identity.server_id
+                );
+                return;
+            }
         };
         self.owed.relink_waits(notice.clone());
         self.inbound
